@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("ringcast-loadtest: not implemented yet");
+    std::process::exit(2);
+}

@@ -1,0 +1,267 @@
+//! `POST /apps/{id}/events` and `POST /apps/{id}/batch_events`.
+
+use bytes::Bytes;
+use hyper::StatusCode;
+use serde::Deserialize;
+
+use super::json::{from_body, string_or_json};
+use super::ApiError;
+use crate::app::AppIdx;
+use crate::hub::{self, ChannelKey, ChannelRef, Delivery};
+use crate::protocol::channel::{self, ChannelKind};
+use crate::protocol::{messages, SocketId};
+use crate::runtime::Runtime;
+use crate::worker::Worker;
+
+/// Longest event name (Laravel names events after PHP classes, so anything else goes).
+const MAX_EVENT_NAME_LEN: usize = 200;
+
+#[derive(Deserialize)]
+struct EventBody {
+    name: Option<String>,
+    #[serde(default, deserialize_with = "optional_string_or_json")]
+    data: Option<String>,
+    channels: Option<Vec<String>>,
+    channel: Option<String>,
+    socket_id: Option<String>,
+    info: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct BatchBody {
+    batch: Vec<EventBody>,
+}
+
+fn optional_string_or_json<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<String>, D::Error> {
+    string_or_json(d).map(Some)
+}
+
+/// A checked event, ready to encode.
+struct Event {
+    name: String,
+    data: String,
+    channels: Vec<String>,
+    except: Option<SocketId>,
+    info: Info,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Info {
+    user_count: bool,
+    subscription_count: bool,
+}
+
+impl Info {
+    fn any(self) -> bool {
+        self.user_count || self.subscription_count
+    }
+}
+
+fn parse_info(info: Option<&str>) -> Result<Info, ApiError> {
+    let mut out = Info::default();
+    for attr in info
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+    {
+        match attr {
+            "user_count" => out.user_count = true,
+            "subscription_count" => out.subscription_count = true,
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown info attribute {other:?}: use user_count, subscription_count"
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn check(worker: &Worker, body: EventBody, batch: bool) -> Result<Event, ApiError> {
+    let limits = &worker.config().limits;
+    let name = body
+        .name
+        .ok_or_else(|| ApiError::bad_request("missing event name"))?;
+    if name.is_empty() || name.len() > MAX_EVENT_NAME_LEN {
+        return Err(ApiError::bad_request(format!(
+            "event name must be 1 to {MAX_EVENT_NAME_LEN} characters"
+        )));
+    }
+    let data = body
+        .data
+        .ok_or_else(|| ApiError::bad_request("missing data"))?;
+    if data.len() > limits.max_event_size {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "event data is {} bytes; at most {} bytes are allowed",
+                data.len(),
+                limits.max_event_size
+            ),
+        ));
+    }
+    let channels = match (body.channels, body.channel) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "give either channels or channel, not both",
+            ))
+        }
+        (Some(_), None) if batch => {
+            return Err(ApiError::bad_request("batch events name one channel each"))
+        }
+        (Some(c), None) => c,
+        (None, Some(c)) => vec![c],
+        (None, None) => return Err(ApiError::bad_request("missing channels")),
+    };
+    if channels.is_empty() || channels.len() > limits.max_event_channels {
+        return Err(ApiError::bad_request(format!(
+            "an event names 1 to {} channels",
+            limits.max_event_channels
+        )));
+    }
+    let mut encrypted = false;
+    for c in &channels {
+        let kind = channel::parse(c)
+            .map_err(|e| ApiError::bad_request(format!("invalid channel {c:?}: {e}")))?;
+        encrypted |= kind.is_encrypted();
+    }
+    if encrypted && channels.len() > 1 {
+        return Err(ApiError::bad_request(
+            "cannot trigger to multiple channels if any are encrypted",
+        ));
+    }
+    let except = match body.socket_id {
+        None => None,
+        Some(s) => Some(
+            SocketId::parse(&s)
+                .ok_or_else(|| ApiError::bad_request(format!("invalid socket_id {s:?}")))?,
+        ),
+    };
+    let info = parse_info(body.info.as_deref())?;
+    Ok(Event {
+        name,
+        data,
+        channels,
+        except,
+        info,
+    })
+}
+
+fn deliveries(app: AppIdx, events: &[Event]) -> Vec<Delivery> {
+    events
+        .iter()
+        .flat_map(|e| {
+            e.channels.iter().map(move |c| Delivery {
+                channel: ChannelKey::new(app, c),
+                // Encoded once; every subscriber on every worker gets these bytes.
+                frame: messages::event_frame(&e.name, Some(c), &e.data),
+                except: e.except,
+            })
+        })
+        .collect()
+}
+
+/// `{"name":{"subscription_count":N,…},…}` for the attributes asked for.
+fn channel_info(
+    worker: &Worker,
+    app: AppIdx,
+    channels: &[String],
+    info: Info,
+) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    for c in channels {
+        let mut attrs = serde_json::Map::new();
+        let occupancy = worker
+            .shared
+            .index
+            .get(ChannelRef { app, name: c })
+            .unwrap_or_default();
+        if info.subscription_count {
+            attrs.insert(
+                "subscription_count".into(),
+                occupancy.subscription_count.into(),
+            );
+        }
+        if info.user_count && channel::parse(c).is_ok_and(ChannelKind::is_presence) {
+            // Presence channels cannot be joined on this server yet: no members.
+            attrs.insert("user_count".into(), 0.into());
+        }
+        out.insert(c.clone(), attrs.into());
+    }
+    out.into()
+}
+
+async fn publish<R: Runtime>(
+    worker: &Worker,
+    app: AppIdx,
+    events: &[Event],
+) -> Result<(), ApiError> {
+    hub::publish::<R>(worker, deliveries(app, events))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
+}
+
+/// `POST /apps/{id}/events`.
+pub(super) async fn trigger<R: Runtime>(
+    worker: &Worker,
+    app: AppIdx,
+    body: &Bytes,
+) -> Result<Bytes, ApiError> {
+    let body: EventBody =
+        from_body(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    let event = check(worker, body, false)?;
+    let events = [event];
+    publish::<R>(worker, app, &events).await?;
+    let [event] = events;
+    if event.info.any() {
+        let channels = channel_info(worker, app, &event.channels, event.info);
+        return Ok(serde_json::json!({ "channels": channels })
+            .to_string()
+            .into());
+    }
+    Ok(Bytes::from_static(b"{}"))
+}
+
+/// `POST /apps/{id}/batch_events`.
+pub(super) async fn trigger_batch<R: Runtime>(
+    worker: &Worker,
+    app: AppIdx,
+    body: &Bytes,
+) -> Result<Bytes, ApiError> {
+    let body: BatchBody =
+        from_body(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    let max = worker.config().limits.max_batch_events;
+    if body.batch.len() > max {
+        return Err(ApiError::bad_request(format!(
+            "a batch carries at most {max} events, not {}",
+            body.batch.len()
+        )));
+    }
+    // Check every event before publishing any: a batch is accepted or refused whole.
+    let events = body
+        .batch
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| {
+            check(worker, e, true).map_err(|mut err| {
+                err.message = format!("batch[{i}]: {}", err.message);
+                err
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    publish::<R>(worker, app, &events).await?;
+    if events.iter().any(|e| e.info.any()) {
+        let batch: Vec<serde_json::Value> = events
+            .iter()
+            .map(|e| {
+                let info = channel_info(worker, app, &e.channels, e.info);
+                info.get(&e.channels[0]).cloned().unwrap_or_default()
+            })
+            .collect();
+        return Ok(serde_json::json!({ "batch": batch }).to_string().into());
+    }
+    Ok(Bytes::from_static(b"{}"))
+}

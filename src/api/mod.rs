@@ -1,0 +1,211 @@
+//! The Pusher HTTP API: `/apps/{app_id}/…`, signed as Pusher's server SDKs sign.
+//!
+//! Every error a request can cause is answered here, in one place, with an HTTP status and
+//! a JSON body `{"error": "…"}`.
+
+pub mod auth;
+mod channels;
+mod events;
+pub mod json;
+
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, StatusCode};
+
+use crate::http::{error, HttpResponse};
+use crate::runtime::Runtime;
+use crate::worker::Worker;
+
+/// How long a client may take to send a request body.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An API failure: the status and message of the JSON error reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ApiError {
+    /// A 400 with `message`.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+
+    /// Any status with `message`.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+enum Route<'a> {
+    Events,
+    BatchEvents,
+    Channels,
+    Channel(&'a str),
+    ChannelUsers(&'a str),
+    TerminateConnections,
+}
+
+/// Handles a request under `/apps/`.
+pub async fn handle<R: Runtime>(worker: &Rc<Worker>, req: Request<Incoming>) -> HttpResponse {
+    match handle_inner::<R>(worker, req).await {
+        Ok(body) => crate::http::json(StatusCode::OK, body),
+        Err(e) => {
+            tracing::debug!(status = %e.status, error = %e.message, "API request refused");
+            error(e.status, &e.message)
+        }
+    }
+}
+
+async fn handle_inner<R: Runtime>(
+    worker: &Rc<Worker>,
+    req: Request<Incoming>,
+) -> Result<Bytes, ApiError> {
+    let path = req.uri().path().to_string();
+    let rest = &path["/apps/".len()..];
+    let (app_id, rest) = rest.split_once('/').unwrap_or((rest, ""));
+    let segments: Vec<&str> = rest.split('/').collect();
+    let method = req.method().clone();
+    let route = match segments.as_slice() {
+        ["events"] => (Route::Events, Method::POST),
+        ["batch_events"] => (Route::BatchEvents, Method::POST),
+        ["channels"] => (Route::Channels, Method::GET),
+        ["channels", name] => (Route::Channel(name), Method::GET),
+        ["channels", name, "users"] => (Route::ChannelUsers(name), Method::GET),
+        ["users", _, "terminate_connections"] => (Route::TerminateConnections, Method::POST),
+        _ => return Err(ApiError::new(StatusCode::NOT_FOUND, "no such API endpoint")),
+    };
+    if method != route.1 {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{} {path} is not supported; use {}", method, route.1),
+        ));
+    }
+    let config = worker.config();
+    let app = config.apps.by_id(app_id).ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, format!("unknown app id {app_id:?}"))
+    })?;
+    let query = req.uri().query().map(str::to_string);
+    let body = read_body::<R>(req, config.limits.max_request_body).await?;
+
+    let params = auth::parse_query(query.as_deref())
+        .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()))?;
+    let app_cfg = config.apps.get(app);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    auth::verify(
+        &auth::Signed {
+            method: method.as_str(),
+            path: &path,
+            params: &params,
+            body: &body,
+        },
+        &app_cfg.key,
+        &app_cfg.secret,
+        now,
+        config.limits.timestamp_window,
+    )
+    .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()))?;
+    if !app_cfg.enabled {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "application is disabled",
+        ));
+    }
+
+    match route.0 {
+        Route::Events => events::trigger::<R>(worker, app, &body).await,
+        Route::BatchEvents => events::trigger_batch::<R>(worker, app, &body).await,
+        Route::Channels => channels::list(worker, app, &params),
+        Route::Channel(name) => channels::info(worker, app, &decode_segment(name)?, &params),
+        Route::ChannelUsers(name) => channels::users(&decode_segment(name)?),
+        Route::TerminateConnections => Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "terminate_connections needs user authentication, which this server does not support yet",
+        )),
+    }
+}
+
+fn decode_segment(s: &str) -> Result<String, ApiError> {
+    percent_decode(s).ok_or_else(|| ApiError::bad_request("invalid percent-encoding in path"))
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+async fn read_body<R: Runtime>(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body exceeds {limit} bytes"),
+        )
+    };
+    if req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > limit as u64)
+    {
+        return Err(too_large());
+    }
+    let collect = Limited::new(req.into_body(), limit).collect();
+    let collected = tokio::select! {
+        biased;
+        r = collect => r,
+        _ = R::sleep(BODY_READ_TIMEOUT) => {
+            return Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, "request body not received in time"));
+        }
+    };
+    match collected {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "could not read the body: {e}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(
+            percent_decode("presence-a%40b").as_deref(),
+            Some("presence-a@b")
+        );
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%4"), None);
+        assert_eq!(percent_decode("plain"), Some("plain".into()));
+    }
+}

@@ -1,0 +1,390 @@
+//! Command line and configuration. Every flag can also be set through a `RINGCAST_*`
+//! environment variable.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::app::{App, Apps, AppsError, DEMO_APP_ID, DEMO_APP_KEY, DEMO_APP_SECRET};
+
+/// Which IO backend the workers run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IoMode {
+    /// io_uring when this kernel and sandbox allow it, epoll otherwise.
+    Auto,
+    /// io_uring through compio; refuse to start if it is unavailable.
+    Uring,
+    /// epoll through a current-thread tokio runtime per worker.
+    Epoll,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// ringcast: a thread-per-core io_uring WebSocket server speaking the Pusher Channels protocol.
+///
+/// With no flags it serves 127.0.0.1:6001 with a demo app (id `app-id`, key `app-key`,
+/// secret `app-secret`).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "ringcast", version, about, long_about)]
+pub struct Cli {
+    /// Address to listen on (WebSocket and HTTP API share it).
+    #[arg(long, env = "RINGCAST_HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+
+    /// Port to listen on; 0 picks a free port (printed at start-up).
+    #[arg(long, env = "RINGCAST_PORT", default_value_t = 6001)]
+    pub port: u16,
+
+    /// Worker threads, one pinned per CPU; 0 means one per available CPU.
+    #[arg(long, env = "RINGCAST_WORKERS", default_value_t = 0)]
+    pub workers: usize,
+
+    /// CPUs to pin workers to, e.g. `0,2-3`; default: every CPU this process may run on.
+    #[arg(long, env = "RINGCAST_CPUS", value_parser = parse_cpu_list)]
+    pub cpus: Option<CpuList>,
+
+    /// IO backend: `auto` probes io_uring once and falls back to epoll, saying why.
+    #[arg(long = "io", env = "RINGCAST_IO", value_enum, default_value_t = IoMode::Auto)]
+    pub io: IoMode,
+
+    /// App id of the single app configured on the command line.
+    #[arg(long, env = "RINGCAST_APP_ID", requires_all = ["app_key", "app_secret"])]
+    pub app_id: Option<String>,
+
+    /// App key of the single app configured on the command line.
+    #[arg(long, env = "RINGCAST_APP_KEY", requires_all = ["app_id", "app_secret"])]
+    pub app_key: Option<String>,
+
+    /// App secret of the single app configured on the command line.
+    #[arg(long, env = "RINGCAST_APP_SECRET", requires_all = ["app_id", "app_key"], hide_env_values = true)]
+    pub app_secret: Option<String>,
+
+    /// TOML file with one `[[app]]` table (id, key, secret, enabled) per app.
+    #[arg(long, env = "RINGCAST_APPS_FILE", conflicts_with = "app_id")]
+    pub apps_file: Option<PathBuf>,
+
+    /// Seconds of client silence before the server pings it (sent to clients as
+    /// `activity_timeout`).
+    #[arg(long, env = "RINGCAST_ACTIVITY_TIMEOUT", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub activity_timeout: u64,
+
+    /// Seconds to wait for any reply to a server ping before closing with 4201.
+    #[arg(long, env = "RINGCAST_PONG_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub pong_timeout: u64,
+
+    /// Largest WebSocket message a client may send, in bytes (after reassembly); larger
+    /// ones close the connection with 1009.
+    #[arg(long, env = "RINGCAST_MAX_MESSAGE_SIZE", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u64).range(125..=(1 << 30)))]
+    pub max_message_size: u64,
+
+    /// Bytes that may wait in one connection's outbound queue; a subscriber that falls
+    /// further behind is closed with 4100.
+    #[arg(long, env = "RINGCAST_MAX_OUTBOUND_BUFFER", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(4096..=(1 << 32)))]
+    pub max_outbound_buffer: u64,
+
+    /// Largest `data` of one published event, in bytes (413 above).
+    #[arg(long, env = "RINGCAST_MAX_EVENT_SIZE", default_value_t = 10 * 1024)]
+    pub max_event_size: usize,
+
+    /// Most channels one published event may name (400 above).
+    #[arg(long, env = "RINGCAST_MAX_EVENT_CHANNELS", default_value_t = 100)]
+    pub max_event_channels: usize,
+
+    /// Most events one `batch_events` request may carry (400 above).
+    #[arg(long, env = "RINGCAST_MAX_BATCH_EVENTS", default_value_t = 10)]
+    pub max_batch_events: usize,
+
+    /// Largest HTTP request body, in bytes (413 above).
+    #[arg(long, env = "RINGCAST_MAX_REQUEST_BODY", default_value_t = 256 * 1024)]
+    pub max_request_body: usize,
+
+    /// Most channels one connection may be subscribed to at once.
+    #[arg(
+        long,
+        env = "RINGCAST_MAX_CHANNELS_PER_CONNECTION",
+        default_value_t = 1000
+    )]
+    pub max_channels_per_connection: usize,
+
+    /// Most concurrent WebSocket connections over all workers (0: limited only by the open
+    /// files limit); beyond it new connections are closed with 4100.
+    #[arg(long, env = "RINGCAST_MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
+
+    /// Seconds an API request's `auth_timestamp` may differ from the server clock.
+    #[arg(long, env = "RINGCAST_TIMESTAMP_WINDOW", default_value_t = 600)]
+    pub timestamp_window: u64,
+
+    /// Seconds an idle HTTP keep-alive connection stays open.
+    #[arg(long, env = "RINGCAST_HTTP_IDLE_TIMEOUT", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_idle_timeout: u64,
+
+    /// Seconds to drain queued writes on SIGTERM/SIGINT before closing what is left.
+    #[arg(long, env = "RINGCAST_SHUTDOWN_TIMEOUT", default_value_t = 10)]
+    pub shutdown_timeout: u64,
+
+    /// Serve a plain RFC 6455 echo endpoint at this path (for conformance testing).
+    #[arg(long, env = "RINGCAST_ECHO_PATH", value_parser = parse_path)]
+    pub echo_path: Option<String>,
+
+    /// Log format.
+    #[arg(long, env = "RINGCAST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log level or filter directives (e.g. `info`, `ringcast=debug`).
+    #[arg(long, env = "RINGCAST_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+/// A list of CPU ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuList(pub Vec<usize>);
+
+fn parse_cpu_list(s: &str) -> Result<CpuList, String> {
+    let mut cpus = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || format!("invalid CPU list {s:?}: expected e.g. 0,2-3");
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) =
+                    (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                if a > b || b - a > 4096 {
+                    return Err(bad());
+                }
+                cpus.extend(a..=b);
+            }
+            None => cpus.push(part.parse().map_err(|_| bad())?),
+        }
+    }
+    if cpus.is_empty() {
+        return Err("empty CPU list".into());
+    }
+    Ok(CpuList(cpus))
+}
+
+fn parse_path(s: &str) -> Result<String, String> {
+    if !s.starts_with('/') || s.contains(['?', '#', ' ']) {
+        return Err(format!("{s:?} is not an absolute URL path"));
+    }
+    Ok(s.to_string())
+}
+
+/// Limits on sizes and counts, checked wherever input arrives.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// See [`Cli::max_message_size`].
+    pub max_message_size: usize,
+    /// See [`Cli::max_outbound_buffer`].
+    pub max_outbound_buffer: usize,
+    /// See [`Cli::max_event_size`].
+    pub max_event_size: usize,
+    /// See [`Cli::max_event_channels`].
+    pub max_event_channels: usize,
+    /// See [`Cli::max_batch_events`].
+    pub max_batch_events: usize,
+    /// See [`Cli::max_request_body`].
+    pub max_request_body: usize,
+    /// See [`Cli::max_channels_per_connection`].
+    pub max_channels_per_connection: usize,
+    /// See [`Cli::max_connections`]; resolved against the open files limit.
+    pub max_connections: usize,
+    /// See [`Cli::timestamp_window`].
+    pub timestamp_window: u64,
+}
+
+/// The resolved configuration every worker shares.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listen address.
+    pub host: IpAddr,
+    /// Listen port (0: pick one).
+    pub port: u16,
+    /// Number of workers.
+    pub workers: usize,
+    /// CPU for each worker, by worker index.
+    pub cpus: Vec<usize>,
+    /// Requested IO backend.
+    pub io: IoMode,
+    /// Configured apps.
+    pub apps: Apps,
+    /// Size and count limits.
+    pub limits: Limits,
+    /// Client silence before a server ping.
+    pub activity_timeout: Duration,
+    /// Wait for a reply to a server ping.
+    pub pong_timeout: Duration,
+    /// Idle HTTP keep-alive connections are closed after this.
+    pub http_idle_timeout: Duration,
+    /// Drain time on shutdown.
+    pub shutdown_timeout: Duration,
+    /// Path of the echo endpoint, if enabled.
+    pub echo_path: Option<String>,
+    /// Whether the built-in demo app is in use.
+    pub demo_app: bool,
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Bad app configuration.
+    #[error(transparent)]
+    Apps(#[from] AppsError),
+    /// The demo secret on a non-loopback address.
+    #[error(
+        "refusing to listen on {0} with the public demo secret \"app-secret\": set real credentials \
+         with --app-id/--app-key/--app-secret (or RINGCAST_APP_ID/RINGCAST_APP_KEY/RINGCAST_APP_SECRET), \
+         or --apps-file, or listen on 127.0.0.1"
+    )]
+    DemoSecretOnPublicInterface(IpAddr),
+    /// Bad CPU selection.
+    #[error("{0}")]
+    Cpus(String),
+}
+
+impl Config {
+    /// Resolves the command line into a configuration, applying the security defaults.
+    pub fn from_cli(cli: &Cli) -> Result<Self, ConfigError> {
+        let (apps, demo_app) = match (&cli.apps_file, &cli.app_id) {
+            (Some(path), _) => (Apps::from_file(path)?, false),
+            (None, Some(id)) => (
+                vec![App {
+                    id: id.clone(),
+                    key: cli.app_key.clone().unwrap_or_default(),
+                    secret: cli.app_secret.clone().unwrap_or_default(),
+                    enabled: true,
+                }],
+                false,
+            ),
+            (None, None) => (
+                vec![App {
+                    id: DEMO_APP_ID.into(),
+                    key: DEMO_APP_KEY.into(),
+                    secret: DEMO_APP_SECRET.into(),
+                    enabled: true,
+                }],
+                true,
+            ),
+        };
+        let apps = Apps::new(apps)?;
+        if apps.uses_demo_secret() && !cli.host.is_loopback() {
+            return Err(ConfigError::DemoSecretOnPublicInterface(cli.host));
+        }
+
+        let allowed = match &cli.cpus {
+            Some(list) => list.0.clone(),
+            None => crate::runtime::affinity::allowed_cpus(),
+        };
+        if allowed.is_empty() {
+            return Err(ConfigError::Cpus(
+                "no CPU available to pin workers to".into(),
+            ));
+        }
+        let workers = if cli.workers == 0 {
+            allowed.len()
+        } else {
+            cli.workers
+        };
+        if workers > crate::hub::MAX_WORKERS {
+            return Err(ConfigError::Cpus(format!(
+                "--workers {workers} exceeds the maximum of {}",
+                crate::hub::MAX_WORKERS
+            )));
+        }
+        let cpus = (0..workers).map(|i| allowed[i % allowed.len()]).collect();
+
+        let fd_limit = crate::runtime::affinity::open_files_limit();
+        // Leave room for listeners, HTTP API connections, log files and the runtime itself.
+        let fd_cap = fd_limit.saturating_sub(64 + 4 * workers).max(1);
+        let max_connections = match cli.max_connections {
+            0 => fd_cap,
+            n => n,
+        };
+
+        Ok(Self {
+            host: cli.host,
+            port: cli.port,
+            workers,
+            cpus,
+            io: cli.io,
+            apps,
+            limits: Limits {
+                max_message_size: cli.max_message_size as usize,
+                max_outbound_buffer: cli.max_outbound_buffer as usize,
+                max_event_size: cli.max_event_size,
+                max_event_channels: cli.max_event_channels,
+                max_batch_events: cli.max_batch_events,
+                max_request_body: cli.max_request_body,
+                max_channels_per_connection: cli.max_channels_per_connection,
+                max_connections,
+                timestamp_window: cli.timestamp_window,
+            },
+            activity_timeout: Duration::from_secs(cli.activity_timeout),
+            pong_timeout: Duration::from_secs(cli.pong_timeout),
+            http_idle_timeout: Duration::from_secs(cli.http_idle_timeout),
+            shutdown_timeout: Duration::from_secs(cli.shutdown_timeout),
+            echo_path: cli.echo_path.clone(),
+            demo_app,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut full = vec!["ringcast"];
+        full.extend_from_slice(args);
+        Cli::try_parse_from(full).unwrap()
+    }
+
+    #[test]
+    fn demo_app_is_refused_on_public_interface() {
+        let err = Config::from_cli(&cli(&["--host", "0.0.0.0"])).unwrap_err();
+        assert!(matches!(err, ConfigError::DemoSecretOnPublicInterface(_)));
+        assert!(err.to_string().contains("--app-secret"));
+    }
+
+    #[test]
+    fn real_credentials_allow_public_interface() {
+        let c = Config::from_cli(&cli(&[
+            "--host",
+            "0.0.0.0",
+            "--app-id",
+            "1",
+            "--app-key",
+            "k",
+            "--app-secret",
+            "a-real-secret",
+        ]))
+        .unwrap();
+        assert!(!c.demo_app);
+    }
+
+    #[test]
+    fn cpu_lists_parse() {
+        assert_eq!(parse_cpu_list("0,2-4").unwrap().0, vec![0, 2, 3, 4]);
+        assert!(parse_cpu_list("3-1").is_err());
+        assert!(parse_cpu_list("x").is_err());
+    }
+
+    #[test]
+    fn workers_are_spread_over_the_cpu_list() {
+        let c = Config::from_cli(&cli(&["--workers", "3", "--cpus", "5,7"])).unwrap();
+        assert_eq!(c.cpus, vec![5, 7, 5]);
+    }
+
+    #[test]
+    fn app_flags_must_come_together() {
+        assert!(Cli::try_parse_from(["ringcast", "--app-id", "1"]).is_err());
+    }
+}

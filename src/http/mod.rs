@@ -1,0 +1,243 @@
+//! HTTP/1.1 through hyper, on both backends: the API, health, metrics and the WebSocket
+//! upgrade. After a `101` the connection leaves hyper for the native framing path
+//! ([`crate::session`]).
+
+pub mod io;
+
+use std::cell::{Cell, RefCell};
+use std::convert::Infallible;
+use std::future::{poll_fn, Future};
+use std::net::SocketAddr;
+use std::pin::{pin, Pin};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, UPGRADE};
+use hyper::{Method, Request, Response, StatusCode};
+
+use crate::metrics::WorkerStats;
+use crate::protocol::codes;
+use crate::runtime::Runtime;
+use crate::session::{self, Session};
+use crate::worker::Worker;
+use crate::ws::handshake::{self, HandshakeError};
+
+/// Response type of every handler.
+pub type HttpResponse = Response<Full<Bytes>>;
+
+/// A JSON response.
+pub fn json(status: StatusCode, body: impl Into<Bytes>) -> HttpResponse {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// A JSON error response: `{"error": message}`.
+pub fn error(status: StatusCode, message: &str) -> HttpResponse {
+    json(status, serde_json::json!({ "error": message }).to_string())
+}
+
+/// How long a client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves one accepted connection: HTTP requests until it closes or upgrades, then the
+/// WebSocket session.
+pub async fn serve<R: Runtime>(worker: Rc<Worker>, conn: R::Conn, peer: SocketAddr) {
+    worker.http_conn_delta(true);
+    let io = Rc::new(conn);
+    let activity = Rc::new(Cell::new(Instant::now()));
+    let upgrade: Rc<RefCell<Option<Session>>> = Rc::new(RefCell::new(None));
+
+    let svc = {
+        let worker = worker.clone();
+        let upgrade = upgrade.clone();
+        hyper::service::service_fn(move |req| {
+            let fut: Pin<Box<dyn Future<Output = Result<HttpResponse, Infallible>>>> =
+                Box::pin(route::<R>(worker.clone(), upgrade.clone(), req));
+            fut
+        })
+    };
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(R::timer())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(64 * 1024);
+    let mut conn = builder.serve_connection(io::HyperIo::new(io.clone(), activity.clone()), svc);
+
+    // Run hyper until the connection ends or upgrades, closing it gracefully when the
+    // server shuts down or the connection stays idle too long.
+    let idle_timeout = worker.config().http_idle_timeout;
+    let mut stopping = pin!(worker.shared.shutdown.clone().cancelled_owned());
+    let mut idle = pin!(R::sleep(idle_timeout));
+    let mut closing = false;
+    let res = poll_fn(|cx| {
+        if !closing {
+            let mut close = stopping.as_mut().poll(cx).is_ready();
+            while !close && idle.as_mut().poll(cx).is_ready() {
+                let quiet = activity.get().elapsed();
+                if quiet >= idle_timeout {
+                    close = true;
+                } else {
+                    idle.set(R::sleep(idle_timeout - quiet));
+                }
+            }
+            if close {
+                Pin::new(&mut conn).graceful_shutdown();
+                closing = true;
+            }
+        }
+        conn.poll_without_shutdown(cx)
+    })
+    .await;
+    worker.http_conn_delta(false);
+
+    if let Err(e) = res {
+        tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+        return;
+    }
+    let Some(session) = upgrade.borrow_mut().take() else {
+        return;
+    };
+    let parts = conn.into_parts();
+    drop(io);
+    match parts.io.into_leftover(parts.read_buf).await {
+        Ok((io, leftover)) => session::run::<R>(worker, io, leftover, session).await,
+        Err(e) => tracing::debug!(%peer, error = %e, "connection lost during the upgrade"),
+    }
+}
+
+async fn route<R: Runtime>(
+    worker: Rc<Worker>,
+    upgrade: Rc<RefCell<Option<Session>>>,
+    req: Request<Incoming>,
+) -> Result<HttpResponse, Infallible> {
+    WorkerStats::add(&worker.stats.http_requests, 1);
+    let path = req.uri().path();
+    if let Some(key) = path.strip_prefix("/app/") {
+        let session = pusher_session(&worker, key, req.uri().query());
+        return Ok(accept_upgrade(&req, session, &upgrade));
+    }
+    if worker.config().echo_path.as_deref() == Some(path) {
+        return Ok(accept_upgrade(&req, Session::Echo, &upgrade));
+    }
+    if path.starts_with("/apps/") {
+        return Ok(crate::api::handle::<R>(&worker, req).await);
+    }
+    let get = req.method() == Method::GET || req.method() == Method::HEAD;
+    Ok(match path {
+        "/healthz" if get => json(StatusCode::OK, r#"{"status":"ok"}"#),
+        "/readyz" if get => {
+            if worker.is_shutting_down() {
+                json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    r#"{"status":"shutting down"}"#,
+                )
+            } else {
+                json(StatusCode::OK, r#"{"status":"ready"}"#)
+            }
+        }
+        "/metrics" if get => {
+            let body = crate::metrics::render(
+                &worker.shared.stats,
+                &worker.shared.backend.to_string(),
+                worker.shared.started.elapsed().as_secs(),
+            );
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
+        "/" if get => json(
+            StatusCode::OK,
+            serde_json::json!({
+                "name": "ringcast",
+                "version": env!("CARGO_PKG_VERSION"),
+                "protocol": 7,
+                "backend": worker.shared.backend.to_string(),
+            })
+            .to_string(),
+        ),
+        "/healthz" | "/readyz" | "/metrics" | "/" => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
+        _ => error(StatusCode::NOT_FOUND, "not found"),
+    })
+}
+
+/// Decides what a `/app/{key}` connection becomes. Problems with the app or the protocol
+/// version are reported after the upgrade, with the close codes Pusher clients act on.
+fn pusher_session(worker: &Worker, key: &str, query: Option<&str>) -> Session {
+    let refuse = |code, reason: String| Session::PusherRefused { code, reason };
+    let Some(app) = worker.config().apps.by_key(key) else {
+        return refuse(
+            codes::APP_NOT_FOUND,
+            format!("App key {key} does not exist on this server"),
+        );
+    };
+    if !worker.config().apps.get(app).enabled {
+        return refuse(codes::APP_DISABLED, "Application is disabled".into());
+    }
+    let protocol = query.and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "protocol")
+            .map(|(_, v)| v.into_owned())
+    });
+    let Some(protocol) = protocol else {
+        return refuse(
+            codes::NO_PROTOCOL_VERSION,
+            "No protocol version supplied: connect with ?protocol=7".into(),
+        );
+    };
+    let Ok(version) = protocol.parse::<u32>() else {
+        return refuse(
+            codes::INVALID_VERSION_STRING,
+            format!("Invalid protocol version {protocol:?}"),
+        );
+    };
+    if !(codes::MIN_PROTOCOL..=codes::MAX_PROTOCOL).contains(&version) {
+        return refuse(
+            codes::UNSUPPORTED_PROTOCOL_VERSION,
+            format!(
+                "Unsupported protocol version {version}: this server speaks {}–{}",
+                codes::MIN_PROTOCOL,
+                codes::MAX_PROTOCOL
+            ),
+        );
+    }
+    Session::Pusher(app)
+}
+
+fn accept_upgrade(
+    req: &Request<Incoming>,
+    session: Session,
+    upgrade: &RefCell<Option<Session>>,
+) -> HttpResponse {
+    if req.method() != Method::GET {
+        return error(StatusCode::METHOD_NOT_ALLOWED, "WebSocket upgrades use GET");
+    }
+    let accept = match handshake::accept(req.headers()) {
+        Ok(a) => a,
+        Err(e @ HandshakeError::UnsupportedVersion) => {
+            let mut r = error(StatusCode::UPGRADE_REQUIRED, &e.to_string());
+            r.headers_mut()
+                .insert("sec-websocket-version", HeaderValue::from_static("13"));
+            return r;
+        }
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    *upgrade.borrow_mut() = Some(session);
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert("sec-websocket-accept", accept);
+    r
+}

@@ -1,0 +1,131 @@
+//! A worker's inbox: the one way work crosses from one worker thread to another.
+//!
+//! A bounded crossbeam channel carries the messages; an atomic flag plus an `AtomicWaker`
+//! wakes the receiving worker's inbox task, whichever runtime it runs on. Senders never
+//! block a thread: a full inbox is reported back and the sender decides (the HTTP API
+//! waits asynchronously, then answers 503).
+
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+
+use atomic_waker::AtomicWaker;
+use bytes::Bytes;
+
+use crate::hub::ChannelKey;
+use crate::protocol::SocketId;
+
+/// One event frame for one channel's subscribers on the receiving worker.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The channel.
+    pub channel: ChannelKey,
+    /// The encoded WebSocket frame, shared by every subscriber.
+    pub frame: Bytes,
+    /// A connection that must not receive it (the publisher's own socket).
+    pub except: Option<SocketId>,
+}
+
+/// A message to a worker.
+#[derive(Debug)]
+pub enum WorkerMsg {
+    /// Deliver these frames to local subscribers, in order.
+    Deliver(Vec<Delivery>),
+}
+
+struct Signal {
+    pending: AtomicBool,
+    waker: AtomicWaker,
+}
+
+/// The sending side, cloned into every worker.
+#[derive(Clone)]
+pub struct InboxSender {
+    tx: crossbeam_channel::Sender<WorkerMsg>,
+    signal: Arc<Signal>,
+}
+
+/// The receiving side, owned by its worker.
+pub struct InboxReceiver {
+    rx: crossbeam_channel::Receiver<WorkerMsg>,
+    signal: Arc<Signal>,
+}
+
+/// A bounded inbox holding up to `capacity` messages.
+pub fn inbox(capacity: usize) -> (InboxSender, InboxReceiver) {
+    let (tx, rx) = crossbeam_channel::bounded(capacity);
+    let signal = Arc::new(Signal {
+        pending: AtomicBool::new(false),
+        waker: AtomicWaker::new(),
+    });
+    (
+        InboxSender {
+            tx,
+            signal: signal.clone(),
+        },
+        InboxReceiver { rx, signal },
+    )
+}
+
+impl InboxSender {
+    /// Queues `msg` and wakes the receiver; gives `msg` back if the inbox is full or gone.
+    pub fn try_send(&self, msg: WorkerMsg) -> Result<(), WorkerMsg> {
+        match self.tx.try_send(msg) {
+            Ok(()) => {
+                if !self.signal.pending.swap(true, Ordering::AcqRel) {
+                    self.signal.waker.wake();
+                }
+                Ok(())
+            }
+            Err(crossbeam_channel::TrySendError::Full(m))
+            | Err(crossbeam_channel::TrySendError::Disconnected(m)) => Err(m),
+        }
+    }
+}
+
+impl InboxReceiver {
+    /// Waits until something may have been queued since the last call.
+    pub async fn ready(&self) {
+        poll_fn(|cx| {
+            if self.signal.pending.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(());
+            }
+            self.signal.waker.register(cx.waker());
+            // A send between the check and the registration set `pending` and found no
+            // waker (or the old one): check again now that ours is in place.
+            if self.signal.pending.swap(false, Ordering::AcqRel) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Takes the next queued message, if any.
+    pub fn try_recv(&self) -> Option<WorkerMsg> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Marks the inbox as having pending work, so the next [`InboxReceiver::ready`] returns
+    /// at once (used to yield between batches).
+    pub fn mark_pending(&self) {
+        self.signal.pending.store(true, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_inbox_gives_the_message_back() {
+        let (tx, rx) = inbox(1);
+        assert!(tx.try_send(WorkerMsg::Deliver(vec![])).is_ok());
+        assert!(tx.try_send(WorkerMsg::Deliver(vec![])).is_err());
+        assert!(rx.try_recv().is_some());
+        assert!(rx.try_recv().is_none());
+        assert!(tx.try_send(WorkerMsg::Deliver(vec![])).is_ok());
+    }
+}

@@ -1,0 +1,103 @@
+//! Publishing: handing each event frame to every worker with subscribers of its channel.
+
+use std::time::{Duration, Instant};
+
+use crate::hub::{ChannelRef, Delivery, InboxReceiver, WorkerMsg};
+use crate::metrics::WorkerStats;
+use crate::runtime::Runtime;
+use crate::worker::Worker;
+
+/// How long a publisher waits for room in a full worker inbox before giving up.
+const INBOX_WAIT: Duration = Duration::from_secs(2);
+
+/// Messages a worker takes from its inbox before letting its connections run.
+const INBOX_BATCH: usize = 64;
+
+/// Why a publish did not reach every worker.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// A worker's inbox stayed full; its subscribers did not get the events.
+    #[error("worker {0} is overloaded: its inbox stayed full for {INBOX_WAIT:?}")]
+    Overloaded(usize),
+}
+
+/// Delivers each frame to its channel's subscribers on every worker, in order. Local
+/// subscribers are served at once; other workers get one inbox message each. A full inbox
+/// is waited on (asynchronously) for a while, then reported, never silently skipped.
+pub async fn publish<R: Runtime>(
+    worker: &Worker,
+    deliveries: Vec<Delivery>,
+) -> Result<(), PublishError> {
+    let shared = &worker.shared;
+    let mut remote: Vec<Vec<Delivery>> = (0..shared.inboxes.len()).map(|_| Vec::new()).collect();
+    for d in deliveries {
+        WorkerStats::add(&worker.stats.events_published, 1);
+        let key = ChannelRef {
+            app: d.channel.app,
+            name: &d.channel.name,
+        };
+        let Some(occupancy) = shared.index.get(key) else {
+            continue;
+        };
+        for w in occupancy.workers.iter() {
+            if w == worker.index {
+                worker.deliver_local(key, &d.frame, d.except);
+            } else {
+                remote[w].push(d.clone());
+            }
+        }
+    }
+    let mut result = Ok(());
+    for (w, batch) in remote.into_iter().enumerate() {
+        if batch.is_empty() {
+            continue;
+        }
+        let mut msg = WorkerMsg::Deliver(batch);
+        let deadline = Instant::now() + INBOX_WAIT;
+        loop {
+            match shared.inboxes[w].try_send(msg) {
+                Ok(()) => break,
+                Err(m) if Instant::now() < deadline => {
+                    msg = m;
+                    R::sleep(Duration::from_millis(1)).await;
+                }
+                Err(_) => {
+                    WorkerStats::add(&worker.stats.inbox_full, 1);
+                    tracing::warn!(
+                        worker = w,
+                        "inbox full: events not delivered to that worker"
+                    );
+                    result = Err(PublishError::Overloaded(w));
+                    break;
+                }
+            }
+        }
+    }
+    result
+}
+
+/// A worker's inbox task: applies what other workers send it.
+pub async fn run_inbox(worker: &Worker, inbox: InboxReceiver) {
+    loop {
+        inbox.ready().await;
+        let mut taken = 0;
+        while let Some(msg) = inbox.try_recv() {
+            match msg {
+                WorkerMsg::Deliver(batch) => {
+                    for d in &batch {
+                        let key = ChannelRef {
+                            app: d.channel.app,
+                            name: &d.channel.name,
+                        };
+                        worker.deliver_local(key, &d.frame, d.except);
+                    }
+                }
+            }
+            taken += 1;
+            if taken == INBOX_BATCH {
+                taken = 0;
+                crate::runtime::yield_now().await;
+            }
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Server→client messages, each encoded straight into a WebSocket text frame.
+//!
+//! Pusher double-encodes `data`: on the wire it is a JSON *string* holding JSON.
+
+use std::sync::LazyLock;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::protocol::SocketId;
+use crate::ws::{FrameBuilder, OpCode};
+
+/// Appends `s` as a JSON string literal.
+pub fn push_json_str(buf: &mut BytesMut, s: &str) {
+    serde_json::to_writer(buf.writer(), s).expect("writing to memory cannot fail");
+}
+
+/// `{"event":"pusher:connection_established","data":"{\"socket_id\":…,\"activity_timeout\":…}"}`
+pub fn connection_established(socket_id: SocketId, activity_timeout_secs: u64) -> Bytes {
+    let data =
+        format!(r#"{{"socket_id":"{socket_id}","activity_timeout":{activity_timeout_secs}}}"#);
+    event_frame("pusher:connection_established", None, &data)
+}
+
+/// `pusher:error` with a close code (or `null`) and a message. Pusher sends `data` of
+/// errors as an object, not a string.
+pub fn error(code: Option<u16>, message: &str) -> Bytes {
+    let mut b = FrameBuilder::with_capacity(64 + message.len());
+    let p = b.payload();
+    p.put_slice(br#"{"event":"pusher:error","data":{"code":"#);
+    match code {
+        Some(c) => p.put_slice(c.to_string().as_bytes()),
+        None => p.put_slice(b"null"),
+    }
+    p.put_slice(br#","message":"#);
+    push_json_str(p, message);
+    p.put_slice(b"}}");
+    b.finish(OpCode::Text)
+}
+
+/// `pusher:pong`, encoded once.
+pub fn pong() -> Bytes {
+    static PONG: LazyLock<Bytes> = LazyLock::new(|| event_frame("pusher:pong", None, "{}"));
+    PONG.clone()
+}
+
+/// `pusher:ping`, encoded once.
+pub fn ping() -> Bytes {
+    static PING: LazyLock<Bytes> = LazyLock::new(|| event_frame("pusher:ping", None, "{}"));
+    PING.clone()
+}
+
+/// `pusher_internal:subscription_succeeded` for a non-presence channel.
+pub fn subscription_succeeded(channel: &str) -> Bytes {
+    event_frame(
+        "pusher_internal:subscription_succeeded",
+        Some(channel),
+        "{}",
+    )
+}
+
+/// `pusher:subscription_error`, shaped as pusher-js reports auth failures so that
+/// `channel.bind("pusher:subscription_error")` and Echo's `.error()` see it.
+pub fn subscription_error(channel: &str, kind: &str, error: &str, status: u16) -> Bytes {
+    let mut b = FrameBuilder::with_capacity(96 + channel.len() + error.len());
+    let p = b.payload();
+    p.put_slice(br#"{"event":"pusher:subscription_error","channel":"#);
+    push_json_str(p, channel);
+    p.put_slice(br#","data":{"type":"#);
+    push_json_str(p, kind);
+    p.put_slice(br#","error":"#);
+    push_json_str(p, error);
+    p.put_slice(br#","status":"#);
+    p.put_slice(status.to_string().as_bytes());
+    p.put_slice(b"}}");
+    b.finish(OpCode::Text)
+}
+
+/// An event on a channel (or, with `channel: None`, a connection-level event):
+/// `{"event":…,"channel":…,"data":"…"}`. This is the frame fanned out to every subscriber.
+pub fn event_frame(event: &str, channel: Option<&str>, data: &str) -> Bytes {
+    let mut b = FrameBuilder::with_capacity(
+        32 + event.len() + channel.map_or(0, str::len) + data.len() + data.len() / 8,
+    );
+    let p = b.payload();
+    p.put_slice(br#"{"event":"#);
+    push_json_str(p, event);
+    if let Some(channel) = channel {
+        p.put_slice(br#","channel":"#);
+        push_json_str(p, channel);
+    }
+    p.put_slice(br#","data":"#);
+    push_json_str(p, data);
+    p.put_u8(b'}');
+    b.finish(OpCode::Text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(frame: &Bytes) -> serde_json::Value {
+        let start = match frame[1] {
+            126 => 4,
+            127 => 10,
+            _ => 2,
+        };
+        serde_json::from_slice(&frame[start..]).unwrap()
+    }
+
+    #[test]
+    fn connection_established_double_encodes_data() {
+        let v = json(&connection_established(SocketId { random: 1, seq: 2 }, 120));
+        assert_eq!(v["event"], "pusher:connection_established");
+        let data: serde_json::Value = serde_json::from_str(v["data"].as_str().unwrap()).unwrap();
+        assert_eq!(data["socket_id"], "1.2");
+        assert_eq!(data["activity_timeout"], 120);
+    }
+
+    #[test]
+    fn event_escapes_everything() {
+        let v = json(&event_frame(
+            "App\\Events\\Ship\"ped",
+            Some("c"),
+            "{\"a\":\"\u{1}é\"}",
+        ));
+        assert_eq!(v["event"], "App\\Events\\Ship\"ped");
+        assert_eq!(v["channel"], "c");
+        assert_eq!(v["data"], "{\"a\":\"\u{1}é\"}");
+    }
+
+    #[test]
+    fn errors_carry_code_or_null() {
+        let v = json(&error(Some(4001), "App key x not in this cluster"));
+        assert_eq!(v["data"]["code"], 4001);
+        let v = json(&error(None, "bad \"json\""));
+        assert!(v["data"]["code"].is_null());
+        assert_eq!(v["data"]["message"], "bad \"json\"");
+    }
+
+    #[test]
+    fn subscription_error_shape() {
+        let v = json(&subscription_error("private-a", "AuthError", "no", 401));
+        assert_eq!(v["channel"], "private-a");
+        assert_eq!(v["data"]["type"], "AuthError");
+        assert_eq!(v["data"]["status"], 401);
+    }
+}

@@ -1,0 +1,178 @@
+//! The epoll backend: a current-thread tokio runtime per worker.
+//!
+//! Reads wait for readiness and then read into the worker's scratch buffer, copying out
+//! only what arrived, so an idle connection holds no read buffer. Writes are `writev` of
+//! the queued shared `Bytes`.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use super::{Backend, Connection, Receive, Runtime};
+
+/// Size of the per-worker scratch buffer reads land in.
+const SCRATCH_LEN: usize = 64 * 1024;
+/// Most iovecs passed to one `writev`.
+const MAX_IOVECS: usize = 256;
+
+thread_local! {
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH_LEN].into_boxed_slice());
+}
+
+/// The epoll backend.
+pub struct Epoll;
+
+/// An accepted connection on the epoll backend.
+pub struct EpollConn {
+    stream: TcpStream,
+}
+
+/// Receives into the worker's scratch buffer.
+pub struct EpollReader<'a> {
+    stream: &'a TcpStream,
+}
+
+impl Receive for EpollReader<'_> {
+    async fn recv(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        loop {
+            self.stream.readable().await?;
+            // Mid-message with room to spare: read straight into the message buffer.
+            let res = if buf.capacity() - buf.len() >= 4096 {
+                self.stream.try_read_buf(buf)
+            } else {
+                SCRATCH.with_borrow_mut(|scratch| {
+                    let n = self.stream.try_read(scratch)?;
+                    buf.extend_from_slice(&scratch[..n]);
+                    Ok(n)
+                })
+            };
+            match res {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Connection for EpollConn {
+    type Reader<'a> = EpollReader<'a>;
+
+    async fn read(&self, mut buf: BytesMut) -> (io::Result<usize>, BytesMut) {
+        let res = EpollReader {
+            stream: &self.stream,
+        }
+        .recv(&mut buf)
+        .await;
+        (res, buf)
+    }
+
+    fn reader(&self) -> EpollReader<'_> {
+        EpollReader {
+            stream: &self.stream,
+        }
+    }
+
+    async fn write_all(&self, buf: Bytes) -> io::Result<()> {
+        let (res, _) = self.write_all_vectored(vec![buf]).await;
+        res
+    }
+
+    async fn write_all_vectored(&self, mut bufs: Vec<Bytes>) -> (io::Result<()>, Vec<Bytes>) {
+        let mut start = 0;
+        while start < bufs.len() {
+            if let Err(e) = self.stream.writable().await {
+                return (Err(e), bufs);
+            }
+            let end = bufs.len().min(start + MAX_IOVECS);
+            let slices: Vec<IoSlice<'_>> =
+                bufs[start..end].iter().map(|b| IoSlice::new(b)).collect();
+            match self.stream.try_write_vectored(&slices) {
+                Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), bufs),
+                Ok(mut n) => {
+                    // Skip what was written; a partly written `Bytes` is advanced in place.
+                    while n > 0 {
+                        let b = &mut bufs[start];
+                        if n >= b.len() {
+                            n -= b.len();
+                            start += 1;
+                        } else {
+                            b.advance(n);
+                            n = 0;
+                        }
+                    }
+                    while start < bufs.len() && bufs[start].is_empty() {
+                        start += 1;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return (Err(e), bufs),
+            }
+        }
+        bufs.clear();
+        (Ok(()), bufs)
+    }
+
+    async fn shutdown(&self) -> io::Result<()> {
+        socket2::SockRef::from(&self.stream).shutdown(std::net::Shutdown::Write)
+    }
+}
+
+impl Runtime for Epoll {
+    type Conn = EpollConn;
+    type Timer = hyper_util::rt::TokioTimer;
+    const BACKEND: Backend = Backend::Epoll;
+
+    fn block_on<F: Future<Output = ()>>(main: impl FnOnce() -> F) -> io::Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, main());
+        Ok(())
+    }
+
+    fn spawn<F: Future<Output = ()> + 'static>(fut: F) {
+        tokio::task::spawn_local(fut);
+    }
+
+    fn sleep(d: Duration) -> impl Future<Output = ()> {
+        tokio::time::sleep(d)
+    }
+
+    fn timer() -> hyper_util::rt::TokioTimer {
+        hyper_util::rt::TokioTimer::new()
+    }
+
+    async fn accept_loop(
+        listener: std::net::TcpListener,
+        stop: CancellationToken,
+        mut on_accept: impl FnMut(EpollConn, SocketAddr),
+    ) -> io::Result<()> {
+        let listener = TcpListener::from_std(listener)?;
+        let mut last_error = None;
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return Ok(()),
+                next = listener.accept() => next,
+            };
+            match next {
+                Ok((stream, peer)) => {
+                    stream.set_nodelay(true).ok();
+                    on_accept(EpollConn { stream }, peer);
+                }
+                Err(e) => {
+                    super::log_accept_error(&e, &mut last_error);
+                    tokio::time::sleep(super::ACCEPT_ERROR_PAUSE).await;
+                }
+            }
+        }
+    }
+}

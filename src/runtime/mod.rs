@@ -1,0 +1,222 @@
+//! The IO backends and the seam between them and everything else.
+//!
+//! Two backends implement [`Runtime`]: [`uring::Uring`] (io_uring through compio: multishot
+//! accept, multishot receive into a per-worker provided-buffer ring, vectored sends) and
+//! [`epoll::Epoll`] (a current-thread tokio runtime per worker, reading into a per-worker
+//! scratch buffer). The backend is chosen once at start-up ([`select_backend`]); the code
+//! above the seam — HTTP, WebSocket framing, the Pusher protocol, the hub — is generic over
+//! [`Runtime`] and monomorphised for each, with no dynamic dispatch on the data path.
+
+pub mod affinity;
+pub mod epoll;
+pub mod probe;
+pub mod uring;
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::IoMode;
+
+/// The IO backend in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// io_uring through compio.
+    Uring,
+    /// epoll through tokio.
+    Epoll,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Uring => "io_uring",
+            Self::Epoll => "epoll",
+        })
+    }
+}
+
+/// Why the backend was chosen, for the start-up log.
+#[derive(Debug, Clone)]
+pub struct BackendChoice {
+    /// The backend.
+    pub backend: Backend,
+    /// Why.
+    pub reason: String,
+}
+
+/// Resolves `--io` into a backend. `auto` probes io_uring and falls back to epoll with the
+/// reason; a forced `uring` that cannot work is an error, never a panic.
+pub fn select_backend(mode: IoMode) -> Result<BackendChoice, String> {
+    match mode {
+        IoMode::Epoll => Ok(BackendChoice {
+            backend: Backend::Epoll,
+            reason: "requested with --io epoll".into(),
+        }),
+        IoMode::Uring => match probe::probe_uring() {
+            Ok(()) => Ok(BackendChoice {
+                backend: Backend::Uring,
+                reason: "requested with --io uring".into(),
+            }),
+            Err(why) => Err(format!(
+                "--io uring requested but io_uring is unavailable: {why} \
+                 (use --io auto or --io epoll)"
+            )),
+        },
+        IoMode::Auto => Ok(match probe::probe_uring() {
+            Ok(()) => BackendChoice {
+                backend: Backend::Uring,
+                reason: "io_uring probe passed".into(),
+            },
+            Err(why) => BackendChoice {
+                backend: Backend::Epoll,
+                reason: format!("falling back to epoll: {why}"),
+            },
+        }),
+    }
+}
+
+/// A read whose buffer is owned by the operation in flight (completion-based IO cannot
+/// simply be dropped without losing what it read). Handed from the HTTP phase to the
+/// WebSocket session when hyper was waiting for more bytes at the upgrade.
+pub type PendingRead = Pin<Box<dyn Future<Output = (io::Result<usize>, BytesMut)>>>;
+
+/// Bytes already received from a socket, and maybe a read still in flight, when the
+/// socket changes hands (hyper → WebSocket session).
+pub struct Leftover {
+    /// Received, not yet processed, in order.
+    pub buf: BytesMut,
+    /// A read in flight, whose bytes come after `buf`.
+    pub pending: Option<PendingRead>,
+}
+
+/// The owned-buffer IO seam: one accepted TCP connection.
+///
+/// Every method takes `&self`, so a connection's reader and writer can run concurrently
+/// inside one task.
+pub trait Connection: 'static {
+    /// A receiver of the connection's incoming bytes.
+    type Reader<'a>: Receive
+    where
+        Self: 'a;
+
+    /// Reads once, appending to `buf`, which the operation owns while in flight.
+    /// `Ok(0)` means end of stream.
+    fn read(&self, buf: BytesMut) -> impl Future<Output = (io::Result<usize>, BytesMut)>;
+
+    /// A receiver for the data phase. Idle connections hold no read buffer: the backend
+    /// receives into per-worker memory and copies out only what arrived.
+    fn reader(&self) -> Self::Reader<'_>;
+
+    /// Writes all of `buf`.
+    fn write_all(&self, buf: Bytes) -> impl Future<Output = io::Result<()>>;
+
+    /// Writes all of `bufs` in as few vectored writes as the kernel allows, handing the
+    /// vector back for reuse. The `Bytes` are written as they are: shared frames are not
+    /// copied.
+    fn write_all_vectored(
+        &self,
+        bufs: Vec<Bytes>,
+    ) -> impl Future<Output = (io::Result<()>, Vec<Bytes>)>;
+
+    /// Shuts down the sending side (FIN).
+    fn shutdown(&self) -> impl Future<Output = io::Result<()>>;
+}
+
+/// The receiving side of a [`Connection`] in the data phase.
+pub trait Receive {
+    /// Waits for bytes and appends them to `buf` (which may be empty and unallocated).
+    /// `Ok(0)` means end of stream.
+    fn recv(&mut self, buf: &mut BytesMut) -> impl Future<Output = io::Result<usize>>;
+}
+
+/// A worker's runtime: task spawning, timers, accepting and running to completion.
+pub trait Runtime: Sized + 'static {
+    /// The connection type.
+    type Conn: Connection;
+    /// The timer hyper uses for its header timeout.
+    type Timer: hyper::rt::Timer + Send + Sync + Clone + 'static;
+    /// Which backend this is.
+    const BACKEND: Backend;
+
+    /// Builds the runtime on the calling thread and runs `main` to completion. An error
+    /// building the runtime is returned before `main` runs.
+    fn block_on<F: Future<Output = ()>>(main: impl FnOnce() -> F) -> io::Result<()>;
+
+    /// Spawns a task on this worker.
+    fn spawn<F: Future<Output = ()> + 'static>(fut: F);
+
+    /// Sleeps.
+    fn sleep(d: Duration) -> impl Future<Output = ()>;
+
+    /// A timer for hyper.
+    fn timer() -> Self::Timer;
+
+    /// Accepts connections on `listener` and hands each to `on_accept`, until `stop` is
+    /// cancelled. Accept errors (e.g. out of file descriptors) are logged and retried
+    /// after a pause, never fatal.
+    fn accept_loop(
+        listener: std::net::TcpListener,
+        stop: CancellationToken,
+        on_accept: impl FnMut(Self::Conn, SocketAddr),
+    ) -> impl Future<Output = io::Result<()>>;
+}
+
+/// Yields once to the executor.
+pub fn yield_now() -> impl Future<Output = ()> {
+    struct YieldNow(bool);
+    impl Future for YieldNow {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            if self.0 {
+                return Poll::Ready(());
+            }
+            self.0 = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+    YieldNow(false)
+}
+
+/// How long the accept loop pauses after an error such as EMFILE.
+pub(crate) const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// Logs an accept error, at most once a second per worker.
+pub(crate) fn log_accept_error(e: &io::Error, last: &mut Option<std::time::Instant>) {
+    let now = std::time::Instant::now();
+    if last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+        *last = Some(now);
+        tracing::warn!(error = %e, "accept failed; retrying (is the open files limit reached?)");
+    }
+}
+
+/// Binds `n` listeners on `addr` with SO_REUSEPORT, so the kernel spreads new connections
+/// over the workers. With port 0 the first listener picks the port and the others join it.
+pub fn bind_listeners(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut out = Vec::with_capacity(n);
+    let mut addr = addr;
+    for _ in 0..n {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(false).ok();
+        }
+        socket.bind(&addr.into())?;
+        socket.listen(4096)?;
+        let listener: std::net::TcpListener = socket.into();
+        addr = listener.local_addr()?;
+        out.push(listener);
+    }
+    Ok(out)
+}

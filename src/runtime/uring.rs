@@ -1,0 +1,209 @@
+//! The io_uring backend, through compio.
+//!
+//! Accepts with multishot accept; receives in the data phase with multishot receive into
+//! the worker's provided-buffer ring (so an idle connection holds no read buffer); sends
+//! vectors of shared `Bytes` with `sendmsg`. Dropping an operation cancels it in the
+//! kernel.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::num::NonZeroU16;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use compio::buf::BufResult;
+use compio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use compio::net::{TcpListener, TcpStream};
+use futures_util::{Stream, StreamExt};
+use send_wrapper::SendWrapper;
+use tokio_util::sync::CancellationToken;
+
+use super::{Backend, Connection, Receive, Runtime};
+
+/// Buffers in each worker's receive ring.
+const RING_BUFFERS: u16 = 1024;
+/// Size of each ring buffer.
+const RING_BUFFER_LEN: usize = 4096;
+
+/// The io_uring backend.
+pub struct Uring;
+
+/// An accepted connection on the io_uring backend.
+pub struct UringConn {
+    stream: TcpStream,
+}
+
+type RecvStream = Pin<Box<dyn Stream<Item = io::Result<compio::driver::BufferRef>>>>;
+
+/// Receives through a multishot `recv` into the worker's buffer ring.
+pub struct UringReader {
+    stream: RecvStream,
+}
+
+/// A multishot receive on `stream` that owns its file descriptor reference (compio's
+/// `read_multi` borrows the stream for as long as it lives). It re-arms itself when the
+/// kernel ends the multishot, e.g. after the ring ran out of buffers.
+fn recv_multi(stream: &TcpStream) -> RecvStream {
+    use compio::driver::op::{RecvFlags, RecvMulti};
+    use compio::driver::ToSharedFd;
+    let fd = stream.to_shared_fd();
+    let rt = compio::runtime::Runtime::current();
+    Box::pin(compio::runtime::SubmitMultiStream::new(move || {
+        let pool = rt.buffer_pool()?;
+        let op = RecvMulti::new(fd.clone(), &pool, 0, RecvFlags::empty())?;
+        Ok(rt.submit_multi(op).into_managed(pool))
+    }))
+}
+
+impl Receive for UringReader {
+    async fn recv(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        loop {
+            match self.stream.next().await {
+                Some(Ok(chunk)) => {
+                    buf.extend_from_slice(&chunk);
+                    return Ok(chunk.len());
+                }
+                // The ring ran dry (many connections received at once): the data is still
+                // in the socket. Let other tasks return their buffers, then re-arm.
+                Some(Err(e)) if e.kind() == io::ErrorKind::ResourceBusy => {
+                    super::yield_now().await;
+                }
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+    }
+}
+
+impl Connection for UringConn {
+    type Reader<'a> = UringReader;
+
+    async fn read(&self, mut buf: BytesMut) -> (io::Result<usize>, BytesMut) {
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(4096);
+        }
+        let mut s = &self.stream;
+        let BufResult(res, buf) = s.append(buf).await;
+        (res, buf)
+    }
+
+    fn reader(&self) -> UringReader {
+        UringReader {
+            stream: recv_multi(&self.stream),
+        }
+    }
+
+    async fn write_all(&self, buf: Bytes) -> io::Result<()> {
+        let mut s = &self.stream;
+        s.write_all(buf).await.0
+    }
+
+    async fn write_all_vectored(&self, bufs: Vec<Bytes>) -> (io::Result<()>, Vec<Bytes>) {
+        let mut s = &self.stream;
+        let BufResult(res, bufs) = s.write_vectored_all(bufs).await;
+        (res, bufs)
+    }
+
+    async fn shutdown(&self) -> io::Result<()> {
+        let mut s = &self.stream;
+        s.shutdown().await
+    }
+}
+
+/// hyper's timer on compio. compio's sleep is bound to its thread; hyper requires `Send`
+/// futures, which is sound here because an HTTP connection never leaves its worker thread
+/// (`SendWrapper` checks that at run time).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UringTimer;
+
+struct UringSleep(SendWrapper<Pin<Box<dyn Future<Output = ()>>>>);
+
+impl Future for UringSleep {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+impl hyper::rt::Sleep for UringSleep {}
+
+impl hyper::rt::Timer for UringTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(UringSleep(SendWrapper::new(Box::pin(compio::time::sleep(
+            duration,
+        )))))
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(UringSleep(SendWrapper::new(Box::pin(
+            compio::time::sleep_until(deadline),
+        ))))
+    }
+}
+
+impl Runtime for Uring {
+    type Conn = UringConn;
+    type Timer = UringTimer;
+    const BACKEND: Backend = Backend::Uring;
+
+    fn block_on<F: Future<Output = ()>>(main: impl FnOnce() -> F) -> io::Result<()> {
+        let mut proactor = compio::driver::ProactorBuilder::new();
+        proactor
+            .capacity(4096)
+            .buffer_pool_size(NonZeroU16::new(RING_BUFFERS).expect("non-zero"))
+            .buffer_pool_buffer_len(RING_BUFFER_LEN);
+        let rt = compio::runtime::RuntimeBuilder::new()
+            .with_proactor(proactor)
+            .build()?;
+        // Create the ring buffers now, so a kernel that refuses them fails start-up.
+        rt.buffer_pool()?;
+        rt.block_on(main());
+        Ok(())
+    }
+
+    fn spawn<F: Future<Output = ()> + 'static>(fut: F) {
+        compio::runtime::spawn(fut).detach();
+    }
+
+    fn sleep(d: Duration) -> impl Future<Output = ()> {
+        compio::time::sleep(d)
+    }
+
+    fn timer() -> UringTimer {
+        UringTimer
+    }
+
+    async fn accept_loop(
+        listener: std::net::TcpListener,
+        stop: CancellationToken,
+        mut on_accept: impl FnMut(UringConn, SocketAddr),
+    ) -> io::Result<()> {
+        let listener = TcpListener::from_std(listener)?;
+        let mut incoming = listener.incoming();
+        let mut last_error = None;
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return Ok(()),
+                next = incoming.next() => next,
+            };
+            match next {
+                Some(Ok(stream)) => {
+                    let peer = stream
+                        .peer_addr()
+                        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+                    stream.set_nodelay(true).ok();
+                    on_accept(UringConn { stream }, peer);
+                }
+                Some(Err(e)) => {
+                    super::log_accept_error(&e, &mut last_error);
+                    compio::time::sleep(super::ACCEPT_ERROR_PAUSE).await;
+                }
+                None => compio::time::sleep(super::ACCEPT_ERROR_PAUSE).await,
+            }
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! The Pusher protocol over real sockets: connecting, liveness, subscribing, and every kind
+//! of bad input getting its documented answer — on both IO backends.
+
+mod common;
+
+use std::time::Duration;
+
+use common::raw::RawWs;
+use common::{close_code, publish, wait_closed, Client, Closed, Server, APP_KEY};
+use serde_json::{json, Value};
+
+on_both_backends!(
+    connection_established_carries_socket_id_and_activity_timeout,
+    socket_ids_are_unique_across_workers,
+    unknown_app_key_is_refused_with_4001,
+    protocol_version_problems_get_40xx_codes,
+    pusher_ping_gets_pusher_pong,
+    websocket_ping_gets_pong,
+    subscriber_receives_published_events,
+    unsubscribe_stops_delivery,
+    private_and_presence_subscriptions_get_subscription_error,
+    invalid_channel_names_get_subscription_error,
+    malformed_json_gets_pusher_error_and_the_connection_stays_open,
+    unknown_events_and_client_events_get_pusher_error,
+    binary_frames_close_with_1003,
+    oversized_messages_close_with_1009,
+    invalid_utf8_closes_with_1007,
+    unmasked_frames_close_with_1002,
+    client_close_is_echoed,
+    idle_client_is_pinged_then_closed_with_4201,
+    bad_input_on_one_connection_leaves_others_served,
+    channel_limit_per_connection_is_enforced,
+    connections_beyond_max_connections_get_4100,
+    disabled_app_is_refused_with_4003,
+);
+
+fn data(msg: &Value) -> Value {
+    serde_json::from_str(msg["data"].as_str().expect("data is a string")).unwrap()
+}
+
+async fn connection_established_carries_socket_id_and_activity_timeout(backend: &'static str) {
+    let server = Server::start(backend, &["--activity-timeout", "42"]);
+    let mut ws = Client::open(&server.ws_url(APP_KEY)).await;
+    use futures_util::StreamExt;
+    let msg = ws.next().await.unwrap().unwrap().into_text().unwrap();
+    let msg: Value = serde_json::from_str(&msg).unwrap();
+    assert_eq!(msg["event"], "pusher:connection_established");
+    let d = data(&msg);
+    let socket_id = d["socket_id"].as_str().unwrap();
+    let (a, b) = socket_id.split_once('.').unwrap();
+    assert!(!a.is_empty() && a.bytes().all(|c| c.is_ascii_digit()), "{socket_id}");
+    assert!(!b.is_empty() && b.bytes().all(|c| c.is_ascii_digit()), "{socket_id}");
+    assert_eq!(d["activity_timeout"], 42);
+}
+
+async fn socket_ids_are_unique_across_workers(backend: &'static str) {
+    let server = Server::start(backend, &[]);
+    let mut ids = std::collections::HashSet::new();
+    let mut clients = Vec::new();
+    for _ in 0..40 {
+        let c = Client::connect(&server).await;
+        assert!(ids.insert(c.socket_id.clone()), "duplicate {}", c.socket_id);
+        clients.push(c);
+    }
+    // Both workers took connections.
+    assert!(server.metric("ringcast_connections", 0).await > 0);
+    assert!(server.metric("ringcast_connections", 1).await > 0);
+}
+
+async fn unknown_app_key_is_refused_with_4001(backend: &'static str) {
+    let server = Server::start(backend, &[]);
+    let mut ws = Client::open(&server.ws_url("no-such-key")).await;
+    use futures_util::StreamExt;
+    let msg: Value = serde_json::from_str(&ws.next().await.unwrap().unwrap().into_text().unwrap()).unwrap();
+    assert_eq!(msg["event"], "pusher:error");
+    assert_eq!(msg["data"]["code"], 4001);
+    assert_eq!(close_code(&wait_closed(&mut ws).await), 4001);
+}
+
+async fn protocol_version_problems_get_40xx_codes(backend: &'static str) {
+    let server = Server::start(backend, &[]);
+    for (query, code) in [("", 4008), ("?protocol=abc", 4006), ("?protocol=3", 4007), ("?protocol=8", 4007)] {
+        let url = format!("ws://{}/app/{APP_KEY}{query}", server.addr);
+        let mut ws = Client::open(&url).await;
+        assert_eq!(close_code(&wait_closed(&mut ws).await), code, "{query}");
+    }
+    // Versions 5 to 7 are accepted.
+    Client::connect_url(&format!("ws://{}/app/{APP_KEY}?protocol=5", server.addr)).await;
+}
+
+async fn pusher_ping_gets_pusher_pong(backend: &'static str) {
+    let server = Server::start(backend, &[]);
+    let mut c = Client::connect(&server).await;
+    c.send(json!({"event": "pusher:ping", "data": {}})).await;
+    assert_eq!(c.recv().await["event"], "pusher:pong");
+}
+
+async fn websocket_ping_gets_pong(backend: &'static str) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let server = Server::start(backend, &[]);
+    let mut c = Client::connect(&server).await;
+    c.ws.send(Message::Ping(b"are you there"[..].into())).await.unwrap();
+    loop {
+        match c.ws.next().await.unwrap().unwrap() {
+            Message::Pong(p) => {
+                assert_eq!(&p[..], b"are you there");
+                break;
+            }
+            other => panic!("expected a pong, got {other:?}"),
+        }
+    }
+}
+
+async fn subscriber_receives_published_events(backend: &'static str) {
+    let server = Server::start(backend, &[]);
+    let mut c = Client::connect(&server).await;
+    c.subscribe("orders").await;
+    publish(&server, &["orders"], "App\\Events\\OrderShipped", r#"{"id":7,"note":"é \"quoted\""}"#).await;
+    let msg = c.recv().await;
+    assert_eq!(msg["event"], "App\\Events\\OrderShipped");
+    assert_eq!(msg["channel"], "orders");
+    assert_eq!(msg["data"], r#"{"id":7,"note":"é \"quoted\""}"#);
+}
+
+async fn unsubscribe_stops_delivery(backend: &'static str) {
+    let server = Server::start(backend, &[]);
+    let mut c = Client::connect(&server).await;
+    c.subscribe("a").await;
+    c.subscribe("b").await;
+    c.send(json!({"event": "pusher:unsubscribe", "data": {"channel": "a"}})).await;
+    // A ping round trip orders the unsubscribe before the publish.
+    c.send(json!({"event": "pusher:ping", "data": {}})).await;
+    assert_eq!(c.recv().await["event"], "pusher:pong");
+    publish(&server, &["a"], "ev", "1").await;
+    publish(&server, &["b"], "ev", "2").await;
+    let msg = c.recv().await;
+    assert_eq!(msg["channel"], "b", "got {msg}");
+    assert_eq!(c.try_recv(Duration::from_millis(200)).await, None);
+}
+
+async fn private_and_presence_subscriptions_get_subscription_error(backend: &'static str) {
+    let server = Server::start(backend, &[]);
+    let mut c = Client::connect(&server).await;
+    for channel in ["private-a", "presence-b", "private-encrypted-c", "cache-d", "#server-to-user-1"] {
+        c.send(json!({"event": "pusher:subscribe", "data": {"auth": "x:y", "channel": channel}})).await;
+        let msg = c.recv().await;
+        assert_eq!(msg["event"], "pusher:subscription_error", "{msg}");
+        assert_eq!(msg["channel"], channel);
+        assert!(msg["data"]["status"].is_u64());
+    }
+    // A prefix counts only at the start of the name.
+    c.subscribe("foo-private-bar").await;
+    // The connection stays open.
+    c.send(json!({"event": "pusher:ping"})).await;
+    assert_eq!(c.recv().await["event"], "pusher:pong");
+}
+
+async fn invalid_channel_names_get_subscription_error(backend: &'static str) {
+    let server = Server::start(backend, &[]);
+    let mut c = Client::connect(&server).await;
+    let long = "a".repeat(165);
+    for channel in ["", "has space", "#hash", long.as_str(), "ünïcode"] {
+        c.send(json!({"event": "pusher:subscribe", "data": {"auth": "", "channel": channel}})).await;
+        let msg = c.recv().await;
+        assert_eq!(msg["event"], "pusher:subscription_error", "{channel:?}: {msg}");
+        assert_eq!(msg["data"]["status"], 400);
+    }
+    c.subscribe(&"a".repeat(164)).await;
+}
+
+async fn malformed_json_gets_pusher_error_and_the_connection_stays_open(backend: &'static str) {
+    let server = Server::start(backend, &[]);
+    let mut c = Client::connect(&server).await;
+    for bad in ["not json", "[1,2,3]", r#"{"data":{}}"#, r#"{"event":"pusher:subscribe"}"#, r#"{"event":"pusher:subscribe","data":{"channel":5}}"#] {
+        c.send_text(bad).await;
+        let msg = c.recv().await;
+        assert_eq!(msg["event"], "pusher:error", "{bad}: {msg}");
+        assert!(msg["data"]["code"].is_null());
+        assert!(msg["data"]["message"].as_str().unwrap().len() > 5);
+    }
+    c.subscribe("still-works").await;
+}
+
+async fn unknown_events_and_client_events_get_pusher_error(backend: &'static str) {
+    let server = Server::start(backend, &[]);
+    let mut c = Client::connect(&server).await;
+    c.send(json!({"event": "something-else", "data": {}})).await;
+    let msg = c.recv().await;
+    assert_eq!(msg["event"], "pusher:error");
+    assert!(msg["data"]["message"].as_str().unwrap().contains("something-else"));
+    c.subscribe("public").await;
+    c.send(json!({"event": "client-typing", "channel": "public", "data": {}})).await;
+    let msg = c.recv().await;
+    assert_eq!(msg["event"], "pusher:error");
+    assert!(msg["data"]["message"].as_str().unwrap().contains("private and presence"));
+}
+
+async fn binary_frames_close_with_1003(backend: &'static str) {
+    use futures_util::SinkExt;
+    let server = Server::start(backend, &[]);
+    let mut c = Client::connect(&server).await;
+    c.ws.send(tokio_tungstenite::tungstenite::Message::Binary(vec![1, 2, 3].into())).await.unwrap();
+    let msg = c.recv().await;
+    assert_eq!(msg["event"], "pusher:error");
+    assert_eq!(close_code(&c.closed().await), 1003);
+}
+
+async fn oversized_messages_close_with_1009(backend: &'static str) {
+    let server = Server::start(backend, &["--max-message-size", "1024"]);
+    let mut c = Client::connect(&server).await;
+    c.send_text(&format!(r#"{{"event":"pusher:ping","data":"{}"}}"#, "x".repeat(1100))).await;
+    let msg = c.recv().await;
+    assert_eq!(msg["event"], "pusher:error");
+    assert!(msg["data"]["message"].as_str().unwrap().contains("1024"));
+    assert_eq!(close_code(&c.closed().await), 1009);
+}
+
+async fn invalid_utf8_closes_with_1007(backend: &'static str) {
+    let server = Server::start(backend, &[]);
+    let mut ws = RawWs::connect(&server, &format!("/app/{APP_KEY}?protocol=7")).await;
+    ws.read_frame().await.unwrap(); // connection_established
+    ws.send_frame(true, 1, &[b'{', 0xff, 0xfe, b'}'], true).await;
+    assert_eq!(ws.read_close().await, 1007);
+}
+
+async fn unmasked_frames_close_with_1002(backend: &'static str) {
+    let server = Server::start(backend, &[]);
+    let mut ws = RawWs::connect(&server, &format!("/app/{APP_KEY}?protocol=7")).await;
+    ws.read_frame().await.unwrap();
+    ws.send_frame(true, 1, br#"{"event":"pusher:ping"}"#, false).await;
+    assert_eq!(ws.read_close().await, 1002);
+    // Reserved bits on a fresh connection, too.
+    let mut ws = RawWs::connect(&server, &format!("/app/{APP_KEY}?protocol=7")).await;
+    ws.read_frame().await.unwrap();
+    ws.send_frame(true, 0x40 | 1, b"{}", true).await;
+    assert_eq!(ws.read_close().await, 1002);
+}
+
+async fn client_close_is_echoed(backend: &'static str) {
+    let server = Server::start(backend, &[]);
+    let mut ws = RawWs::connect(&server, &format!("/app/{APP_KEY}?protocol=7")).await;
+    ws.read_frame().await.unwrap();
+    let mut payload = 4321u16.to_be_bytes().to_vec();
+    payload.extend_from_slice(b"bye");
+    ws.send_frame(true, 8, &payload, true).await;
+    assert_eq!(ws.read_close().await, 4321);
+    // The server then closes the TCP connection.
+    ws.expect_eof().await;
+}
+
+async fn idle_client_is_pinged_then_closed_with_4201(backend: &'static str) {
+    let server = Server::start(backend, &["--activity-timeout", "1", "--pong-timeout", "1"]);
+    let mut c = Client::connect(&server).await;
+    let msg = c.recv().await;
+    assert_eq!(msg["event"], "pusher:ping");
+    // Not answering: 4201 follows.
+    let closed = c.closed().await;
+    assert_eq!(close_code(&closed), 4201, "{closed:?}");
+
+    // A client that answers stays connected.
+    let mut c = Client::connect(&server).await;
+    for _ in 0..2 {
+        let msg = c.recv().await;
+        assert_eq!(msg["event"], "pusher:ping");
+        c.send(json!({"event": "pusher:pong", "data": {}})).await;
+    }
+}
+
+async fn bad_input_on_one_connection_leaves_others_served(backend: &'static str) {
+    let server = Server::start(backend, &[]);
+    let mut good = Client::connect(&server).await;
+    good.subscribe("news").await;
+    for i in 0..5 {
+        let mut bad = RawWs::connect(&server, &format!("/app/{APP_KEY}?protocol=7")).await;
+        bad.read_frame().await.unwrap();
+        match i {
+            0 => bad.send_bytes(&[0xff; 64]).await,
+            1 => bad.send_frame(true, 1, &[0xc3], true).await,
+            2 => bad.send_frame(true, 0, b"x", true).await,
+            3 => bad.send_frame(true, 9, &[0; 126], true).await,
+            _ => bad.send_frame(false, 1, b"{", true).await,
+        }
+        drop(bad);
+        publish(&server, &["news"], "ev", &i.to_string()).await;
+        assert_eq!(good.recv().await["data"], i.to_string());
+    }
+}
+
+async fn channel_limit_per_connection_is_enforced(backend: &'static str) {
+    let server = Server::start(backend, &["--max-channels-per-connection", "3"]);
+    let mut c = Client::connect(&server).await;
+    for ch in ["a", "b", "c"] {
+        c.subscribe(ch).await;
+    }
+    c.subscribe("a").await; // already subscribed: fine
+    c.send(json!({"event": "pusher:subscribe", "data": {"channel": "d"}})).await;
+    let msg = c.recv().await;
+    assert_eq!(msg["event"], "pusher:subscription_error");
+    assert_eq!(msg["data"]["status"], 429);
+    c.send(json!({"event": "pusher:unsubscribe", "data": {"channel": "a"}})).await;
+    c.subscribe("d").await;
+}
+
+async fn connections_beyond_max_connections_get_4100(backend: &'static str) {
+    let server = Server::start(backend, &["--max-connections", "2"]);
+    let _a = Client::connect(&server).await;
+    let _b = Client::connect(&server).await;
+    let mut ws = Client::open(&server.ws_url(APP_KEY)).await;
+    let closed = wait_closed(&mut ws).await;
+    assert_eq!(close_code(&closed), 4100, "{closed:?}");
+    drop(_a);
+    // A slot frees up once a connection leaves.
+    let deadline = std::time::Instant::now() + common::WAIT;
+    loop {
+        let mut ws = Client::open(&server.ws_url(APP_KEY)).await;
+        use futures_util::StreamExt;
+        let first: Value = serde_json::from_str(&ws.next().await.unwrap().unwrap().into_text().unwrap()).unwrap();
+        if first["event"] == "pusher:connection_established" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no slot freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(matches!(closed, Closed::Code(..)));
+}
+
+async fn disabled_app_is_refused_with_4003(backend: &'static str) {
+    let dir = tempdir();
+    let apps = dir.join("apps.toml");
+    std::fs::write(
+        &apps,
+        "[[app]]\nid = \"1\"\nkey = \"on\"\nsecret = \"s1\"\n\n[[app]]\nid = \"2\"\nkey = \"off\"\nsecret = \"s2\"\nenabled = false\n",
+    )
+    .unwrap();
+    let server = Server::start(backend, &["--apps-file", apps.to_str().unwrap()]);
+    Client::connect_url(&server.ws_url("on")).await;
+    let mut ws = Client::open(&server.ws_url("off")).await;
+    assert_eq!(close_code(&wait_closed(&mut ws).await), 4003);
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "ringcast-test-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
