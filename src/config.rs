@@ -248,6 +248,9 @@ pub enum ConfigError {
     /// Bad CPU selection.
     #[error("{0}")]
     Cpus(String),
+    /// Limits that contradict each other.
+    #[error("{0}")]
+    Limits(String),
 }
 
 impl Config {
@@ -300,6 +303,14 @@ impl Config {
             )));
         }
         let cpus = (0..workers).map(|i| allowed[i % allowed.len()]).collect();
+
+        if cli.echo_path.is_some() && cli.max_outbound_buffer < cli.max_message_size + 14 {
+            return Err(ConfigError::Limits(
+                "--max-outbound-buffer must be at least --max-message-size (plus 14 bytes of \
+                 framing) when --echo-path is set, or large echoes could never be sent"
+                    .into(),
+            ));
+        }
 
         let fd_limit = crate::runtime::affinity::open_files_limit();
         // Leave room for listeners, HTTP API connections, log files and the runtime itself.

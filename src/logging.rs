@@ -9,6 +9,7 @@ use crate::config::LogFormat;
 /// Installs the global subscriber. `level` is a level (`info`) or filter directives
 /// (`ringcast=debug,hyper=warn`).
 pub fn init(format: LogFormat, level: &str) -> Result<(), String> {
+    validate_directives(level).map_err(|e| format!("invalid --log-level {level:?}: {e}"))?;
     let filter =
         EnvFilter::try_new(level).map_err(|e| format!("invalid --log-level {level:?}: {e}"))?;
     let builder = tracing_subscriber::fmt()
@@ -21,6 +22,27 @@ pub fn init(format: LogFormat, level: &str) -> Result<(), String> {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
     res.map_err(|e| e.to_string())
+}
+
+/// `EnvFilter` accepts almost anything; refuse what is clearly not a level or
+/// `target=level` list, so a typo is an error rather than silence.
+fn validate_directives(s: &str) -> Result<(), String> {
+    let level_ok = |l: &str| l.parse::<tracing_subscriber::filter::LevelFilter>().is_ok();
+    let target_ok = |t: &str| {
+        !t.is_empty()
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '-'))
+    };
+    for d in s.split(',').map(str::trim) {
+        let ok = match d.rsplit_once('=') {
+            Some((target, level)) => target_ok(target) && level_ok(level),
+            None => level_ok(d) || target_ok(d),
+        };
+        if !ok {
+            return Err(format!("{d:?} is neither a level nor target=level"));
+        }
+    }
+    Ok(())
 }
 
 /// Routes panics through the log, with the thread and location, so a panic in a worker is
@@ -40,4 +62,18 @@ pub fn log_panics() {
             .unwrap_or_else(|| "panic".into());
         tracing::error!(thread = thread.name().unwrap_or("?"), %location, "panic: {payload}");
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directives() {
+        assert!(validate_directives("info").is_ok());
+        assert!(validate_directives("ringcast=debug,hyper=warn").is_ok());
+        assert!(validate_directives("not a level!!").is_err());
+        assert!(validate_directives("x=loud").is_err());
+        assert!(validate_directives("").is_err());
+    }
 }

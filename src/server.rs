@@ -208,10 +208,10 @@ async fn worker_main<R: Runtime>(start: WorkerStart) {
         inbox,
         ready,
     } = start;
-    let worker = Rc::new(Worker::new(index, shared.clone()));
+    let worker = Rc::new(Worker::new(index, shared.clone(), inbox));
     {
         let worker = worker.clone();
-        R::spawn(async move { hub::run_inbox(&worker, inbox).await });
+        R::spawn(async move { hub::run_inbox(&worker).await });
     }
     R::spawn(session::sweeper::<R>(worker.clone()));
     let _ = ready.send((index, Ok(())));
@@ -228,9 +228,14 @@ async fn worker_main<R: Runtime>(start: WorkerStart) {
     }
 
     // Drain: queued frames, then pusher:error + close 4200, within the shutdown timeout.
+    // HTTP connections keep answering (readiness 503) until the WebSockets are gone.
     worker.close_all_for_shutdown();
     let deadline = Instant::now() + shared.config.shutdown_timeout;
-    while (worker.conn_count() > 0 || worker.http_conn_count() > 0) && Instant::now() < deadline {
+    while worker.conn_count() > 0 && Instant::now() < deadline {
+        R::sleep(Duration::from_millis(10)).await;
+    }
+    worker.http_stop.cancel();
+    while worker.http_conn_count() > 0 && Instant::now() < deadline {
         R::sleep(Duration::from_millis(10)).await;
     }
     let left = worker.conn_count();

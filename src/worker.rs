@@ -12,7 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::AppIdx;
 use crate::config::Config;
-use crate::hub::{ChannelIndex, ChannelKey, ChannelRef, InboxSender, LocalChannels};
+use crate::hub::{
+    ChannelIndex, ChannelKey, ChannelRef, InboxReceiver, InboxSender, LocalChannels, WorkerMsg,
+};
 use crate::metrics::WorkerStats;
 use crate::protocol::{codes, messages, SocketId, SocketIdGen};
 use crate::runtime::Backend;
@@ -51,6 +53,12 @@ pub struct Worker {
     pub stats: Arc<WorkerStats>,
     /// This worker's subscribers.
     pub channels: LocalChannels,
+    /// What other workers send this one.
+    pub inbox: InboxReceiver,
+    /// Cancelled, during shutdown, once the WebSocket connections have drained: HTTP
+    /// connections keep answering until then (`/readyz` says 503, every response carries
+    /// `Connection: close`).
+    pub http_stop: CancellationToken,
     conns: RefCell<Slab<Rc<Conn>>>,
     socket_ids: RefCell<SocketIdGen>,
     http_conns: Cell<usize>,
@@ -58,13 +66,15 @@ pub struct Worker {
 
 impl Worker {
     /// The state of worker `index`.
-    pub fn new(index: usize, shared: Arc<Shared>) -> Self {
+    pub fn new(index: usize, shared: Arc<Shared>, inbox: InboxReceiver) -> Self {
         let workers = shared.config.workers;
         Self {
             index,
             stats: shared.stats[index].clone(),
             shared,
             channels: LocalChannels::default(),
+            inbox,
+            http_stop: CancellationToken::new(),
             conns: RefCell::new(Slab::new()),
             socket_ids: RefCell::new(SocketIdGen::new(index, workers)),
             http_conns: Cell::new(0),
@@ -170,6 +180,33 @@ impl Worker {
                 "closed slow subscribers with 4100"
             );
         }
+    }
+
+    /// Applies up to `max` messages waiting in the inbox; returns how many.
+    ///
+    /// Publishing calls this before delivering locally: an event another worker published
+    /// earlier (and already answered `200` for) is in this inbox, and must reach local
+    /// subscribers before anything published after it.
+    pub fn drain_inbox(&self, max: usize) -> usize {
+        let mut taken = 0;
+        while taken < max {
+            let Some(msg) = self.inbox.try_recv() else {
+                break;
+            };
+            match msg {
+                WorkerMsg::Deliver(batch) => {
+                    for d in &batch {
+                        let key = ChannelRef {
+                            app: d.channel.app,
+                            name: &d.channel.name,
+                        };
+                        self.deliver_local(key, &d.frame, d.except);
+                    }
+                }
+            }
+            taken += 1;
+        }
+        taken
     }
 
     /// Open HTTP connections (not upgraded) on this worker.

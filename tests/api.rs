@@ -43,8 +43,14 @@ async fn events_reach_every_named_channel(backend: &'static str) {
     .await;
     assert_eq!((status, body), (200, json!({})));
     let (ma, mb) = (a.recv().await, b.recv().await);
-    assert_eq!((ma["channel"].as_str(), ma["data"].as_str()), (Some("alpha"), Some("hi")));
-    assert_eq!((mb["channel"].as_str(), mb["data"].as_str()), (Some("beta"), Some("hi")));
+    assert_eq!(
+        (ma["channel"].as_str(), ma["data"].as_str()),
+        (Some("alpha"), Some("hi"))
+    );
+    assert_eq!(
+        (mb["channel"].as_str(), mb["data"].as_str()),
+        (Some("beta"), Some("hi"))
+    );
     // `channel` (singular) works too, and non-string data is passed on as JSON text.
     let (status, _) = api(
         &server,
@@ -65,7 +71,14 @@ async fn batch_events_are_delivered_in_order(backend: &'static str) {
     let batch: Vec<_> = (0..10)
         .map(|i| json!({"name": "item", "channel": "feed", "data": i.to_string()}))
         .collect();
-    let (status, body) = api(&server, "POST", &format!("/apps/{APP_ID}/batch_events"), &[], Some(&json!({ "batch": batch }))).await;
+    let (status, body) = api(
+        &server,
+        "POST",
+        &format!("/apps/{APP_ID}/batch_events"),
+        &[],
+        Some(&json!({ "batch": batch })),
+    )
+    .await;
     assert_eq!((status, body), (200, json!({})));
     for i in 0..10 {
         assert_eq!(c.recv().await["data"], i.to_string());
@@ -102,19 +115,44 @@ async fn socket_id_excludes_the_publishers_connection(backend: &'static str) {
 
 async fn bad_signatures_are_refused_with_401(backend: &'static str) {
     let server = Server::start(backend, &[]);
-    let body = json!({"name": "e", "channel": "c", "data": "d"}).to_string().into_bytes();
+    let body = json!({"name": "e", "channel": "c", "data": "d"})
+        .to_string()
+        .into_bytes();
     let path = events_path();
     // Wrong secret.
-    let url = signed_url_with(&server, "app-key", "wrong", "POST", &path, &[], &body, now_secs());
+    let url = signed_url_with(
+        &server,
+        "app-key",
+        "wrong",
+        "POST",
+        &path,
+        &[],
+        &body,
+        now_secs(),
+    );
     let (status, reply) = send_raw("POST", &url, body.clone()).await;
     assert_eq!(status, 401);
-    assert!(reply["error"].as_str().unwrap().contains("signature"), "{reply}");
+    assert!(
+        reply["error"].as_str().unwrap().contains("signature"),
+        "{reply}"
+    );
     // Wrong key.
-    let url = signed_url_with(&server, "other-key", "app-secret", "POST", &path, &[], &body, now_secs());
+    let url = signed_url_with(
+        &server,
+        "other-key",
+        "app-secret",
+        "POST",
+        &path,
+        &[],
+        &body,
+        now_secs(),
+    );
     assert_eq!(send_raw("POST", &url, body.clone()).await.0, 401);
     // Body changed after signing.
     let url = signed_url(&server, "POST", &path, &[], &body, now_secs());
-    let tampered = json!({"name": "e", "channel": "c", "data": "evil"}).to_string().into_bytes();
+    let tampered = json!({"name": "e", "channel": "c", "data": "evil"})
+        .to_string()
+        .into_bytes();
     let (status, reply) = send_raw("POST", &url, tampered).await;
     assert_eq!(status, 401);
     assert!(reply["error"].as_str().unwrap().contains("body_md5"));
@@ -132,7 +170,9 @@ async fn bad_signatures_are_refused_with_401(backend: &'static str) {
 
 async fn timestamps_outside_the_window_are_refused(backend: &'static str) {
     let server = Server::start(backend, &[]);
-    let body = json!({"name": "e", "channel": "c", "data": "d"}).to_string().into_bytes();
+    let body = json!({"name": "e", "channel": "c", "data": "d"})
+        .to_string()
+        .into_bytes();
     for (skew, ok) in [(-590i64, true), (590, true), (-700, false), (700, false)] {
         let ts = (now_secs() as i64 + skew) as u64;
         let url = signed_url(&server, "POST", &events_path(), &[], &body, ts);
@@ -153,15 +193,51 @@ async fn limits_get_400_and_413(backend: &'static str) {
     };
     // 10 KB of data is fine, one byte more is 413.
     let ok = "x".repeat(10 * 1024);
-    assert_eq!(post(json!({"name": "e", "channel": "c", "data": ok}), events_path()).await.0, 200);
+    assert_eq!(
+        post(
+            json!({"name": "e", "channel": "c", "data": ok}),
+            events_path()
+        )
+        .await
+        .0,
+        200
+    );
     let big = "x".repeat(10 * 1024 + 1);
-    let (status, reply) = post(json!({"name": "e", "channel": "c", "data": big}), events_path()).await;
+    let (status, reply) = post(
+        json!({"name": "e", "channel": "c", "data": big}),
+        events_path(),
+    )
+    .await;
     assert_eq!(status, 413, "{reply}");
     // 100 channels fine, 101 refused.
     let chans: Vec<String> = (0..101).map(|i| format!("c{i}")).collect();
-    assert_eq!(post(json!({"name": "e", "channels": &chans[..100], "data": "d"}), events_path()).await.0, 200);
-    assert_eq!(post(json!({"name": "e", "channels": chans, "data": "d"}), events_path()).await.0, 400);
-    assert_eq!(post(json!({"name": "e", "channels": [], "data": "d"}), events_path()).await.0, 400);
+    assert_eq!(
+        post(
+            json!({"name": "e", "channels": &chans[..100], "data": "d"}),
+            events_path()
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        post(
+            json!({"name": "e", "channels": chans, "data": "d"}),
+            events_path()
+        )
+        .await
+        .0,
+        400
+    );
+    assert_eq!(
+        post(
+            json!({"name": "e", "channels": [], "data": "d"}),
+            events_path()
+        )
+        .await
+        .0,
+        400
+    );
     // 10 batch events fine, 11 refused.
     let batch = |n: usize| json!({"batch": (0..n).map(|_| json!({"name": "e", "channel": "c", "data": "d"})).collect::<Vec<_>>()});
     let batch_path = format!("/apps/{APP_ID}/batch_events");
@@ -172,9 +248,16 @@ async fn limits_get_400_and_413(backend: &'static str) {
     let mixed = json!({"batch": [{"name": "e", "channel": "c", "data": "d"}, {"name": "e", "channel": "c", "data": "x".repeat(10241)}]});
     let (status, reply) = post(mixed, batch_path).await;
     assert_eq!(status, 413);
-    assert!(reply["error"].as_str().unwrap().starts_with("batch[1]"), "{reply}");
+    assert!(
+        reply["error"].as_str().unwrap().starts_with("batch[1]"),
+        "{reply}"
+    );
     // Encrypted channels cannot share an event with other channels.
-    let (status, _) = post(json!({"name": "e", "channels": ["private-encrypted-a", "b"], "data": "d"}), events_path()).await;
+    let (status, _) = post(
+        json!({"name": "e", "channels": ["private-encrypted-a", "b"], "data": "d"}),
+        events_path(),
+    )
+    .await;
     assert_eq!(status, 400);
 }
 
@@ -184,14 +267,29 @@ async fn malformed_bodies_get_400(backend: &'static str) {
         (json!({"channel": "c", "data": "d"}), "name"),
         (json!({"name": "e", "channel": "c"}), "data"),
         (json!({"name": "e", "data": "d"}), "channels"),
-        (json!({"name": "e", "channel": "c", "channels": ["c"], "data": "d"}), "either"),
-        (json!({"name": "e", "channel": "bad channel", "data": "d"}), "invalid channel"),
-        (json!({"name": "", "channel": "c", "data": "d"}), "event name"),
-        (json!({"name": "e", "channel": "c", "data": "d", "info": "bogus"}), "info"),
+        (
+            json!({"name": "e", "channel": "c", "channels": ["c"], "data": "d"}),
+            "either",
+        ),
+        (
+            json!({"name": "e", "channel": "bad channel", "data": "d"}),
+            "invalid channel",
+        ),
+        (
+            json!({"name": "", "channel": "c", "data": "d"}),
+            "event name",
+        ),
+        (
+            json!({"name": "e", "channel": "c", "data": "d", "info": "bogus"}),
+            "info",
+        ),
     ] {
         let (status, reply) = api(&server, "POST", &events_path(), &[], Some(&body)).await;
         assert_eq!(status, 400, "{body}: {reply}");
-        assert!(reply["error"].as_str().unwrap().contains(what), "{what}: {reply}");
+        assert!(
+            reply["error"].as_str().unwrap().contains(what),
+            "{what}: {reply}"
+        );
     }
     // Not JSON at all.
     let raw = b"{not json".to_vec();
@@ -204,7 +302,14 @@ async fn malformed_bodies_get_400(backend: &'static str) {
     let (status, _) = send_raw("POST", &server.http(&events_path()), huge).await;
     assert_eq!(status, 413);
     // Laravel names events after PHP classes: backslashes are fine.
-    let (status, _) = api(&server, "POST", &events_path(), &[], Some(&json!({"name": "App\\Events\\OrderShipped", "channel": "c", "data": "{}"}))).await;
+    let (status, _) = api(
+        &server,
+        "POST",
+        &events_path(),
+        &[],
+        Some(&json!({"name": "App\\Events\\OrderShipped", "channel": "c", "data": "{}"})),
+    )
+    .await;
     assert_eq!(status, 200);
 }
 
@@ -214,7 +319,14 @@ async fn unknown_apps_and_methods_get_404_and_405(backend: &'static str) {
     assert_eq!(status, 404, "{reply}");
     let (status, _) = api(&server, "GET", &events_path(), &[], None).await;
     assert_eq!(status, 405);
-    let (status, _) = api(&server, "GET", &format!("/apps/{APP_ID}/whatever"), &[], None).await;
+    let (status, _) = api(
+        &server,
+        "GET",
+        &format!("/apps/{APP_ID}/whatever"),
+        &[],
+        None,
+    )
+    .await;
     assert_eq!(status, 404);
     let (status, reply) = send_raw("GET", &server.http("/no/such/path"), vec![]).await;
     assert_eq!(status, 404);
@@ -238,19 +350,56 @@ async fn channel_queries_report_occupancy_and_counts(backend: &'static str) {
     let list = format!("/apps/{APP_ID}/channels");
     let (status, body) = api(&server, "GET", &list, &[], None).await;
     assert_eq!(status, 200);
-    assert_eq!(body, json!({"channels": {"lobby": {}, "room-1": {}, "room-2": {}}}));
-    let (_, body) = api(&server, "GET", &list, &[("filter_by_prefix", "room-"), ("info", "subscription_count")], None).await;
-    assert_eq!(body, json!({"channels": {"room-1": {"subscription_count": 5}, "room-2": {"subscription_count": 1}}}));
+    assert_eq!(
+        body,
+        json!({"channels": {"lobby": {}, "room-1": {}, "room-2": {}}})
+    );
+    let (_, body) = api(
+        &server,
+        "GET",
+        &list,
+        &[
+            ("filter_by_prefix", "room-"),
+            ("info", "subscription_count"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(
+        body,
+        json!({"channels": {"room-1": {"subscription_count": 5}, "room-2": {"subscription_count": 1}}})
+    );
     // user_count needs a presence- prefix filter.
     let (status, _) = api(&server, "GET", &list, &[("info", "user_count")], None).await;
     assert_eq!(status, 400);
-    let (status, body) = api(&server, "GET", &list, &[("filter_by_prefix", "presence-"), ("info", "user_count")], None).await;
+    let (status, body) = api(
+        &server,
+        "GET",
+        &list,
+        &[("filter_by_prefix", "presence-"), ("info", "user_count")],
+        None,
+    )
+    .await;
     assert_eq!((status, body), (200, json!({"channels": {}})));
 
     let one = format!("/apps/{APP_ID}/channels/room-1");
-    let (_, body) = api(&server, "GET", &one, &[("info", "subscription_count")], None).await;
+    let (_, body) = api(
+        &server,
+        "GET",
+        &one,
+        &[("info", "subscription_count")],
+        None,
+    )
+    .await;
     assert_eq!(body, json!({"occupied": true, "subscription_count": 5}));
-    let (_, body) = api(&server, "GET", &format!("/apps/{APP_ID}/channels/empty"), &[], None).await;
+    let (_, body) = api(
+        &server,
+        "GET",
+        &format!("/apps/{APP_ID}/channels/empty"),
+        &[],
+        None,
+    )
+    .await;
     assert_eq!(body, json!({"occupied": false}));
     let (status, _) = api(&server, "GET", &one, &[("info", "user_count")], None).await;
     assert_eq!(status, 400);
@@ -261,7 +410,14 @@ async fn channel_queries_report_occupancy_and_counts(backend: &'static str) {
     drop(clients.drain(2..).collect::<Vec<_>>());
     let deadline = std::time::Instant::now() + common::WAIT;
     loop {
-        let (_, body) = api(&server, "GET", &one, &[("info", "subscription_count")], None).await;
+        let (_, body) = api(
+            &server,
+            "GET",
+            &one,
+            &[("info", "subscription_count")],
+            None,
+        )
+        .await;
         if body == json!({"occupied": true, "subscription_count": 2}) {
             break;
         }
@@ -294,7 +450,10 @@ async fn events_reply_with_requested_info(backend: &'static str) {
     )
     .await;
     assert_eq!(status, 200);
-    assert_eq!(body, json!({"channels": {"x": {"subscription_count": 2}, "y": {"subscription_count": 0}}}));
+    assert_eq!(
+        body,
+        json!({"channels": {"x": {"subscription_count": 2}, "y": {"subscription_count": 0}}})
+    );
     let (_, body) = api(
         &server,
         "POST",
@@ -311,24 +470,58 @@ async fn events_reply_with_requested_info(backend: &'static str) {
 
 async fn health_readiness_and_metrics(backend: &'static str) {
     let server = Server::start(backend, &[]);
-    assert_eq!(send_raw("GET", &server.http("/healthz"), vec![]).await, (200, json!({"status": "ok"})));
-    assert_eq!(send_raw("GET", &server.http("/readyz"), vec![]).await, (200, json!({"status": "ready"})));
+    assert_eq!(
+        send_raw("GET", &server.http("/healthz"), vec![]).await,
+        (200, json!({"status": "ok"}))
+    );
+    assert_eq!(
+        send_raw("GET", &server.http("/readyz"), vec![]).await,
+        (200, json!({"status": "ready"}))
+    );
     let _c = Client::connect(&server).await;
-    let total = server.metric("ringcast_connections", 0).await + server.metric("ringcast_connections", 1).await;
+    let total = server.metric("ringcast_connections", 0).await
+        + server.metric("ringcast_connections", 1).await;
     assert_eq!(total, 1);
-    let text = reqwest::get(server.http("/metrics")).await.unwrap().text().await.unwrap();
-    let backend_name = if backend == "uring" { "io_uring" } else { "epoll" };
-    assert!(text.contains(&format!("backend=\"{backend_name}\"")), "{text}");
+    let text = reqwest::get(server.http("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let backend_name = if backend == "uring" {
+        "io_uring"
+    } else {
+        "epoll"
+    };
+    assert!(
+        text.contains(&format!("backend=\"{backend_name}\"")),
+        "{text}"
+    );
 }
 
 async fn disabled_app_api_gets_403(backend: &'static str) {
     let dir = std::env::temp_dir().join(format!("ringcast-api-{}-{backend}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let apps = dir.join("apps.toml");
-    std::fs::write(&apps, "[[app]]\nid = \"9\"\nkey = \"k9\"\nsecret = \"s9\"\nenabled = false\n").unwrap();
+    std::fs::write(
+        &apps,
+        "[[app]]\nid = \"9\"\nkey = \"k9\"\nsecret = \"s9\"\nenabled = false\n",
+    )
+    .unwrap();
     let server = Server::start(backend, &["--apps-file", apps.to_str().unwrap()]);
-    let body = json!({"name": "e", "channel": "c", "data": "d"}).to_string().into_bytes();
-    let url = signed_url_with(&server, "k9", "s9", "POST", "/apps/9/events", &[], &body, now_secs());
+    let body = json!({"name": "e", "channel": "c", "data": "d"})
+        .to_string()
+        .into_bytes();
+    let url = signed_url_with(
+        &server,
+        "k9",
+        "s9",
+        "POST",
+        "/apps/9/events",
+        &[],
+        &body,
+        now_secs(),
+    );
     let (status, reply) = send_raw("POST", &url, body).await;
     assert_eq!(status, 403, "{reply}");
 }

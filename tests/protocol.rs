@@ -48,8 +48,14 @@ async fn connection_established_carries_socket_id_and_activity_timeout(backend: 
     let d = data(&msg);
     let socket_id = d["socket_id"].as_str().unwrap();
     let (a, b) = socket_id.split_once('.').unwrap();
-    assert!(!a.is_empty() && a.bytes().all(|c| c.is_ascii_digit()), "{socket_id}");
-    assert!(!b.is_empty() && b.bytes().all(|c| c.is_ascii_digit()), "{socket_id}");
+    assert!(
+        !a.is_empty() && a.bytes().all(|c| c.is_ascii_digit()),
+        "{socket_id}"
+    );
+    assert!(
+        !b.is_empty() && b.bytes().all(|c| c.is_ascii_digit()),
+        "{socket_id}"
+    );
     assert_eq!(d["activity_timeout"], 42);
 }
 
@@ -71,7 +77,8 @@ async fn unknown_app_key_is_refused_with_4001(backend: &'static str) {
     let server = Server::start(backend, &[]);
     let mut ws = Client::open(&server.ws_url("no-such-key")).await;
     use futures_util::StreamExt;
-    let msg: Value = serde_json::from_str(&ws.next().await.unwrap().unwrap().into_text().unwrap()).unwrap();
+    let msg: Value =
+        serde_json::from_str(&ws.next().await.unwrap().unwrap().into_text().unwrap()).unwrap();
     assert_eq!(msg["event"], "pusher:error");
     assert_eq!(msg["data"]["code"], 4001);
     assert_eq!(close_code(&wait_closed(&mut ws).await), 4001);
@@ -79,7 +86,12 @@ async fn unknown_app_key_is_refused_with_4001(backend: &'static str) {
 
 async fn protocol_version_problems_get_40xx_codes(backend: &'static str) {
     let server = Server::start(backend, &[]);
-    for (query, code) in [("", 4008), ("?protocol=abc", 4006), ("?protocol=3", 4007), ("?protocol=8", 4007)] {
+    for (query, code) in [
+        ("", 4008),
+        ("?protocol=abc", 4006),
+        ("?protocol=3", 4007),
+        ("?protocol=8", 4007),
+    ] {
         let url = format!("ws://{}/app/{APP_KEY}{query}", server.addr);
         let mut ws = Client::open(&url).await;
         assert_eq!(close_code(&wait_closed(&mut ws).await), code, "{query}");
@@ -100,7 +112,9 @@ async fn websocket_ping_gets_pong(backend: &'static str) {
     use tokio_tungstenite::tungstenite::Message;
     let server = Server::start(backend, &[]);
     let mut c = Client::connect(&server).await;
-    c.ws.send(Message::Ping(b"are you there"[..].into())).await.unwrap();
+    c.ws.send(Message::Ping(b"are you there"[..].into()))
+        .await
+        .unwrap();
     loop {
         match c.ws.next().await.unwrap().unwrap() {
             Message::Pong(p) => {
@@ -116,7 +130,13 @@ async fn subscriber_receives_published_events(backend: &'static str) {
     let server = Server::start(backend, &[]);
     let mut c = Client::connect(&server).await;
     c.subscribe("orders").await;
-    publish(&server, &["orders"], "App\\Events\\OrderShipped", r#"{"id":7,"note":"é \"quoted\""}"#).await;
+    publish(
+        &server,
+        &["orders"],
+        "App\\Events\\OrderShipped",
+        r#"{"id":7,"note":"é \"quoted\""}"#,
+    )
+    .await;
     let msg = c.recv().await;
     assert_eq!(msg["event"], "App\\Events\\OrderShipped");
     assert_eq!(msg["channel"], "orders");
@@ -128,7 +148,8 @@ async fn unsubscribe_stops_delivery(backend: &'static str) {
     let mut c = Client::connect(&server).await;
     c.subscribe("a").await;
     c.subscribe("b").await;
-    c.send(json!({"event": "pusher:unsubscribe", "data": {"channel": "a"}})).await;
+    c.send(json!({"event": "pusher:unsubscribe", "data": {"channel": "a"}}))
+        .await;
     // A ping round trip orders the unsubscribe before the publish.
     c.send(json!({"event": "pusher:ping", "data": {}})).await;
     assert_eq!(c.recv().await["event"], "pusher:pong");
@@ -142,8 +163,15 @@ async fn unsubscribe_stops_delivery(backend: &'static str) {
 async fn private_and_presence_subscriptions_get_subscription_error(backend: &'static str) {
     let server = Server::start(backend, &[]);
     let mut c = Client::connect(&server).await;
-    for channel in ["private-a", "presence-b", "private-encrypted-c", "cache-d", "#server-to-user-1"] {
-        c.send(json!({"event": "pusher:subscribe", "data": {"auth": "x:y", "channel": channel}})).await;
+    for channel in [
+        "private-a",
+        "presence-b",
+        "private-encrypted-c",
+        "cache-d",
+        "#server-to-user-1",
+    ] {
+        c.send(json!({"event": "pusher:subscribe", "data": {"auth": "x:y", "channel": channel}}))
+            .await;
         let msg = c.recv().await;
         assert_eq!(msg["event"], "pusher:subscription_error", "{msg}");
         assert_eq!(msg["channel"], channel);
@@ -161,9 +189,13 @@ async fn invalid_channel_names_get_subscription_error(backend: &'static str) {
     let mut c = Client::connect(&server).await;
     let long = "a".repeat(165);
     for channel in ["", "has space", "#hash", long.as_str(), "ünïcode"] {
-        c.send(json!({"event": "pusher:subscribe", "data": {"auth": "", "channel": channel}})).await;
+        c.send(json!({"event": "pusher:subscribe", "data": {"auth": "", "channel": channel}}))
+            .await;
         let msg = c.recv().await;
-        assert_eq!(msg["event"], "pusher:subscription_error", "{channel:?}: {msg}");
+        assert_eq!(
+            msg["event"], "pusher:subscription_error",
+            "{channel:?}: {msg}"
+        );
         assert_eq!(msg["data"]["status"], 400);
     }
     c.subscribe(&"a".repeat(164)).await;
@@ -172,7 +204,13 @@ async fn invalid_channel_names_get_subscription_error(backend: &'static str) {
 async fn malformed_json_gets_pusher_error_and_the_connection_stays_open(backend: &'static str) {
     let server = Server::start(backend, &[]);
     let mut c = Client::connect(&server).await;
-    for bad in ["not json", "[1,2,3]", r#"{"data":{}}"#, r#"{"event":"pusher:subscribe"}"#, r#"{"event":"pusher:subscribe","data":{"channel":5}}"#] {
+    for bad in [
+        "not json",
+        "[1,2,3]",
+        r#"{"data":{}}"#,
+        r#"{"event":"pusher:subscribe"}"#,
+        r#"{"event":"pusher:subscribe","data":{"channel":5}}"#,
+    ] {
         c.send_text(bad).await;
         let msg = c.recv().await;
         assert_eq!(msg["event"], "pusher:error", "{bad}: {msg}");
@@ -188,19 +226,30 @@ async fn unknown_events_and_client_events_get_pusher_error(backend: &'static str
     c.send(json!({"event": "something-else", "data": {}})).await;
     let msg = c.recv().await;
     assert_eq!(msg["event"], "pusher:error");
-    assert!(msg["data"]["message"].as_str().unwrap().contains("something-else"));
+    assert!(msg["data"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("something-else"));
     c.subscribe("public").await;
-    c.send(json!({"event": "client-typing", "channel": "public", "data": {}})).await;
+    c.send(json!({"event": "client-typing", "channel": "public", "data": {}}))
+        .await;
     let msg = c.recv().await;
     assert_eq!(msg["event"], "pusher:error");
-    assert!(msg["data"]["message"].as_str().unwrap().contains("private and presence"));
+    assert!(msg["data"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("private and presence"));
 }
 
 async fn binary_frames_close_with_1003(backend: &'static str) {
     use futures_util::SinkExt;
     let server = Server::start(backend, &[]);
     let mut c = Client::connect(&server).await;
-    c.ws.send(tokio_tungstenite::tungstenite::Message::Binary(vec![1, 2, 3].into())).await.unwrap();
+    c.ws.send(tokio_tungstenite::tungstenite::Message::Binary(
+        vec![1, 2, 3].into(),
+    ))
+    .await
+    .unwrap();
     let msg = c.recv().await;
     assert_eq!(msg["event"], "pusher:error");
     assert_eq!(close_code(&c.closed().await), 1003);
@@ -209,7 +258,11 @@ async fn binary_frames_close_with_1003(backend: &'static str) {
 async fn oversized_messages_close_with_1009(backend: &'static str) {
     let server = Server::start(backend, &["--max-message-size", "1024"]);
     let mut c = Client::connect(&server).await;
-    c.send_text(&format!(r#"{{"event":"pusher:ping","data":"{}"}}"#, "x".repeat(1100))).await;
+    c.send_text(&format!(
+        r#"{{"event":"pusher:ping","data":"{}"}}"#,
+        "x".repeat(1100)
+    ))
+    .await;
     let msg = c.recv().await;
     assert_eq!(msg["event"], "pusher:error");
     assert!(msg["data"]["message"].as_str().unwrap().contains("1024"));
@@ -220,7 +273,8 @@ async fn invalid_utf8_closes_with_1007(backend: &'static str) {
     let server = Server::start(backend, &[]);
     let mut ws = RawWs::connect(&server, &format!("/app/{APP_KEY}?protocol=7")).await;
     ws.read_frame().await.unwrap(); // connection_established
-    ws.send_frame(true, 1, &[b'{', 0xff, 0xfe, b'}'], true).await;
+    ws.send_frame(true, 1, &[b'{', 0xff, 0xfe, b'}'], true)
+        .await;
     assert_eq!(ws.read_close().await, 1007);
 }
 
@@ -228,7 +282,8 @@ async fn unmasked_frames_close_with_1002(backend: &'static str) {
     let server = Server::start(backend, &[]);
     let mut ws = RawWs::connect(&server, &format!("/app/{APP_KEY}?protocol=7")).await;
     ws.read_frame().await.unwrap();
-    ws.send_frame(true, 1, br#"{"event":"pusher:ping"}"#, false).await;
+    ws.send_frame(true, 1, br#"{"event":"pusher:ping"}"#, false)
+        .await;
     assert_eq!(ws.read_close().await, 1002);
     // Reserved bits on a fresh connection, too.
     let mut ws = RawWs::connect(&server, &format!("/app/{APP_KEY}?protocol=7")).await;
@@ -294,11 +349,13 @@ async fn channel_limit_per_connection_is_enforced(backend: &'static str) {
         c.subscribe(ch).await;
     }
     c.subscribe("a").await; // already subscribed: fine
-    c.send(json!({"event": "pusher:subscribe", "data": {"channel": "d"}})).await;
+    c.send(json!({"event": "pusher:subscribe", "data": {"channel": "d"}}))
+        .await;
     let msg = c.recv().await;
     assert_eq!(msg["event"], "pusher:subscription_error");
     assert_eq!(msg["data"]["status"], 429);
-    c.send(json!({"event": "pusher:unsubscribe", "data": {"channel": "a"}})).await;
+    c.send(json!({"event": "pusher:unsubscribe", "data": {"channel": "a"}}))
+        .await;
     c.subscribe("d").await;
 }
 
@@ -315,7 +372,8 @@ async fn connections_beyond_max_connections_get_4100(backend: &'static str) {
     loop {
         let mut ws = Client::open(&server.ws_url(APP_KEY)).await;
         use futures_util::StreamExt;
-        let first: Value = serde_json::from_str(&ws.next().await.unwrap().unwrap().into_text().unwrap()).unwrap();
+        let first: Value =
+            serde_json::from_str(&ws.next().await.unwrap().unwrap().into_text().unwrap()).unwrap();
         if first["event"] == "pusher:connection_established" {
             break;
         }

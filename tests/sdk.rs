@@ -20,12 +20,25 @@ use serde_json::{json, Value};
 on_both_backends!(python_sdk_events_reach_pusher_js);
 
 async fn python_sdk_events_reach_pusher_js(backend: &'static str) {
-    let Some(node_path) = deps::node_modules() else { return };
-    let Some(python_path) = deps::python(&["pusher"], &["pusher==3.3.4"]) else { return };
-    let clients = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("clients");
+    let Some(node_path) = deps::node_modules() else {
+        return;
+    };
+    let Some(python_path) = deps::python(&["pusher"], &["pusher==3.3.4"]) else {
+        return;
+    };
+    let clients = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("clients");
     let server = Server::start(
         backend,
-        &["--app-id", APP_ID, "--app-key", APP_KEY, "--app-secret", APP_SECRET],
+        &[
+            "--app-id",
+            APP_ID,
+            "--app-key",
+            APP_KEY,
+            "--app-secret",
+            APP_SECRET,
+        ],
     );
     let host = server.addr.ip().to_string();
     let port = server.addr.port().to_string();
@@ -42,13 +55,17 @@ async fn python_sdk_events_reach_pusher_js(backend: &'static str) {
     let stdout = node.stdout.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let v: Value = serde_json::from_str(&line).unwrap_or_else(|_| json!({"type": "noise", "line": line}));
+            let v: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|_| json!({"type": "noise", "line": line}));
             if tx.send(v).is_err() {
                 break;
             }
         }
     });
-    let next = || rx.recv_timeout(WAIT).expect("pusher-js printed nothing in time");
+    let next = || {
+        rx.recv_timeout(WAIT)
+            .expect("pusher-js printed nothing in time")
+    };
 
     let mut socket_id = None;
     let mut subscribed = 0;
@@ -62,20 +79,32 @@ async fn python_sdk_events_reach_pusher_js(backend: &'static str) {
     }
 
     let mut python = Command::new("python3");
-    python
-        .arg(clients.join("trigger.py"))
-        .args([host.as_str(), port.as_str(), APP_ID, APP_KEY, APP_SECRET, socket_id.as_deref().unwrap()]);
+    python.arg(clients.join("trigger.py")).args([
+        host.as_str(),
+        port.as_str(),
+        APP_ID,
+        APP_KEY,
+        APP_SECRET,
+        socket_id.as_deref().unwrap(),
+    ]);
     if let Some(p) = &python_path {
         python.env("PYTHONPATH", p);
     }
     let out = python.output().expect("run python");
-    assert!(out.status.success(), "trigger.py failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "trigger.py failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let queries: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         queries["channels"],
         json!({"channels": {"sdk-a": {"subscription_count": 1}, "sdk-b": {"subscription_count": 1}}})
     );
-    assert_eq!(queries["channel"], json!({"occupied": true, "subscription_count": 1}));
+    assert_eq!(
+        queries["channel"],
+        json!({"occupied": true, "subscription_count": 1})
+    );
     assert_eq!(queries["wrong_secret"], "refused");
 
     let mut events: Vec<(String, String, Value)> = Vec::new();
@@ -89,7 +118,11 @@ async fn python_sdk_events_reach_pusher_js(backend: &'static str) {
         ));
     }
     let on = |ch: &str| -> Vec<(String, Value)> {
-        events.iter().filter(|e| e.0 == ch).map(|e| (e.1.clone(), e.2.clone())).collect()
+        events
+            .iter()
+            .filter(|e| e.0 == ch)
+            .map(|e| (e.1.clone(), e.2.clone()))
+            .collect()
     };
     assert_eq!(
         on("sdk-a"),
@@ -114,7 +147,10 @@ async fn python_sdk_events_reach_pusher_js(backend: &'static str) {
             assert!(status.success());
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "pusher-js did not exit");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pusher-js did not exit"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

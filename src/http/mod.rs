@@ -70,9 +70,9 @@ pub async fn serve<R: Runtime>(worker: Rc<Worker>, conn: R::Conn, peer: SocketAd
     let mut conn = builder.serve_connection(io::HyperIo::new(io.clone(), activity.clone()), svc);
 
     // Run hyper until the connection ends or upgrades, closing it gracefully when the
-    // server shuts down or the connection stays idle too long.
+    // connection stays idle too long, or at the end of a shutdown's drain.
     let idle_timeout = worker.config().http_idle_timeout;
-    let mut stopping = pin!(worker.shared.shutdown.clone().cancelled_owned());
+    let mut stopping = pin!(worker.http_stop.clone().cancelled_owned());
     let mut idle = pin!(R::sleep(idle_timeout));
     let mut closing = false;
     let res = poll_fn(|cx| {
@@ -116,20 +116,34 @@ async fn route<R: Runtime>(
     upgrade: Rc<RefCell<Option<Session>>>,
     req: Request<Incoming>,
 ) -> Result<HttpResponse, Infallible> {
+    let mut resp = respond::<R>(&worker, &upgrade, req).await;
+    if worker.is_shutting_down() && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // Draining: answer, but do not keep the connection.
+        resp.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    Ok(resp)
+}
+
+async fn respond<R: Runtime>(
+    worker: &Rc<Worker>,
+    upgrade: &RefCell<Option<Session>>,
+    req: Request<Incoming>,
+) -> HttpResponse {
     WorkerStats::add(&worker.stats.http_requests, 1);
     let path = req.uri().path();
     if let Some(key) = path.strip_prefix("/app/") {
-        let session = pusher_session(&worker, key, req.uri().query());
-        return Ok(accept_upgrade(&req, session, &upgrade));
+        let session = pusher_session(worker, key, req.uri().query());
+        return accept_upgrade(&req, session, upgrade);
     }
     if worker.config().echo_path.as_deref() == Some(path) {
-        return Ok(accept_upgrade(&req, Session::Echo, &upgrade));
+        return accept_upgrade(&req, Session::Echo, upgrade);
     }
     if path.starts_with("/apps/") {
-        return Ok(crate::api::handle::<R>(&worker, req).await);
+        return crate::api::handle::<R>(worker, req).await;
     }
     let get = req.method() == Method::GET || req.method() == Method::HEAD;
-    Ok(match path {
+    match path {
         "/healthz" if get => json(StatusCode::OK, r#"{"status":"ok"}"#),
         "/readyz" if get => {
             if worker.is_shutting_down() {
@@ -168,7 +182,7 @@ async fn route<R: Runtime>(
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
         _ => error(StatusCode::NOT_FOUND, "not found"),
-    })
+    }
 }
 
 /// Decides what a `/app/{key}` connection becomes. Problems with the app or the protocol

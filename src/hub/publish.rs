@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::hub::{ChannelRef, Delivery, InboxReceiver, WorkerMsg};
+use crate::hub::{ChannelRef, Delivery, WorkerMsg};
 use crate::metrics::WorkerStats;
 use crate::runtime::Runtime;
 use crate::worker::Worker;
@@ -29,6 +29,8 @@ pub async fn publish<R: Runtime>(
     deliveries: Vec<Delivery>,
 ) -> Result<(), PublishError> {
     let shared = &worker.shared;
+    // Earlier events from other workers first: see `Worker::drain_inbox`.
+    worker.drain_inbox(usize::MAX);
     let mut remote: Vec<Vec<Delivery>> = (0..shared.inboxes.len()).map(|_| Vec::new()).collect();
     for d in deliveries {
         WorkerStats::add(&worker.stats.events_published, 1);
@@ -76,28 +78,13 @@ pub async fn publish<R: Runtime>(
     result
 }
 
-/// A worker's inbox task: applies what other workers send it.
-pub async fn run_inbox(worker: &Worker, inbox: InboxReceiver) {
+/// A worker's inbox task: applies what other workers send it, yielding between batches so
+/// its connections keep running.
+pub async fn run_inbox(worker: &Worker) {
     loop {
-        inbox.ready().await;
-        let mut taken = 0;
-        while let Some(msg) = inbox.try_recv() {
-            match msg {
-                WorkerMsg::Deliver(batch) => {
-                    for d in &batch {
-                        let key = ChannelRef {
-                            app: d.channel.app,
-                            name: &d.channel.name,
-                        };
-                        worker.deliver_local(key, &d.frame, d.except);
-                    }
-                }
-            }
-            taken += 1;
-            if taken == INBOX_BATCH {
-                taken = 0;
-                crate::runtime::yield_now().await;
-            }
+        worker.inbox.ready().await;
+        while worker.drain_inbox(INBOX_BATCH) == INBOX_BATCH {
+            crate::runtime::yield_now().await;
         }
     }
 }

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn deps_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("test-deps")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join("test-deps")
 }
 
 /// Skips (loudly) or fails when a dependency cannot be had.
@@ -16,7 +18,9 @@ pub fn unavailable(what: &str) -> Option<std::convert::Infallible> {
     if std::env::var_os("RINGCAST_REQUIRE_ALL_TESTS").is_some() {
         panic!("required test dependency unavailable: {what}");
     }
-    eprintln!("\n*** SKIPPED: {what} ***\n*** (run .ci/run, or install it, to run this test) ***\n");
+    eprintln!(
+        "\n*** SKIPPED: {what} ***\n*** (run .ci/run, or install it, to run this test) ***\n"
+    );
     None
 }
 
@@ -64,7 +68,14 @@ pub fn python(modules: &[&str], packages: &[&str]) -> Option<Option<PathBuf>> {
     let _lock = Lock::take(&deps_dir().join("python.lock"));
     if !can_import(Some(&dir)) {
         let ok = Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--target",
+            ])
             .arg(&dir)
             .args(packages)
             .status()
@@ -84,7 +95,9 @@ pub fn node_modules() -> Option<PathBuf> {
     if Command::new("node").arg("--version").output().is_err() {
         unavailable("node is not installed")?;
     }
-    let clients = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("clients");
+    let clients = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("clients");
     let local = clients.join("node_modules");
     if local.join("pusher-js").exists() {
         return Some(local);

@@ -66,7 +66,14 @@ impl Server {
     /// Starts the server, or returns its log if it exits before listening.
     pub fn try_start(backend: &'static str, args: &[&str]) -> Result<Server, Vec<String>> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringcast"));
-        cmd.args(["--port", "0", "--io", backend, "--log-level", "ringcast=debug"]);
+        cmd.args([
+            "--port",
+            "0",
+            "--io",
+            backend,
+            "--log-level",
+            "ringcast=debug",
+        ]);
         if !args.contains(&"--workers") {
             cmd.args(["--workers", "2"]);
         }
@@ -119,7 +126,10 @@ impl Server {
     }
 
     pub fn ws_url(&self, key: &str) -> String {
-        format!("ws://{}/app/{key}?protocol=7&client=js&version=8.4.0&flash=false", self.addr)
+        format!(
+            "ws://{}/app/{key}?protocol=7&client=js&version=8.4.0&flash=false",
+            self.addr
+        )
     }
 
     pub fn http(&self, path: &str) -> String {
@@ -144,7 +154,10 @@ impl Server {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "server did not exit in {timeout:?}");
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit in {timeout:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -160,14 +173,38 @@ impl Server {
             if let Some(l) = self.log().into_iter().find(|l| l.contains(needle)) {
                 return l;
             }
-            assert!(Instant::now() < deadline, "no log line with {needle:?}:\n{}", self.log().join("\n"));
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needle:?}:\n{}",
+                self.log().join("\n")
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
+    /// The sum of a Prometheus metric over all workers.
+    pub async fn metric_total(&self, name: &str) -> u64 {
+        let text = reqwest::get(self.http("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let prefix = format!("{name}{{worker=");
+        text.lines()
+            .filter(|l| l.starts_with(&prefix))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    }
+
     /// The value of a Prometheus metric for one worker.
     pub async fn metric(&self, name: &str, worker: usize) -> u64 {
-        let text = reqwest::get(self.http("/metrics")).await.unwrap().text().await.unwrap();
+        let text = reqwest::get(self.http("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         let prefix = format!("{name}{{worker=\"{worker}\"}} ");
         text.lines()
             .find_map(|l| l.strip_prefix(&prefix))
@@ -184,7 +221,8 @@ impl Drop for Server {
     }
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A Pusher client over tokio-tungstenite.
 pub struct Client {
@@ -253,11 +291,17 @@ impl Client {
     }
 
     pub async fn send(&mut self, v: Value) {
-        self.ws.send(Message::Text(v.to_string().into())).await.unwrap();
+        self.ws
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .unwrap();
     }
 
     pub async fn send_text(&mut self, t: &str) {
-        self.ws.send(Message::Text(t.to_string().into())).await.unwrap();
+        self.ws
+            .send(Message::Text(t.to_string().into()))
+            .await
+            .unwrap();
     }
 
     /// Subscribes and waits for `subscription_succeeded`.
@@ -265,7 +309,10 @@ impl Client {
         self.send(json!({"event": "pusher:subscribe", "data": {"auth": "", "channel": channel}}))
             .await;
         let msg = self.recv().await;
-        assert_eq!(msg["event"], "pusher_internal:subscription_succeeded", "{msg}");
+        assert_eq!(
+            msg["event"], "pusher_internal:subscription_succeeded",
+            "{msg}"
+        );
         assert_eq!(msg["channel"], channel);
     }
 
@@ -275,19 +322,28 @@ impl Client {
     }
 }
 
-/// Reads a WebSocket until it closes.
+/// Reads a WebSocket until it closes, completing the closing handshake as a browser does
+/// (the client's answer goes out, then the server ends the TCP connection).
 pub async fn wait_closed(ws: &mut Ws) -> Closed {
     let deadline = Instant::now() + WAIT;
-    loop {
+    let closed = loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, ws.next()).await.expect("connection not closed in time") {
+        match tokio::time::timeout(left, ws.next())
+            .await
+            .expect("connection not closed in time")
+        {
             Some(Ok(Message::Close(Some(f)))) => {
-                return Closed::Code(u16::from(f.code), f.reason.to_string())
+                break Closed::Code(u16::from(f.code), f.reason.to_string())
             }
-            Some(Ok(Message::Close(None))) | None | Some(Err(_)) => return Closed::NoCloseFrame,
+            Some(Ok(Message::Close(None))) => break Closed::Code(1005, String::new()),
+            None | Some(Err(_)) => return Closed::NoCloseFrame,
             Some(Ok(_)) => {}
         }
-    }
+    };
+    // Polling on flushes tungstenite's queued close answer and waits for the end.
+    let left = deadline.saturating_duration_since(Instant::now());
+    let _ = tokio::time::timeout(left, async { while ws.next().await.is_some() {} }).await;
+    closed
 }
 
 pub fn close_code(c: &Closed) -> u16 {
@@ -298,12 +354,24 @@ pub fn close_code(c: &Closed) -> u16 {
 }
 
 pub fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// Signs a request as the Pusher server SDKs do and returns the full URL.
-pub fn signed_url(server: &Server, method: &str, path: &str, extra: &[(&str, &str)], body: &[u8], timestamp: u64) -> String {
-    signed_url_with(server, APP_KEY, APP_SECRET, method, path, extra, body, timestamp)
+pub fn signed_url(
+    server: &Server,
+    method: &str,
+    path: &str,
+    extra: &[(&str, &str)],
+    body: &[u8],
+    timestamp: u64,
+) -> String {
+    signed_url_with(
+        server, APP_KEY, APP_SECRET, method, path, extra, body, timestamp,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -329,7 +397,11 @@ pub fn signed_url_with(
         params.push((k.to_string(), v.to_string()));
     }
     params.sort();
-    let query = params.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
+    let query = params
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&");
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(format!("{method}\n{path}\n{query}").as_bytes());
     let sig = hex::encode(mac.finalize().into_bytes());
@@ -344,14 +416,22 @@ pub fn signed_url_with(
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
 }
 
 /// A signed API call; returns the status and the JSON body.
-pub async fn api(server: &Server, method: &str, path: &str, extra: &[(&str, &str)], body: Option<&Value>) -> (u16, Value) {
+pub async fn api(
+    server: &Server,
+    method: &str,
+    path: &str,
+    extra: &[(&str, &str)],
+    body: Option<&Value>,
+) -> (u16, Value) {
     let body_bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
     let url = signed_url(server, method, path, extra, &body_bytes, now_secs());
     send_raw(method, &url, body_bytes).await
@@ -361,14 +441,21 @@ pub async fn api(server: &Server, method: &str, path: &str, extra: &[(&str, &str
 pub async fn send_raw(method: &str, url: &str, body: Vec<u8>) -> (u16, Value) {
     let client = reqwest::Client::new();
     let req = match method {
-        "POST" => client.post(url).header("content-type", "application/json").body(body),
+        "POST" => client
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body),
         "GET" => client.get(url),
         other => client.request(other.parse().unwrap(), url).body(body),
     };
-    let resp = tokio::time::timeout(WAIT, req.send()).await.expect("API timed out").expect("API request");
+    let resp = tokio::time::timeout(WAIT, req.send())
+        .await
+        .expect("API timed out")
+        .expect("API request");
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap();
-    let json = serde_json::from_str(&text).unwrap_or_else(|_| panic!("reply is not JSON: {text:?}"));
+    let json =
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("reply is not JSON: {text:?}"));
     (status, json)
 }
 

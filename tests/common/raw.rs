@@ -35,14 +35,22 @@ impl Frame {
 impl RawWs {
     /// Connects and completes the opening handshake on `path`.
     pub async fn connect(server: &Server, path: &str) -> RawWs {
-        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        let stream = TcpStream::connect(server.addr).await.unwrap();
+        Self::handshake(stream, server, path).await
+    }
+
+    /// Completes the opening handshake on an already connected socket.
+    pub async fn handshake(mut stream: TcpStream, server: &Server, path: &str) -> RawWs {
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
             server.addr
         );
         stream.write_all(req.as_bytes()).await.unwrap();
-        let mut ws = RawWs { stream, buf: Vec::new() };
+        let mut ws = RawWs {
+            stream,
+            buf: Vec::new(),
+        };
         let head = ws.read_until_headers_end().await;
         assert!(head.starts_with("HTTP/1.1 101"), "{head}");
         assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
@@ -107,15 +115,24 @@ impl RawWs {
                 let (b0, b1) = (self.buf[0], self.buf[1]);
                 assert_eq!(b1 & 0x80, 0, "server frames must not be masked");
                 let (len, off) = match b1 & 0x7f {
-                    126 if self.buf.len() >= 4 => (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4),
-                    127 if self.buf.len() >= 10 => (u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize, 10),
+                    126 if self.buf.len() >= 4 => {
+                        (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
+                    }
+                    127 if self.buf.len() >= 10 => (
+                        u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize,
+                        10,
+                    ),
                     126 | 127 => (usize::MAX, 0),
                     n => (n as usize, 2),
                 };
                 if len != usize::MAX && self.buf.len() >= off + len {
                     let payload = self.buf[off..off + len].to_vec();
                     self.buf.drain(..off + len);
-                    return Some(Frame { fin: b0 & 0x80 != 0, opcode: b0 & 0x0f, payload });
+                    return Some(Frame {
+                        fin: b0 & 0x80 != 0,
+                        opcode: b0 & 0x0f,
+                        payload,
+                    });
                 }
             }
             if !self.fill().await {
