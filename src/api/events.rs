@@ -4,7 +4,7 @@ use bytes::Bytes;
 use hyper::StatusCode;
 use serde::Deserialize;
 
-use super::json::{from_body, string_or_json};
+use super::json::{from_body, string_or_json, Shape};
 use super::ApiError;
 use crate::app::AppIdx;
 use crate::hub::{self, ChannelKey, ChannelRef, Delivery};
@@ -210,8 +210,8 @@ pub(super) async fn trigger<R: Runtime>(
     app: AppIdx,
     body: &Bytes,
 ) -> Result<Bytes, ApiError> {
-    let body: EventBody =
-        from_body(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    let body: EventBody = from_body(body, Shape::Event)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
     let event = check(worker, body, false)?;
     let events = [event];
     publish::<R>(worker, app, &events).await?;
@@ -231,8 +231,8 @@ pub(super) async fn trigger_batch<R: Runtime>(
     app: AppIdx,
     body: &Bytes,
 ) -> Result<Bytes, ApiError> {
-    let body: BatchBody =
-        from_body(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    let body: BatchBody = from_body(body, Shape::Batch)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
     let max = worker.config().limits.max_batch_events;
     if body.batch.len() > max {
         return Err(ApiError::bad_request(format!(

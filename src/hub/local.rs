@@ -95,3 +95,78 @@ impl LocalChannels {
         d
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::conn::Protocol;
+
+    fn conn(id: usize) -> Rc<Conn> {
+        Rc::new(Conn::new(
+            id,
+            SocketId {
+                random: 7,
+                seq: id as u64,
+            },
+            Some(0),
+            Protocol::Pusher,
+            1 << 20,
+        ))
+    }
+
+    #[test]
+    fn every_subscriber_gets_the_same_allocation() {
+        let channels = LocalChannels::default();
+        let key = ChannelKey::new(0, "news");
+        let conns: Vec<_> = (0..3).map(conn).collect();
+        for c in &conns {
+            assert_eq!(channels.add(&key, c), Some(c.id == 0));
+        }
+        let frame = crate::protocol::messages::event_frame("e", Some("news"), "payload");
+        let d = channels.deliver(
+            ChannelRef {
+                app: 0,
+                name: "news",
+            },
+            &frame,
+            None,
+        );
+        assert_eq!(d.queued, 3);
+        for c in &conns {
+            let mut out = vec![];
+            c.take_batch(&mut out);
+            assert_eq!(out.len(), 1);
+            assert_eq!(out[0].as_ptr(), frame.as_ptr(), "the frame was copied");
+        }
+    }
+
+    #[test]
+    fn except_skips_one_socket_and_removal_reports_the_last() {
+        let channels = LocalChannels::default();
+        let key = ChannelKey::new(0, "room");
+        let (a, b) = (conn(1), conn(2));
+        channels.add(&key, &a);
+        channels.add(&key, &b);
+        assert_eq!(channels.add(&key, &a), None);
+        let frame = crate::protocol::messages::event_frame("e", Some("room"), "x");
+        let d = channels.deliver(
+            ChannelRef {
+                app: 0,
+                name: "room",
+            },
+            &frame,
+            Some(a.socket_id),
+        );
+        assert_eq!(d.queued, 1);
+        assert!(a.queue_is_empty());
+        assert!(!b.queue_is_empty());
+        let r = ChannelRef {
+            app: 0,
+            name: "room",
+        };
+        assert_eq!(channels.remove(r, 1), Some(false));
+        assert_eq!(channels.remove(r, 1), None);
+        assert_eq!(channels.remove(r, 2), Some(true));
+        assert_eq!(channels.count(r), 0);
+    }
+}

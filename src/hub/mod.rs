@@ -144,8 +144,12 @@ pub struct ChannelIndex {
 impl Default for ChannelIndex {
     fn default() -> Self {
         Self {
+            // Blocking resizes: a writer finishes a resize before it returns, so readers
+            // (every publish) never walk two tables. Incremental resizing measured 9x
+            // slower lookups at 10^6 channels (benches/routing.rs).
             map: papaya::HashMap::builder()
                 .hasher(FastState::default())
+                .resize_mode(papaya::ResizeMode::Blocking)
                 .build(),
         }
     }
