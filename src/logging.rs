@@ -34,10 +34,11 @@ fn validate_directives(s: &str) -> Result<(), String> {
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '-'))
     };
     for d in s.split(',').map(str::trim) {
-        let ok = match d.rsplit_once('=') {
-            Some((target, level)) => target_ok(target) && level_ok(level),
-            None => level_ok(d) || target_ok(d),
-        };
+        let ok = !d.is_empty()
+            && match d.rsplit_once('=') {
+                Some((target, level)) => target_ok(target) && level_ok(level),
+                None => level_ok(d) || target_ok(d),
+            };
         if !ok {
             return Err(format!("{d:?} is neither a level nor target=level"));
         }
