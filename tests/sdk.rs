@@ -43,16 +43,19 @@ async fn python_sdk_events_reach_pusher_js(backend: &'static str) {
     let host = server.addr.ip().to_string();
     let port = server.addr.port().to_string();
 
-    let mut node = Command::new("node")
-        .arg(clients.join("listen.cjs"))
-        .args([host.as_str(), port.as_str(), APP_KEY, "6", "sdk-a", "sdk-b"])
-        .env("NODE_PATH", &node_path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start node");
+    let mut node = KillOnDrop(
+        Command::new("node")
+            .arg(clients.join("listen.cjs"))
+            .args([host.as_str(), port.as_str(), APP_KEY, "6", "sdk-a", "sdk-b"])
+            .env("NODE_PATH", &node_path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start node"),
+    );
     let (tx, rx) = std::sync::mpsc::channel::<Value>();
-    let stdout = node.stdout.take().unwrap();
+    let stdout = node.0.stdout.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let v: Value = serde_json::from_str(&line)
@@ -117,6 +120,7 @@ async fn python_sdk_events_reach_pusher_js(backend: &'static str) {
             v["data"].clone(),
         ));
     }
+    assert_eq!(next()["type"], "done");
     let on = |ch: &str| -> Vec<(String, Value)> {
         events
             .iter()
@@ -141,9 +145,11 @@ async fn python_sdk_events_reach_pusher_js(backend: &'static str) {
             ("batched".into(), json!({"i": 1})),
         ]
     );
+    // Closing its stdin disconnects pusher-js.
+    drop(node.0.stdin.take());
     let deadline = std::time::Instant::now() + WAIT;
     loop {
-        if let Some(status) = node.try_wait().unwrap() {
+        if let Some(status) = node.0.try_wait().unwrap() {
             assert!(status.success());
             break;
         }
@@ -152,5 +158,15 @@ async fn python_sdk_events_reach_pusher_js(backend: &'static str) {
             "pusher-js did not exit"
         );
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Kills the child process if the test ends early.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }

@@ -1,5 +1,6 @@
 // A pusher-js client (Node build) for the integration tests: subscribes to the channels
-// named on the command line and prints one JSON line per thing it sees.
+// named on the command line and prints one JSON line per thing it sees. It disconnects and
+// exits when its stdin closes (so the test decides when the channels are vacated).
 //   node listen.cjs <host> <port> <app-key> <events-to-wait-for> <channel>...
 const Pusher = require('pusher-js');
 
@@ -26,14 +27,17 @@ for (const name of channels) {
     if (event.startsWith('pusher:')) return;
     print({ type: 'event', channel: name, event, data });
     received += 1;
-    if (received >= Number(expected)) {
-      pusher.disconnect();
-      setTimeout(() => process.exit(0), 50);
-    }
+    if (received === Number(expected)) print({ type: 'done', received });
   });
 }
+
+process.stdin.on('end', () => {
+  pusher.disconnect();
+  setTimeout(() => process.exit(received >= Number(expected) ? 0 : 1), 50);
+});
+process.stdin.resume();
 
 setTimeout(() => {
   print({ type: 'timeout', received });
   process.exit(1);
-}, 30000);
+}, 60000);
