@@ -14,6 +14,10 @@
 //!          └──────────── hub::Delivery ───────────┘
 //! ```
 //!
+//! * [`server`] — start-up and shutdown: the main thread picks the backend, binds one
+//!   SO_REUSEPORT listener per worker, starts the pinned workers, waits for signals, drains.
+//! * [`worker`] — what one worker thread owns (its connections, its subscribers, its inbox)
+//!   and what all workers share (config, the channel index, counters).
 //! * [`runtime`] — picks the IO backend once (io_uring through compio, or epoll through a
 //!   current-thread tokio runtime), binds the listeners, starts and pins the workers. The
 //!   [`runtime::Connection`] trait is the owned-buffer IO seam; everything above it is generic

@@ -5,7 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{api, now_secs, send_raw, signed_url, signed_url_with, Client, Server, APP_ID};
+use common::{
+    api, eventually_api, now_secs, send_raw, signed_url, signed_url_with, Client, Server, APP_ID,
+};
 use serde_json::json;
 
 on_both_backends!(
@@ -408,31 +410,10 @@ async fn channel_queries_report_occupancy_and_counts(backend: &'static str) {
 
     // Leaving updates the counts; the last to leave vacates the channel.
     drop(clients.drain(2..).collect::<Vec<_>>());
-    let deadline = std::time::Instant::now() + common::WAIT;
-    loop {
-        let (_, body) = api(
-            &server,
-            "GET",
-            &one,
-            &[("info", "subscription_count")],
-            None,
-        )
-        .await;
-        if body == json!({"occupied": true, "subscription_count": 2}) {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{body}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let counted = json!({"occupied": true, "subscription_count": 2});
+    eventually_api(&server, &one, &[("info", "subscription_count")], counted).await;
     drop(clients);
-    loop {
-        let (_, body) = api(&server, "GET", &list, &[], None).await;
-        if body == json!({"channels": {}}) {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{body}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually_api(&server, &list, &[], json!({"channels": {}})).await;
 }
 
 async fn events_reply_with_requested_info(backend: &'static str) {

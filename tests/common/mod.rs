@@ -182,8 +182,8 @@ impl Server {
         }
     }
 
-    /// The sum of a Prometheus metric over all workers.
-    pub async fn metric_total(&self, name: &str) -> u64 {
+    /// A Prometheus metric, per worker, from `/metrics`.
+    pub async fn metrics(&self, name: &str) -> Vec<u64> {
         let text = reqwest::get(self.http("/metrics"))
             .await
             .unwrap()
@@ -194,23 +194,17 @@ impl Server {
         text.lines()
             .filter(|l| l.starts_with(&prefix))
             .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-            .sum()
+            .collect()
+    }
+
+    /// The sum of a Prometheus metric over all workers.
+    pub async fn metric_total(&self, name: &str) -> u64 {
+        self.metrics(name).await.iter().sum()
     }
 
     /// The value of a Prometheus metric for one worker.
     pub async fn metric(&self, name: &str, worker: usize) -> u64 {
-        let text = reqwest::get(self.http("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let prefix = format!("{name}{{worker=\"{worker}\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .unwrap_or_else(|| panic!("no metric {prefix}"))
-            .parse()
-            .unwrap()
+        self.metrics(name).await[worker]
     }
 }
 
@@ -457,6 +451,23 @@ pub async fn send_raw(method: &str, url: &str, body: Vec<u8>) -> (u16, Value) {
     let json =
         serde_json::from_str(&text).unwrap_or_else(|_| panic!("reply is not JSON: {text:?}"));
     (status, json)
+}
+
+/// Repeats a signed GET until its JSON body equals `want` (state that settles
+/// asynchronously, such as counts after clients leave).
+pub async fn eventually_api(server: &Server, path: &str, extra: &[(&str, &str)], want: Value) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, body) = api(server, "GET", path, extra, None).await;
+        if body == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path}: still {body}, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Publishes one event through the signed API and asserts it was accepted.
