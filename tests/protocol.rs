@@ -27,6 +27,8 @@ on_both_backends!(
     invalid_utf8_closes_with_1007,
     unmasked_frames_close_with_1002,
     client_close_is_echoed,
+    a_close_right_after_bad_input_still_gets_the_servers_answer,
+    oversized_frame_then_close_completes_the_handshake,
     idle_client_is_pinged_then_closed_with_4201,
     bad_input_on_one_connection_leaves_others_served,
     channel_limit_per_connection_is_enforced,
@@ -406,4 +408,54 @@ fn rand_suffix() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
+}
+
+async fn a_close_right_after_bad_input_still_gets_the_servers_answer(backend: &'static str) {
+    let server = Server::start(backend, &[]);
+    let mut ws = RawWs::connect(&server, &format!("/app/{APP_KEY}?protocol=7")).await;
+    ws.read_frame().await.unwrap();
+    // A binary frame and a close in one write: the server's 1003 answer must not be lost
+    // because the client's close arrived with it.
+    let mut bytes = raw_frame(2, b"\x01\x02");
+    bytes.extend(raw_frame(8, &1000u16.to_be_bytes()));
+    ws.send_bytes(&bytes).await;
+    let err = ws.read_frame().await.expect("pusher:error");
+    assert!(err.text().contains("pusher:error"), "{}", err.text());
+    assert_eq!(ws.read_close().await, 1003);
+    ws.expect_eof().await;
+}
+
+async fn oversized_frame_then_close_completes_the_handshake(backend: &'static str) {
+    let server = Server::start(backend, &["--max-message-size", "1024"]);
+    let mut ws = RawWs::connect(&server, &format!("/app/{APP_KEY}?protocol=7")).await;
+    ws.read_frame().await.unwrap();
+    let mut bytes = raw_frame(1, &vec![b'x'; 5000]);
+    bytes.extend(raw_frame(8, &1009u16.to_be_bytes()));
+    ws.send_bytes(&bytes).await;
+    assert_eq!(ws.read_close().await, 1009);
+    ws.expect_eof().await;
+    // The server skipped the rest of the oversized frame and found the client's close:
+    // a completed closing handshake, not a connection dropped after the grace period.
+    let line = server.wait_for_log("connection closed").await;
+    assert!(line.contains("reason=Closed"), "{line}");
+}
+
+/// A masked client frame.
+fn raw_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [9u8, 8, 7, 6];
+    let mut out = vec![0x80 | opcode];
+    match payload.len() {
+        n @ 0..=125 => out.push(0x80 | n as u8),
+        n @ 126..=65535 => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
 }

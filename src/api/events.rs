@@ -1,5 +1,7 @@
 //! `POST /apps/{id}/events` and `POST /apps/{id}/batch_events`.
 
+use std::rc::Rc;
+
 use bytes::Bytes;
 use hyper::StatusCode;
 use serde::Deserialize;
@@ -194,19 +196,32 @@ fn channel_info(
     out.into()
 }
 
+/// Publishes in a task of its own, so a publisher that disconnects mid-request cannot
+/// leave an event delivered to some workers and not others.
 async fn publish<R: Runtime>(
-    worker: &Worker,
+    worker: &Rc<Worker>,
     app: AppIdx,
     events: &[Event],
 ) -> Result<(), ApiError> {
-    hub::publish::<R>(worker, deliveries(app, events))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let deliveries = deliveries(app, events);
+    let worker = worker.clone();
+    R::spawn(async move {
+        let _ = tx.send(hub::publish::<R>(&worker, deliveries).await);
+    });
+    match rx.await {
+        Ok(res) => res.map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
+        // Only when the worker itself is going away.
+        Err(_) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server is shutting down",
+        )),
+    }
 }
 
 /// `POST /apps/{id}/events`.
 pub(super) async fn trigger<R: Runtime>(
-    worker: &Worker,
+    worker: &Rc<Worker>,
     app: AppIdx,
     body: &Bytes,
 ) -> Result<Bytes, ApiError> {
@@ -227,7 +242,7 @@ pub(super) async fn trigger<R: Runtime>(
 
 /// `POST /apps/{id}/batch_events`.
 pub(super) async fn trigger_batch<R: Runtime>(
-    worker: &Worker,
+    worker: &Rc<Worker>,
     app: AppIdx,
     body: &Bytes,
 ) -> Result<Bytes, ApiError> {

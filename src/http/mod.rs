@@ -10,6 +10,7 @@ use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -44,6 +45,10 @@ pub fn error(status: StatusCode, message: &str) -> HttpResponse {
 
 /// How long a client may take to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a connection being closed (idle, or at the end of a drain) may take to finish
+/// its last response before it is dropped: a client that stops reading cannot hold it.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
 /// Serves one accepted connection: HTTP requests until it closes or upgrades, then the
 /// WebSocket session.
@@ -89,23 +94,38 @@ pub async fn serve<R: Runtime>(worker: Rc<Worker>, conn: R::Conn, peer: SocketAd
             if close {
                 Pin::new(&mut conn).graceful_shutdown();
                 closing = true;
+                idle.set(R::sleep(CLOSE_GRACE));
             }
+        } else if idle.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(None));
         }
-        conn.poll_without_shutdown(cx)
+        conn.poll_without_shutdown(cx).map_err(Some)
     })
     .await;
     worker.http_conn_delta(false);
 
-    if let Err(e) = res {
-        tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
-        return;
+    match res {
+        Ok(()) => {}
+        Err(Some(e)) => {
+            tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+            return;
+        }
+        Err(None) => {
+            tracing::debug!(%peer, "HTTP connection dropped: its last response did not finish in time");
+            return;
+        }
     }
     let Some(session) = upgrade.borrow_mut().take() else {
         return;
     };
     let parts = conn.into_parts();
     drop(io);
-    match parts.io.into_leftover(parts.read_buf).await {
+    let handover = tokio::select! {
+        biased;
+        r = parts.io.into_leftover(parts.read_buf) => r,
+        _ = R::sleep(CLOSE_GRACE) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the 101 response was not taken")),
+    };
+    match handover {
         Ok((io, leftover)) => session::run::<R>(worker, io, leftover, session).await,
         Err(e) => tracing::debug!(%peer, error = %e, "connection lost during the upgrade"),
     }

@@ -108,10 +108,14 @@ impl InboxReceiver {
         self.rx.try_recv().ok()
     }
 
-    /// Marks the inbox as having pending work, so the next [`InboxReceiver::ready`] returns
-    /// at once (used to yield between batches).
-    pub fn mark_pending(&self) {
-        self.signal.pending.store(true, Ordering::Release);
+    /// Messages queued now.
+    pub fn len(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
     }
 }
 

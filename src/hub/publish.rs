@@ -29,8 +29,9 @@ pub async fn publish<R: Runtime>(
     deliveries: Vec<Delivery>,
 ) -> Result<(), PublishError> {
     let shared = &worker.shared;
-    // Earlier events from other workers first: see `Worker::drain_inbox`.
-    worker.drain_inbox(usize::MAX);
+    // Earlier events from other workers first (see `Worker::drain_inbox`): what is queued
+    // now, not what keeps arriving, so a busy inbox cannot hold this worker here.
+    worker.drain_inbox(worker.inbox.len());
     let mut remote: Vec<Vec<Delivery>> = (0..shared.inboxes.len()).map(|_| Vec::new()).collect();
     for d in deliveries {
         WorkerStats::add(&worker.stats.events_published, 1);

@@ -60,6 +60,7 @@ fn recv_multi(stream: &TcpStream) -> RecvStream {
 
 impl Receive for UringReader {
     async fn recv(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        let mut dry = 0u32;
         loop {
             match self.stream.next().await {
                 Some(Ok(chunk)) => {
@@ -67,9 +68,15 @@ impl Receive for UringReader {
                     return Ok(chunk.len());
                 }
                 // The ring ran dry (many connections received at once): the data is still
-                // in the socket. Let other tasks return their buffers, then re-arm.
+                // in the socket. Let other tasks return their buffers, then re-arm; if it
+                // stays dry, back off rather than spin.
                 Some(Err(e)) if e.kind() == io::ErrorKind::ResourceBusy => {
-                    super::yield_now().await;
+                    dry += 1;
+                    if dry == 1 {
+                        super::yield_now().await;
+                    } else {
+                        compio::time::sleep(Duration::from_millis(dry.min(50) as u64)).await;
+                    }
                 }
                 Some(Err(e)) => return Err(e),
                 None => return Ok(0),

@@ -168,20 +168,29 @@ async fn read_loop<S: Connection, H: Handler>(
     let mut inbuf = leftover.buf;
     let mut pending = leftover.pending;
     let mut rx = io.reader();
+    // Bytes to discard (the rest of a frame that failed the connection).
+    let mut skip: u64 = 0;
     loop {
         // Answer everything that is complete.
         loop {
+            let dropped = skip.min(inbuf.len() as u64);
+            let _ = inbuf.split_to(dropped as usize);
+            skip -= dropped;
+            if skip > 0 {
+                break;
+            }
             if let ConnState::Closing { by_peer: true, .. } = conn.state() {
-                // We answered the client's close: nothing it sends matters any more.
+                // The closing handshake is complete once the writer has sent what is queued;
+                // nothing the client sends matters any more. Stop receiving (on io_uring an
+                // armed multishot receive would keep taking the worker's ring buffers).
+                drop(rx);
                 return std::future::pending().await;
             }
             let closing = !conn.is_open();
             match decoder.decode(&mut inbuf) {
                 Ok(Some(Message::Close(c))) => {
-                    if closing {
-                        // The client answered our close: the handshake is complete.
-                        return End::Closed;
-                    }
+                    // Our close answered, or the client's close to answer: either way the
+                    // writer ends the connection once everything queued is out.
                     conn.answer_close(c.map(|(code, _)| code));
                 }
                 Ok(Some(_)) if closing => {}
@@ -196,11 +205,10 @@ async fn read_loop<S: Connection, H: Handler>(
                         tracing::debug!(socket_id = %conn.socket_id, error = %e, "protocol error");
                         conn.close(e.close_code(), &e.to_string());
                     }
-                    // The stream may no longer be framed: look for the client's close frame
-                    // in what arrives next.
-                    inbuf.clear();
+                    // Look for the client's close frame in what follows: past the rest of an
+                    // oversized frame when its length is known, otherwise from the next read.
+                    skip = e.frame_len().unwrap_or(inbuf.len() as u64);
                     decoder = Decoder::new(max);
-                    break;
                 }
             }
         }

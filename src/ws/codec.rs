@@ -113,6 +113,9 @@ pub enum DecodeError {
         size: u64,
         /// The configured limit.
         limit: usize,
+        /// Length of the offending frame, header included, counted from the start of the
+        /// buffer (when a frame header was the cause).
+        frame: Option<u64>,
     },
 }
 
@@ -123,6 +126,15 @@ impl DecodeError {
             Self::Protocol(_) => close_code::PROTOCOL_ERROR,
             Self::InvalidUtf8 => close_code::INVALID_PAYLOAD,
             Self::TooBig { .. } => close_code::MESSAGE_TOO_BIG,
+        }
+    }
+
+    /// Bytes, from the start of the buffer, that belong to the frame that caused the error,
+    /// when known: skipping them finds the next frame boundary.
+    pub fn frame_len(&self) -> Option<u64> {
+        match self {
+            Self::TooBig { frame, .. } => *frame,
+            _ => None,
         }
     }
 }
@@ -238,6 +250,7 @@ impl Decoder {
                 return Err(DecodeError::TooBig {
                     size: so_far + len,
                     limit: self.max_message_size,
+                    frame: Some((2 + len_bytes + 4) as u64 + len),
                 });
             }
         }
@@ -309,6 +322,7 @@ impl Decoder {
                     return Err(DecodeError::TooBig {
                         size: f.buf.len() as u64,
                         limit: self.max_message_size,
+                        frame: None,
                     });
                 }
                 f.buf.extend_from_slice(&payload);
@@ -571,6 +585,7 @@ mod tests {
         header.extend_from_slice(&[1, 2, 3, 4]);
         let err = decode_all(&header, 64 * 1024).unwrap_err();
         assert_eq!(err.close_code(), 1009);
+        assert_eq!(err.frame_len(), Some(14 + (1 << 20)));
         // Fragments add up.
         let mut bytes = client_frame(false, 1, &[b'a'; 600]);
         bytes.extend(client_frame(true, 0, &[b'a'; 600]));
