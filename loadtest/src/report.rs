@@ -1,0 +1,277 @@
+//! Results: `summary.json` (every figure), `latency.hgrm` (HdrHistogram percentile
+//! distribution), `latency.svg`, and the summary printed at the end.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::machine::Machine;
+use crate::progress::IntervalPoint;
+use crate::stats::Percentiles;
+
+/// Whether the run found errors (loss, duplicates, reordering, failed publishes…).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Errors,
+}
+
+/// The harness's own load.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Harness {
+    pub threads: usize,
+    /// CPU utilization of each harness thread over the measured window (1.0 = one core).
+    pub thread_cpu_utilization: Vec<f64>,
+    /// Process CPU seconds per wall second over the measured window.
+    pub process_cpu_cores: f64,
+    /// Whether a harness thread was at ≥ 90% CPU: the harness, not the server, may have
+    /// been the limit.
+    pub saturated: bool,
+}
+
+/// The server process, when `--server-pid` was given.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Server {
+    pub pid: u32,
+    pub rss_start_kib: u64,
+    pub rss_end_kib: u64,
+    /// Server CPU seconds per wall second over the measured window.
+    pub cpu_cores: f64,
+    /// Server CPU per received message, in microseconds.
+    pub cpu_us_per_message: Option<f64>,
+    /// RSS samples over time (soak), `[seconds, KiB]`.
+    pub rss_samples: Vec<[f64; 2]>,
+}
+
+/// Everything a run measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Summary {
+    pub label: String,
+    pub scenario: String,
+    pub harness_version: String,
+    pub command_line: Vec<String>,
+    pub started_unix: u64,
+    pub target: serde_json::Value,
+    pub machine: Machine,
+    pub config: serde_json::Value,
+    /// Every figure, by name, for tables and `compare`.
+    pub figures: BTreeMap<String, f64>,
+    /// Latency percentiles over the measured window.
+    pub latency: Percentiles,
+    /// The percentile distribution, `[percentile 0–100, milliseconds]`.
+    pub distribution: Vec<[f64; 2]>,
+    /// One point per second.
+    pub intervals: Vec<IntervalPoint>,
+    pub harness: Harness,
+    pub server: Option<Server>,
+    /// Errors: any makes the run fail (exit status 3).
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+impl Summary {
+    pub fn verdict(&self) -> Verdict {
+        if self.errors.is_empty() {
+            Verdict::Pass
+        } else {
+            Verdict::Errors
+        }
+    }
+}
+
+/// The percentile distribution of `h` (microseconds) as `[percentile, ms]` points, five
+/// per halving of the distance to 100% — what HdrHistogram's plotter draws.
+pub fn distribution(h: &Histogram<u64>) -> Vec<[f64; 2]> {
+    if h.is_empty() {
+        return vec![];
+    }
+    let mut out: Vec<[f64; 2]> = h
+        .iter_quantiles(5)
+        .map(|v| {
+            [
+                v.quantile_iterated_to() * 100.0,
+                v.value_iterated_to() as f64 / 1000.0,
+            ]
+        })
+        .collect();
+    out.dedup_by(|a, b| a[0] == b[0]);
+    out
+}
+
+/// HdrHistogram's percentile-distribution text (values in milliseconds), as
+/// `outputPercentileDistribution` writes it and its plotter reads it.
+pub fn hgrm(h: &Histogram<u64>) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:>12} {:>14} {:>10} {:>14}\n",
+        "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
+    );
+    if h.is_empty() {
+        return s;
+    }
+    let mut total = 0u64;
+    for v in h.iter_quantiles(5) {
+        total += v.count_since_last_iteration();
+        let q = v.quantile_iterated_to();
+        let value = v.value_iterated_to() as f64 / 1000.0;
+        if q < 1.0 {
+            let _ = writeln!(
+                s,
+                "{value:12.3} {q:2.12} {total:10} {:14.2}",
+                1.0 / (1.0 - q)
+            );
+        } else {
+            let _ = writeln!(s, "{value:12.3} {q:2.12} {total:10}");
+        }
+    }
+    let _ = writeln!(
+        s,
+        "#[Mean    = {:12.3}, StdDeviation   = {:12.3}]",
+        h.mean() / 1000.0,
+        h.stdev() / 1000.0
+    );
+    let _ = writeln!(
+        s,
+        "#[Max     = {:12.3}, Total count    = {:12}]",
+        h.max() as f64 / 1000.0,
+        h.len()
+    );
+    let _ = writeln!(
+        s,
+        "#[Buckets = {:12}, SubBuckets     = {:12}]",
+        h.buckets(),
+        h.distinct_values()
+    );
+    s
+}
+
+/// Writes summary.json, latency.hgrm and latency.svg into `out`, and prints the summary.
+pub fn write(out: &Path, summary: &Summary, hist: &Histogram<u64>) -> anyhow::Result<Verdict> {
+    std::fs::create_dir_all(out)?;
+    std::fs::write(
+        out.join("summary.json"),
+        serde_json::to_string_pretty(summary)?,
+    )?;
+    std::fs::write(out.join("latency.hgrm"), hgrm(hist))?;
+    std::fs::write(
+        out.join("latency.svg"),
+        crate::svg::percentile_plot(&[(summary.label.as_str(), &summary.distribution)]),
+    )?;
+    print(summary);
+    eprintln!("results in {}", out.display());
+    Ok(summary.verdict())
+}
+
+fn print(s: &Summary) {
+    let mut t = String::new();
+    let _ = writeln!(t, "\n{} — {}", s.scenario, s.label);
+    for (k, v) in &s.figures {
+        let _ = writeln!(t, "  {k:<34} {}", fmt_num(*v));
+    }
+    if s.latency.count > 0 {
+        let l = &s.latency;
+        let ms = |us: u64| format!("{:.3}", us as f64 / 1000.0);
+        let _ = writeln!(
+            t,
+            "  latency ms: p50 {}  p90 {}  p99 {}  p99.9 {}  p99.99 {}  max {}  ({} samples)",
+            ms(l.p50_us),
+            ms(l.p90_us),
+            ms(l.p99_us),
+            ms(l.p999_us),
+            ms(l.p9999_us),
+            ms(l.max_us),
+            l.count
+        );
+    }
+    let h = &s.harness;
+    let _ = writeln!(
+        t,
+        "  harness: {} threads, CPU per thread {:?}, process {:.2} cores",
+        h.threads, h.thread_cpu_utilization, h.process_cpu_cores
+    );
+    if let Some(srv) = &s.server {
+        let _ = writeln!(
+            t,
+            "  server pid {}: {:.2} cores, RSS {} → {} KiB{}",
+            srv.pid,
+            srv.cpu_cores,
+            srv.rss_start_kib,
+            srv.rss_end_kib,
+            srv.cpu_us_per_message
+                .map(|c| format!(", {c:.3} µs CPU per message"))
+                .unwrap_or_default()
+        );
+    }
+    for w in &s.warnings {
+        let _ = writeln!(t, "  WARNING: {w}");
+    }
+    for e in &s.errors {
+        let _ = writeln!(t, "  ERROR: {e}");
+    }
+    let _ = writeln!(
+        t,
+        "  verdict: {}",
+        if s.errors.is_empty() {
+            "PASS"
+        } else {
+            "ERRORS"
+        }
+    );
+    eprint!("{t}");
+}
+
+/// A figure for humans: integers without decimals, others with three.
+pub fn fmt_num(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+/// The command line that started this run.
+pub fn command_line() -> Vec<String> {
+    std::env::args().collect()
+}
+
+/// Seconds since the epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::{histogram, record};
+
+    #[test]
+    fn hgrm_matches_hdrhistograms_layout() {
+        let mut h = histogram();
+        for v in 1..=10_000u64 {
+            record(&mut h, v);
+        }
+        let text = hgrm(&h);
+        let rows: Vec<&str> = text
+            .lines()
+            .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+            .collect();
+        assert!(rows.len() > 20);
+        // Value, percentile, total count (cumulative), 1/(1-p).
+        let first: Vec<&str> = rows[0].split_whitespace().collect();
+        assert_eq!(first.len(), 4);
+        let last: Vec<&str> = rows.last().unwrap().split_whitespace().collect();
+        assert_eq!(last[1].parse::<f64>().unwrap(), 1.0);
+        assert_eq!(last[2], "10000");
+        assert!(text.contains("#[Max     ="));
+        let d = distribution(&h);
+        assert!(d
+            .windows(2)
+            .all(|w| w[0][0] < w[1][0] && w[0][1] <= w[1][1]));
+    }
+}

@@ -1,0 +1,363 @@
+//! The harness against a real ringcast: each subcommand runs briefly, its outputs parse,
+//! and its counts add up (delivered = published × subscribers when nothing is dropped).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+/// The ringcast server binary, built if this package's tests run on their own.
+fn server_binary() -> PathBuf {
+    let bin = target_dir().join("debug/ringcast");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let ok = Command::new(cargo)
+            .args(["build", "-p", "ringcast", "--bin", "ringcast"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .unwrap();
+        assert!(ok.success(), "cannot build the ringcast server");
+    }
+    bin
+}
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        let mut child = Command::new(server_binary())
+            .args(["--port", "0", "--workers", "2", "--io", "auto"])
+            .args(extra)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("addr="))
+                {
+                    let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("server did not start");
+        Server { child, addr }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn harness(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ringcast-loadtest"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn out_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ringcast-lt-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn summary(dir: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
+}
+
+fn fig(s: &Value, name: &str) -> f64 {
+    s["figures"][name]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no figure {name}: {}", s["figures"]))
+}
+
+fn check_outputs(dir: &Path) {
+    let hgrm = std::fs::read_to_string(dir.join("latency.hgrm")).unwrap();
+    let rows = hgrm
+        .lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .count();
+    assert!(rows > 5, "{hgrm}");
+    let hlog = std::fs::read_to_string(dir.join("latency.hlog")).unwrap();
+    assert!(
+        hlog.lines()
+            .filter(|l| !l.starts_with('#') && !l.starts_with('"'))
+            .count()
+            >= 2,
+        "{hlog}"
+    );
+    let svg = std::fs::read_to_string(dir.join("latency.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("<polyline"));
+}
+
+#[test]
+fn fanout_delivers_published_times_subscribers() {
+    let server = Server::start(&[]);
+    let out = out_dir("fanout");
+    let pid = server.child.id().to_string();
+    let o = harness(&[
+        "fanout",
+        "--url",
+        &server.url(),
+        "--subscribers",
+        "20",
+        "--channels",
+        "4",
+        "--rate",
+        "400",
+        "--batch",
+        "2",
+        "--publishers",
+        "2",
+        "--duration",
+        "2s",
+        "--warmup",
+        "1s",
+        "--threads",
+        "2",
+        "--quiet",
+        "--server-pid",
+        &pid,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s = summary(&out);
+    let published = fig(&s, "events_published");
+    assert!(published >= 1000.0, "{published}");
+    // 20 subscribers over 4 channels: five per channel, each event to one channel.
+    assert_eq!(fig(&s, "deliveries_expected"), published * 5.0);
+    assert_eq!(
+        fig(&s, "deliveries_received"),
+        fig(&s, "deliveries_expected")
+    );
+    for f in [
+        "lost",
+        "duplicates",
+        "out_of_order",
+        "publish_errors",
+        "subscribers_with_loss",
+    ] {
+        assert_eq!(fig(&s, f), 0.0, "{f}");
+    }
+    assert!(s["latency"]["count"].as_u64().unwrap() > 0);
+    assert!(s["server"]["cpu_cores"].as_f64().is_some());
+    assert_eq!(s["errors"].as_array().unwrap().len(), 0);
+    let csv = std::fs::read_to_string(out.join("subscribers.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 21);
+    check_outputs(&out);
+}
+
+#[test]
+fn connect_counts_handshakes_and_server_memory() {
+    let server = Server::start(&[]);
+    let out = out_dir("connect");
+    let pid = server.child.id().to_string();
+    let o = harness(&[
+        "connect",
+        "--url",
+        &server.url(),
+        "--connections",
+        "300",
+        "--connect-rate",
+        "3000",
+        "--channels",
+        "10",
+        "--hold",
+        "2s",
+        "--quiet",
+        "--server-pid",
+        &pid,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s = summary(&out);
+    assert_eq!(fig(&s, "connections_opened"), 300.0);
+    assert_eq!(fig(&s, "connect_failures"), 0.0);
+    assert_eq!(s["latency"]["count"].as_u64(), Some(300));
+    assert!(fig(&s, "server_rss_per_connection_bytes") > 0.0);
+    assert!(s["figures"]["kernel_tcp_mem_bytes_per_connection"].is_number());
+    check_outputs(&out);
+}
+
+#[test]
+fn ping_gets_every_pong() {
+    let server = Server::start(&[]);
+    let out = out_dir("ping");
+    let o = harness(&[
+        "ping",
+        "--url",
+        &server.url(),
+        "--connections",
+        "10",
+        "--rate",
+        "50",
+        "--duration",
+        "2s",
+        "--warmup",
+        "1s",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s = summary(&out);
+    let sent = fig(&s, "pings_sent");
+    assert!(sent >= 1000.0, "{sent}");
+    assert_eq!(fig(&s, "pongs_received"), sent);
+    assert_eq!(fig(&s, "pongs_lost"), 0.0);
+    check_outputs(&out);
+}
+
+#[test]
+fn soak_churns_and_keeps_the_others_whole() {
+    let server = Server::start(&[]);
+    let out = out_dir("soak");
+    let pid = server.child.id().to_string();
+    let o = harness(&[
+        "soak",
+        "--url",
+        &server.url(),
+        "--subscribers",
+        "30",
+        "--channels",
+        "3",
+        "--rate",
+        "300",
+        "--churn",
+        "5",
+        "--duration",
+        "3s",
+        "--warmup",
+        "1s",
+        "--sample-every",
+        "1s",
+        "--quiet",
+        "--server-pid",
+        &pid,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s = summary(&out);
+    assert!(fig(&s, "subscribers_churned") > 0.0);
+    assert_eq!(
+        fig(&s, "subscribers_stayed") + fig(&s, "subscribers_churned"),
+        30.0
+    );
+    assert_eq!(fig(&s, "lost"), 0.0);
+    assert!(s["server"]["rss_samples"].as_array().unwrap().len() >= 3);
+}
+
+#[test]
+fn a_server_that_goes_away_fails_the_run() {
+    let mut server = Server::start(&[]);
+    let out = out_dir("dies");
+    let url = server.url();
+    let out2 = out.clone();
+    let run = std::thread::spawn(move || {
+        harness(&[
+            "fanout",
+            "--url",
+            &url,
+            "--subscribers",
+            "10",
+            "--rate",
+            "200",
+            "--duration",
+            "3s",
+            "--warmup",
+            "1s",
+            "--drain",
+            "1s",
+            "--quiet",
+            "--out",
+            out2.to_str().unwrap(),
+        ])
+    });
+    std::thread::sleep(Duration::from_millis(1800));
+    let _ = server.child.kill();
+    let o = run.join().unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let s = summary(&out);
+    let errors = s["errors"].as_array().unwrap();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.as_str().unwrap().contains("disconnected")),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn compare_tabulates_runs_and_plots_them() {
+    let server = Server::start(&[]);
+    let (a, b) = (out_dir("cmp-a"), out_dir("cmp-b"));
+    for (dir, label) in [(&a, "first"), (&b, "second")] {
+        let o = harness(&[
+            "fanout",
+            "--url",
+            &server.url(),
+            "--subscribers",
+            "5",
+            "--rate",
+            "100",
+            "--duration",
+            "1s",
+            "--warmup",
+            "500ms",
+            "--quiet",
+            "--label",
+            label,
+            "--out",
+            dir.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let plot = out_dir("cmp-plot");
+    let o = harness(&[
+        "compare",
+        a.to_str().unwrap(),
+        b.join("summary.json").to_str().unwrap(),
+        "--out",
+        plot.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let table = String::from_utf8(o.stdout).unwrap();
+    assert!(table.contains("| figure | first | second |"), "{table}");
+    assert!(table.contains("| delivered_per_sec |"));
+    let svg = std::fs::read_to_string(plot.join("compare.svg")).unwrap();
+    assert_eq!(svg.matches("<polyline").count(), 2);
+}
