@@ -18,7 +18,7 @@ use crate::hub::{
 use crate::metrics::WorkerStats;
 use crate::protocol::{codes, messages, SocketId, SocketIdGen};
 use crate::runtime::Backend;
-use crate::session::conn::{Conn, ConnState, Protocol};
+use crate::session::conn::{ticks, Conn, ConnState, Protocol, Tick};
 
 /// How long a connection may stay in the closing handshake before it is dropped.
 pub const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -227,14 +227,16 @@ impl Worker {
 
     /// The periodic sweep: pings idle clients, closes those that never answered with 4201,
     /// and drops connections stuck in the closing handshake.
-    pub fn sweep(&self, now: Instant) {
-        let activity = self.config().activity_timeout;
-        let pong = self.config().pong_timeout;
-        let conns: Vec<Rc<Conn>> = self.conns.borrow().iter().map(|(_, c)| c.clone()).collect();
-        for conn in conns {
+    pub fn sweep(&self, now: Tick) {
+        let activity = ticks(self.config().activity_timeout);
+        let pong = ticks(self.config().pong_timeout);
+        let grace = ticks(CLOSE_GRACE);
+        // Pushing, closing and killing never touch the connection table, so it stays
+        // borrowed for the walk (no copy of it every second).
+        for (_, conn) in self.conns.borrow().iter() {
             match conn.state() {
                 ConnState::Open => match conn.ping_sent() {
-                    None if now.duration_since(conn.last_seen()) >= activity => {
+                    None if now.wrapping_sub(conn.last_seen()) >= activity => {
                         if conn.protocol == Protocol::Pusher {
                             conn.push(messages::ping());
                         } else {
@@ -242,13 +244,13 @@ impl Worker {
                         }
                         conn.set_ping_sent(now);
                     }
-                    Some(at) if now.duration_since(at) >= pong => {
+                    Some(at) if now.wrapping_sub(at) >= pong => {
                         conn.close(codes::PONG_NOT_RECEIVED, "Pong reply not received");
                     }
                     _ => {}
                 },
                 ConnState::Closing { since, .. } => {
-                    if now.duration_since(since) >= CLOSE_GRACE && !self.is_shutting_down() {
+                    if now.wrapping_sub(since) >= grace && !self.is_shutting_down() {
                         conn.kill();
                     }
                 }
@@ -259,8 +261,7 @@ impl Worker {
     /// Starts the graceful close of every connection: queued frames drain first, then
     /// `pusher:error` and close 4200 (reconnect now).
     pub fn close_all_for_shutdown(&self) {
-        let conns: Vec<Rc<Conn>> = self.conns.borrow().iter().map(|(_, c)| c.clone()).collect();
-        for conn in conns {
+        for (_, conn) in self.conns.borrow().iter() {
             conn.close(codes::GENERIC_RECONNECT, "Server is shutting down");
         }
     }

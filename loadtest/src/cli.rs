@@ -29,6 +29,9 @@ pub enum Command {
     Soak(SoakArgs),
     /// Compare runs: a table of every figure and a latency plot.
     Compare(CompareArgs),
+    /// The harness's own capacity: messages taken in per second from a built-in source
+    /// that streams pre-encoded events (no server involved).
+    Selftest(SelftestArgs),
 }
 
 /// Options every scenario shares.
@@ -188,6 +191,21 @@ pub struct PingArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct SelftestArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Receiving connections.
+    #[arg(long, default_value_t = 100)]
+    pub subscribers: usize,
+    /// Bytes of each event's data.
+    #[arg(long, default_value_t = 100)]
+    pub payload: usize,
+    /// CPU to pin the built-in source to (default: not pinned).
+    #[arg(long)]
+    pub source_cpu: Option<usize>,
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct CompareArgs {
     /// summary.json files (or the directories holding them).
     #[arg(required = true, num_args = 2..)]
@@ -308,7 +326,28 @@ fn split_url(url: &str, schemes: &[(&str, u16)]) -> anyhow::Result<(String, u16,
     Ok((host, port, path.to_string()))
 }
 
+/// Connections per source address before the harness spreads over more of them: the
+/// kernel's search for a free ephemeral port slows down sharply as one address's range
+/// (~28,000 ports towards one server port) fills.
+pub const CONNECTIONS_PER_SOURCE: usize = 10_000;
+
 impl Common {
+    /// Source addresses for `n` connections: the given ones, or — towards an IPv4 loopback
+    /// server and beyond [`CONNECTIONS_PER_SOURCE`] — 127.0.0.1, 127.0.0.2, … as needed.
+    pub fn source_ips_for(&self, target: &Target, n: usize) -> Option<Vec<IpAddr>> {
+        if let Some(list) = &self.source_ips {
+            return Some(list.0.clone());
+        }
+        if n <= CONNECTIONS_PER_SOURCE
+            || !target.ws_addr.ip().is_loopback()
+            || !target.ws_addr.is_ipv4()
+        {
+            return None;
+        }
+        let k = n.div_ceil(CONNECTIONS_PER_SOURCE).min(254) as u8;
+        Some((1..=k).map(|i| IpAddr::from([127, 0, 0, i])).collect())
+    }
+
     /// Resolves the URLs.
     pub fn target(&self) -> anyhow::Result<Target> {
         let (host, port, ws_prefix) = split_url(&self.url, &[("ws", 80)])?;

@@ -48,6 +48,7 @@ struct State {
 pub fn run(args: ConnectArgs) -> anyhow::Result<Verdict> {
     let common = &args.common;
     let target = common.target()?;
+    let source_ips = common.source_ips_for(&target, args.connections);
     let limit = pool::raise_fd_limit();
     if args.connections as u64 + 64 > limit {
         bail!(
@@ -55,9 +56,6 @@ pub fn run(args: ConnectArgs) -> anyhow::Result<Verdict> {
              each with its share (see docs/loadtest.md)",
             args.connections
         );
-    }
-    if args.connections > 28_000 && common.source_ips.as_ref().is_none_or(|ips| ips.0.len() < 2) {
-        bail!("over ~28,000 connections to one address need several --source-ips (e.g. 127.0.0.1-127.0.0.8)");
     }
     std::fs::create_dir_all(&common.out)?;
     let threads = common.threads.max(1);
@@ -67,7 +65,7 @@ pub fn run(args: ConnectArgs) -> anyhow::Result<Verdict> {
         n: args.connections,
         threads,
         channels: args.channels,
-        source_ips: common.source_ips.as_ref().map(|l| l.0.clone()),
+        source_ips,
         interval_ns: (1e9 / args.connect_rate.max(1.0)) as u64,
         start_ns: now_ns() + 50_000_000,
         opened: AtomicUsize::new(0),
@@ -260,7 +258,7 @@ pub fn run(args: ConnectArgs) -> anyhow::Result<Verdict> {
         started_unix: report::unix_now(),
         target: serde_json::json!({"url": common.url, "app_id": common.app_id}),
         machine: machine::describe(),
-        config: serde_json::json!({"connections": args.connections, "connect_rate": args.connect_rate, "channels": args.channels, "hold_s": args.hold.as_secs_f64(), "threads": threads, "source_ips": common.source_ips.as_ref().map(|v| v.0.len())}),
+        config: serde_json::json!({"connections": args.connections, "connect_rate": args.connect_rate, "channels": args.channels, "hold_s": args.hold.as_secs_f64(), "threads": threads, "source_ips": plan.source_ips.as_ref().map(|v| v.len())}),
         figures,
         distribution: report::distribution(&hist),
         latency,

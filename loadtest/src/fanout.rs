@@ -146,6 +146,7 @@ fn assign(n: usize, c: usize, dist: Distribution) -> Vec<usize> {
 pub fn run(args: FanoutArgs, soak: Option<Soak>) -> anyhow::Result<Verdict> {
     let common = &args.common;
     let target = common.target()?;
+    let source_ips = common.source_ips_for(&target, args.subscribers + args.publishers);
     if args.subscribers == 0 || args.channels == 0 || args.threads_ok().is_err() {
         bail!("--subscribers, --channels and --threads must be at least 1");
     }
@@ -189,7 +190,7 @@ pub fn run(args: FanoutArgs, soak: Option<Soak>) -> anyhow::Result<Verdict> {
         sub_channel: assign(args.subscribers, args.channels, args.distribution),
         channels,
         threads,
-        source_ips: common.source_ips.as_ref().map(|l| l.0.clone()),
+        source_ips,
         payload: args.payload.max(24),
         rate: args.rate,
         batch: args.batch,

@@ -10,6 +10,7 @@
 //! * `ping` — `pusher:ping` → `pusher:pong` round trips at a fixed rate.
 //! * `soak` — a long fan-out with connection churn, server RSS over time.
 //! * `compare` — a table and a latency plot of several runs.
+//! * `selftest` — the harness's own capacity, fed by a built-in source.
 //!
 //! The harness is thread-per-core (`--threads`): each thread runs its own current-thread
 //! runtime, pinned, with its own histograms, merged at the end.
@@ -25,6 +26,7 @@ mod pool;
 mod progress;
 mod pusher;
 mod report;
+mod selftest;
 mod stats;
 mod svg;
 mod wsclient;
@@ -48,6 +50,7 @@ fn main() -> std::process::ExitCode {
         cli::Command::Connect(args) => connect::run(args),
         cli::Command::Ping(args) => pinger::run(args),
         cli::Command::Compare(args) => compare::run(args),
+        cli::Command::Selftest(args) => selftest::run(args),
     };
     match result {
         Ok(report::Verdict::Pass) => std::process::ExitCode::SUCCESS,

@@ -51,6 +51,7 @@ struct State {
 pub fn run(args: PingArgs) -> anyhow::Result<Verdict> {
     let common = &args.common;
     let target = common.target()?;
+    let source_ips = common.source_ips_for(&target, args.connections);
     if args.connections == 0 || args.rate <= 0.0 {
         bail!("--connections and --rate must be positive");
     }
@@ -68,7 +69,7 @@ pub fn run(args: PingArgs) -> anyhow::Result<Verdict> {
         n: args.connections,
         threads,
         rate: args.rate,
-        source_ips: common.source_ips.as_ref().map(|l| l.0.clone()),
+        source_ips,
         connect_interval_ns: (1e9 / args.connect_rate.max(1.0)) as u64,
         setup_start_ns: now_ns(),
         t0_ns: AtomicU64::new(0),

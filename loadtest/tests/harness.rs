@@ -361,3 +361,26 @@ fn compare_tabulates_runs_and_plots_them() {
     let svg = std::fs::read_to_string(plot.join("compare.svg")).unwrap();
     assert_eq!(svg.matches("<polyline").count(), 2);
 }
+
+#[test]
+fn selftest_measures_the_harness_alone() {
+    let out = out_dir("selftest");
+    let o = harness(&[
+        "selftest",
+        "--subscribers",
+        "20",
+        "--duration",
+        "1s",
+        "--warmup",
+        "500ms",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s = summary(&out);
+    assert!(fig(&s, "received_per_sec") > 1000.0);
+    assert!(fig(&s, "messages_per_harness_core_second") > 0.0);
+    assert_eq!(fig(&s, "duplicates"), 0.0);
+    assert_eq!(fig(&s, "out_of_order"), 0.0);
+}

@@ -1,9 +1,9 @@
 //! hyper's IO traits over the owned-buffer [`Connection`] seam.
 //!
-//! Reads are owned operations: a read hyper started may still be in flight when hyper
-//! hands the connection back after a `101`, and on io_uring dropping it could lose what it
-//! received. [`HyperIo::into_leftover`] therefore hands over the in-flight read together
-//! with any bytes already received. Writes are collected and sent on flush.
+//! Reads go through the connection's receiver, which is poll-based and holds no buffer
+//! while waiting; after a `101`, [`HyperIo::into_leftover`] hands that same receiver (on
+//! io_uring, with its multishot receive still armed) to the WebSocket session, with any
+//! bytes already received. Writes are collected and sent on flush.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use crate::runtime::{Connection, Leftover, PendingRead};
+use crate::runtime::{Connection, Leftover, Receive};
 
 type PendingIo = Pin<Box<dyn Future<Output = io::Result<()>>>>;
 
@@ -26,7 +26,7 @@ const MAX_WRITE_BUF: usize = 64 * 1024;
 pub struct HyperIo<S: Connection> {
     io: Rc<S>,
     rbuf: BytesMut,
-    read: Option<PendingRead>,
+    rx: S::Reader,
     wbuf: BytesMut,
     write: Option<PendingIo>,
     shutdown: Option<PendingIo>,
@@ -37,9 +37,9 @@ impl<S: Connection> HyperIo<S> {
     /// Wraps `io`; `activity` is set to the time of each read or write.
     pub fn new(io: Rc<S>, activity: Rc<Cell<Instant>>) -> Self {
         Self {
+            rx: io.reader(),
             io,
             rbuf: BytesMut::new(),
-            read: None,
             wbuf: BytesMut::new(),
             write: None,
             shutdown: None,
@@ -50,18 +50,15 @@ impl<S: Connection> HyperIo<S> {
     /// Takes the connection back after an upgrade: flushes what hyper wrote, and returns
     /// the bytes received after the request (`hyper_buf`, which hyper had buffered, then
     /// what this adapter still holds) and any read in flight.
-    pub async fn into_leftover(mut self, hyper_buf: Bytes) -> io::Result<(Rc<S>, Leftover)> {
+    pub async fn into_leftover(
+        mut self,
+        hyper_buf: Bytes,
+    ) -> io::Result<(Rc<S>, Leftover<S::Reader>)> {
         std::future::poll_fn(|cx| self.poll_flush_inner(cx)).await?;
         let mut buf = BytesMut::with_capacity(hyper_buf.len() + self.rbuf.len());
         buf.extend_from_slice(&hyper_buf);
         buf.extend_from_slice(&self.rbuf);
-        Ok((
-            self.io,
-            Leftover {
-                buf,
-                pending: self.read,
-            },
-        ))
+        Ok((self.io, Leftover { buf, rx: self.rx }))
     }
 
     fn poll_flush_inner(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -90,16 +87,7 @@ impl<S: Connection> hyper::rt::Read for HyperIo<S> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.rbuf.is_empty() {
-            if this.read.is_none() {
-                let io = this.io.clone();
-                let b = std::mem::take(&mut this.rbuf);
-                this.read = Some(Box::pin(async move { io.read(b).await }));
-            }
-            let fut = this.read.as_mut().expect("set above");
-            let (res, b) = ready!(fut.as_mut().poll(cx));
-            this.read = None;
-            this.rbuf = b;
-            match res {
+            match ready!(this.rx.poll_recv(cx, &mut this.rbuf)) {
                 // End of stream: hyper sees a read of zero bytes.
                 Ok(0) => return Poll::Ready(Ok(())),
                 Ok(_) => this.activity.set(Instant::now()),

@@ -126,7 +126,12 @@ pub async fn serve<R: Runtime>(worker: Rc<Worker>, conn: R::Conn, peer: SocketAd
         _ = R::sleep(CLOSE_GRACE) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the 101 response was not taken")),
     };
     match handover {
-        Ok((io, leftover)) => session::run::<R>(worker, io, leftover, session).await,
+        Ok((io, leftover)) => {
+            tracing::trace!(%peer, buffered = leftover.buf.len(), "upgraded");
+            // A task of its own: this one's state (hyper's connection) is freed, and a
+            // WebSocket holds only what its session needs.
+            R::spawn(session::run::<R>(worker, io, leftover, session));
+        }
         Err(e) => tracing::debug!(%peer, error = %e, "connection lost during the upgrade"),
     }
 }

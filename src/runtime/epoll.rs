@@ -8,6 +8,8 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
+use std::rc::Rc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -34,49 +36,40 @@ pub struct EpollConn {
 }
 
 /// Receives into the worker's scratch buffer.
-pub struct EpollReader<'a> {
-    stream: &'a TcpStream,
+pub struct EpollReader {
+    conn: Rc<EpollConn>,
 }
 
-impl Receive for EpollReader<'_> {
-    async fn recv(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+impl Receive for EpollReader {
+    fn poll_recv(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
+        let stream = &self.conn.stream;
         loop {
-            self.stream.readable().await?;
+            ready!(stream.poll_read_ready(cx))?;
             // Mid-message with room to spare: read straight into the message buffer.
             let res = if buf.capacity() - buf.len() >= 4096 {
-                self.stream.try_read_buf(buf)
+                stream.try_read_buf(buf)
             } else {
                 SCRATCH.with_borrow_mut(|scratch| {
-                    let n = self.stream.try_read(scratch)?;
+                    let n = stream.try_read(scratch)?;
                     buf.extend_from_slice(&scratch[..n]);
                     Ok(n)
                 })
             };
             match res {
-                Ok(n) => return Ok(n),
+                Ok(n) => return Poll::Ready(Ok(n)),
+                // Readiness is cleared: the next poll waits for more.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
+                Err(e) => return Poll::Ready(Err(e)),
             }
         }
     }
 }
 
 impl Connection for EpollConn {
-    type Reader<'a> = EpollReader<'a>;
+    type Reader = EpollReader;
 
-    async fn read(&self, mut buf: BytesMut) -> (io::Result<usize>, BytesMut) {
-        let res = EpollReader {
-            stream: &self.stream,
-        }
-        .recv(&mut buf)
-        .await;
-        (res, buf)
-    }
-
-    fn reader(&self) -> EpollReader<'_> {
-        EpollReader {
-            stream: &self.stream,
-        }
+    fn reader(self: &Rc<Self>) -> EpollReader {
+        EpollReader { conn: self.clone() }
     }
 
     async fn write_all(&self, buf: Bytes) -> io::Result<()> {

@@ -17,6 +17,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -83,37 +84,28 @@ pub fn select_backend(mode: IoMode) -> Result<BackendChoice, String> {
     }
 }
 
-/// A read whose buffer is owned by the operation in flight (completion-based IO cannot
-/// simply be dropped without losing what it read). Handed from the HTTP phase to the
-/// WebSocket session when hyper was waiting for more bytes at the upgrade.
-pub type PendingRead = Pin<Box<dyn Future<Output = (io::Result<usize>, BytesMut)>>>;
-
-/// Bytes already received from a socket, and maybe a read still in flight, when the
-/// socket changes hands (hyper → WebSocket session).
-pub struct Leftover {
-    /// Received, not yet processed, in order.
+/// What the WebSocket session takes over from the HTTP phase: the receiver itself (on
+/// io_uring, with its multishot receive still armed, so nothing in flight is lost) and the
+/// bytes already received after the upgrade request, in order.
+pub struct Leftover<R> {
+    /// Received, not yet processed.
     pub buf: BytesMut,
-    /// A read in flight, whose bytes come after `buf`.
-    pub pending: Option<PendingRead>,
+    /// The receiver.
+    pub rx: R,
 }
 
 /// The owned-buffer IO seam: one accepted TCP connection.
 ///
 /// Every method takes `&self`, so a connection's reader and writer can run concurrently
 /// inside one task.
-pub trait Connection: 'static {
-    /// A receiver of the connection's incoming bytes.
-    type Reader<'a>: Receive
-    where
-        Self: 'a;
+pub trait Connection: Sized + 'static {
+    /// The receiver of the connection's incoming bytes. It holds no buffer while waiting:
+    /// the backend receives into per-worker memory (a provided-buffer ring, or a scratch
+    /// buffer) and copies out only what arrived.
+    type Reader: Receive + Unpin + 'static;
 
-    /// Reads once, appending to `buf`, which the operation owns while in flight.
-    /// `Ok(0)` means end of stream.
-    fn read(&self, buf: BytesMut) -> impl Future<Output = (io::Result<usize>, BytesMut)>;
-
-    /// A receiver for the data phase. Idle connections hold no read buffer: the backend
-    /// receives into per-worker memory and copies out only what arrived.
-    fn reader(&self) -> Self::Reader<'_>;
+    /// The connection's receiver (one at a time).
+    fn reader(self: &Rc<Self>) -> Self::Reader;
 
     /// Writes all of `buf`.
     fn write_all(&self, buf: Bytes) -> impl Future<Output = io::Result<()>>;
@@ -130,11 +122,12 @@ pub trait Connection: 'static {
     fn shutdown(&self) -> impl Future<Output = io::Result<()>>;
 }
 
-/// The receiving side of a [`Connection`] in the data phase.
+/// The receiving side of a [`Connection`]. Poll-based, so a connection waiting for data
+/// keeps no future state: only the receiver itself.
 pub trait Receive {
-    /// Waits for bytes and appends them to `buf` (which may be empty and unallocated).
-    /// `Ok(0)` means end of stream.
-    fn recv(&mut self, buf: &mut BytesMut) -> impl Future<Output = io::Result<usize>>;
+    /// Polls for bytes, appending them to `buf` (which may be empty and unallocated).
+    /// `Ready(Ok(0))` means end of stream.
+    fn poll_recv(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>>;
 }
 
 /// A worker's runtime: task spawning, timers, accepting and running to completion.

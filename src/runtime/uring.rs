@@ -10,12 +10,13 @@ use std::io;
 use std::net::SocketAddr;
 use std::num::NonZeroU16;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::rc::Rc;
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use compio::buf::BufResult;
-use compio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use compio::io::{AsyncWrite, AsyncWriteExt};
 use compio::net::{TcpListener, TcpStream};
 use futures_util::{Stream, StreamExt};
 use send_wrapper::SendWrapper;
@@ -23,10 +24,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Backend, Connection, Receive, Runtime};
 
-/// Buffers in each worker's receive ring.
-const RING_BUFFERS: u16 = 1024;
+/// Buffers in each worker's receive ring. Clients of a notification server send little
+/// (pings, subscriptions); when many receive at once and the ring runs dry, the data waits
+/// in the socket and the receive is re-armed (see `UringReader`).
+const RING_BUFFERS: u16 = 512;
 /// Size of each ring buffer.
-const RING_BUFFER_LEN: usize = 4096;
+const RING_BUFFER_LEN: usize = 2048;
 
 /// The io_uring backend.
 pub struct Uring;
@@ -41,6 +44,10 @@ type RecvStream = Pin<Box<dyn Stream<Item = io::Result<compio::driver::BufferRef
 /// Receives through a multishot `recv` into the worker's buffer ring.
 pub struct UringReader {
     stream: RecvStream,
+    /// Times in a row the ring was found empty.
+    dry: u32,
+    /// A pause before re-arming, after the ring stayed empty.
+    backoff: Option<Pin<Box<dyn Future<Output = ()>>>>,
 }
 
 /// A multishot receive on `stream` that owns its file descriptor reference (compio's
@@ -59,47 +66,45 @@ fn recv_multi(stream: &TcpStream) -> RecvStream {
 }
 
 impl Receive for UringReader {
-    async fn recv(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
-        let mut dry = 0u32;
+    fn poll_recv(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
         loop {
-            match self.stream.next().await {
+            if let Some(pause) = self.backoff.as_mut() {
+                ready!(pause.as_mut().poll(cx));
+                self.backoff = None;
+            }
+            match ready!(self.stream.as_mut().poll_next(cx)) {
                 Some(Ok(chunk)) => {
+                    self.dry = 0;
                     buf.extend_from_slice(&chunk);
-                    return Ok(chunk.len());
+                    return Poll::Ready(Ok(chunk.len()));
                 }
                 // The ring ran dry (many connections received at once): the data is still
                 // in the socket. Let other tasks return their buffers, then re-arm; if it
                 // stays dry, back off rather than spin.
                 Some(Err(e)) if e.kind() == io::ErrorKind::ResourceBusy => {
-                    dry += 1;
-                    if dry == 1 {
-                        super::yield_now().await;
-                    } else {
-                        compio::time::sleep(Duration::from_millis(dry.min(50) as u64)).await;
+                    self.dry += 1;
+                    if self.dry == 1 {
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
                     }
+                    let pause = Duration::from_millis(self.dry.min(50) as u64);
+                    self.backoff = Some(Box::pin(compio::time::sleep(pause)));
                 }
-                Some(Err(e)) => return Err(e),
-                None => return Ok(0),
+                Some(Err(e)) => return Poll::Ready(Err(e)),
+                None => return Poll::Ready(Ok(0)),
             }
         }
     }
 }
 
 impl Connection for UringConn {
-    type Reader<'a> = UringReader;
+    type Reader = UringReader;
 
-    async fn read(&self, mut buf: BytesMut) -> (io::Result<usize>, BytesMut) {
-        if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(4096);
-        }
-        let mut s = &self.stream;
-        let BufResult(res, buf) = s.append(buf).await;
-        (res, buf)
-    }
-
-    fn reader(&self) -> UringReader {
+    fn reader(self: &Rc<Self>) -> UringReader {
         UringReader {
             stream: recv_multi(&self.stream),
+            dry: 0,
+            backoff: None,
         }
     }
 
@@ -157,14 +162,32 @@ impl Runtime for Uring {
     const BACKEND: Backend = Backend::Uring;
 
     fn block_on<F: Future<Output = ()>>(main: impl FnOnce() -> F) -> io::Result<()> {
-        let mut proactor = compio::driver::ProactorBuilder::new();
-        proactor
-            .capacity(4096)
-            .buffer_pool_size(NonZeroU16::new(RING_BUFFERS).expect("non-zero"))
-            .buffer_pool_buffer_len(RING_BUFFER_LEN);
-        let rt = compio::runtime::RuntimeBuilder::new()
-            .with_proactor(proactor)
-            .build()?;
+        let build = |tuned: bool| {
+            let mut proactor = compio::driver::ProactorBuilder::new();
+            proactor
+                .capacity(4096)
+                .buffer_pool_size(NonZeroU16::new(RING_BUFFERS).expect("non-zero"))
+                .buffer_pool_buffer_len(RING_BUFFER_LEN);
+            if tuned {
+                // Only this thread submits; completions are run when it asks for them, not
+                // by interrupting it (kernel 6.1+).
+                proactor
+                    .single_issuer(true)
+                    .defer_taskrun(true)
+                    .coop_taskrun(true)
+                    .taskrun_flag(true);
+            }
+            compio::runtime::RuntimeBuilder::new()
+                .with_proactor(proactor)
+                .build()
+        };
+        let rt = match build(true) {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::debug!(error = %e, "io_uring set-up flags refused; using a plain ring");
+                build(false)?
+            }
+        };
         // Create the ring buffers now, so a kernel that refuses them fails start-up.
         rt.buffer_pool()?;
         rt.block_on(main());

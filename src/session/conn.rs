@@ -4,9 +4,9 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::task::Waker;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -19,6 +19,26 @@ pub const MAX_BATCH_FRAMES: usize = 256;
 /// Most bytes one vectored write takes from the queue (a single larger frame still goes).
 pub const MAX_BATCH_BYTES: usize = 256 * 1024;
 
+/// A coarse timestamp: tenths of a second since the process started. Four bytes instead of
+/// an `Instant`'s sixteen, on every connection; timeouts are counted in seconds anyway.
+pub type Tick = u32;
+
+/// Ticks per second.
+pub const TICKS_PER_SEC: u32 = 10;
+
+/// The current tick.
+pub fn tick_now() -> Tick {
+    static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+    (EPOCH.elapsed().as_millis() / (1000 / TICKS_PER_SEC as u128)) as Tick
+}
+
+/// `d` in ticks (rounded up, at least one).
+pub fn ticks(d: Duration) -> Tick {
+    (d.as_millis().div_ceil(1000 / TICKS_PER_SEC as u128)).clamp(1, Tick::MAX as u128) as Tick
+}
+
+const NO_PING: Tick = Tick::MAX;
+
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnState {
@@ -27,7 +47,7 @@ pub enum ConnState {
     /// A close frame is queued or sent; no more frames are accepted.
     Closing {
         /// When closing started (for the grace period).
-        since: Instant,
+        since: Tick,
         /// Whether the peer closed first (we only answer and end).
         by_peer: bool,
     },
@@ -70,8 +90,8 @@ pub struct Conn {
     state: Cell<ConnState>,
     killed: Cell<bool>,
     close_code: Cell<Option<u16>>,
-    last_seen: Cell<Instant>,
-    ping_sent: Cell<Option<Instant>>,
+    last_seen: Cell<Tick>,
+    ping_sent: Cell<Tick>,
     /// Names of the channels this connection is subscribed to.
     pub channels: RefCell<Vec<Arc<str>>>,
 }
@@ -97,8 +117,8 @@ impl Conn {
             state: Cell::new(ConnState::Open),
             killed: Cell::new(false),
             close_code: Cell::new(None),
-            last_seen: Cell::new(Instant::now()),
-            ping_sent: Cell::new(None),
+            last_seen: Cell::new(tick_now()),
+            ping_sent: Cell::new(NO_PING),
             channels: RefCell::new(Vec::new()),
         }
     }
@@ -158,7 +178,7 @@ impl Conn {
         self.enqueue_unchecked(codec::encode_close(code, reason));
         self.close_code.set(Some(code));
         self.state.set(ConnState::Closing {
-            since: Instant::now(),
+            since: tick_now(),
             by_peer: false,
         });
         self.wake();
@@ -182,7 +202,7 @@ impl Conn {
         }
         let was_open = self.is_open();
         self.state.set(ConnState::Closing {
-            since: Instant::now(),
+            since: tick_now(),
             by_peer: true,
         });
         if was_open {
@@ -256,24 +276,24 @@ impl Conn {
     }
 
     /// Records that the client sent something.
-    pub fn touch(&self, now: Instant) {
+    pub fn touch(&self, now: Tick) {
         self.last_seen.set(now);
-        self.ping_sent.set(None);
+        self.ping_sent.set(NO_PING);
     }
 
     /// When the client last sent something.
-    pub fn last_seen(&self) -> Instant {
+    pub fn last_seen(&self) -> Tick {
         self.last_seen.get()
     }
 
     /// When the server pinged the idle client, if it has not answered since.
-    pub fn ping_sent(&self) -> Option<Instant> {
-        self.ping_sent.get()
+    pub fn ping_sent(&self) -> Option<Tick> {
+        Some(self.ping_sent.get()).filter(|&t| t != NO_PING)
     }
 
     /// Records a server ping.
-    pub fn set_ping_sent(&self, at: Instant) {
-        self.ping_sent.set(Some(at));
+    pub fn set_ping_sent(&self, at: Tick) {
+        self.ping_sent.set(at);
     }
 }
 

@@ -16,12 +16,11 @@ mod echo;
 mod pusher;
 
 use std::future::{poll_fn, Future};
-use std::pin::pin;
+use std::pin::Pin;
 use std::rc::Rc;
-use std::task::Poll;
-use std::time::Instant;
+use std::task::{ready, Context, Poll};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use crate::app::AppIdx;
 use crate::metrics::WorkerStats;
@@ -53,17 +52,46 @@ trait Handler {
     fn on_message(&mut self, worker: &Worker, conn: &Rc<Conn>, msg: Message);
 }
 
+/// What answers a connection's messages.
+enum Proto {
+    /// A connection of a valid app.
+    Pusher(pusher::Pusher),
+    /// A connection refused after the upgrade (unknown app, bad protocol version): it only
+    /// waits for its close to complete.
+    Refused,
+    /// The echo endpoint.
+    Echo,
+}
+
+impl Handler for Proto {
+    fn on_message(&mut self, worker: &Worker, conn: &Rc<Conn>, msg: Message) {
+        match self {
+            Proto::Pusher(p) => p.on_message(worker, conn, msg),
+            Proto::Refused => {}
+            Proto::Echo => echo::Echo.on_message(worker, conn, msg),
+        }
+    }
+}
+
 /// Runs a WebSocket connection to its end.
-pub async fn run<R: Runtime>(
+///
+/// The returned future holds the connection's [`Driver`] once, by value: this is the whole
+/// per-connection task state, so it is kept small (no nested async functions whose
+/// arguments and locals would each take their own space).
+pub fn run<R: Runtime>(
     worker: Rc<Worker>,
     io: Rc<R::Conn>,
-    leftover: Leftover,
+    leftover: Leftover<<R::Conn as Connection>::Reader>,
     session: Session,
-) {
-    let (app, protocol) = match &session {
-        Session::Pusher(app) => (Some(*app), Protocol::Pusher),
-        Session::PusherRefused { .. } => (None, Protocol::Pusher),
-        Session::Echo => (None, Protocol::Echo),
+) -> impl Future<Output = ()> + 'static {
+    let (app, protocol, proto) = match &session {
+        Session::Pusher(app) => (
+            Some(*app),
+            Protocol::Pusher,
+            Proto::Pusher(pusher::Pusher { app: *app }),
+        ),
+        Session::PusherRefused { .. } => (None, Protocol::Pusher, Proto::Refused),
+        Session::Echo => (None, Protocol::Echo, Proto::Echo),
     };
     let conn = worker.open_conn(app, protocol);
     match &session {
@@ -71,23 +99,30 @@ pub async fn run<R: Runtime>(
         Session::PusherRefused { code, reason } => conn.close(*code, reason),
         Session::Echo => {}
     }
-    let end = match session {
-        Session::Pusher(app) => drive(&worker, &conn, &*io, leftover, pusher::Pusher { app }).await,
-        Session::PusherRefused { .. } => {
-            drive(&worker, &conn, &*io, leftover, pusher::Refused).await
+    let mut driver = Driver::new(worker, conn, io, leftover, proto);
+    let mut shutdown: Option<Pin<Box<dyn Future<Output = ()>>>> = None;
+    poll_fn(move |cx| {
+        if shutdown.is_none() {
+            let end = ready!(driver.poll(cx));
+            let conn = &driver.conn;
+            tracing::debug!(
+                socket_id = %conn.socket_id,
+                reason = ?end,
+                close_code = conn.close_code(),
+                "connection closed"
+            );
+            driver.worker.close_conn(conn);
+            driver.rx = None;
+            if matches!(end, End::Io(_)) {
+                return Poll::Ready(());
+            }
+            let io = driver.io.clone();
+            shutdown = Some(Box::pin(async move {
+                let _ = io.shutdown().await;
+            }));
         }
-        Session::Echo => drive(&worker, &conn, &*io, leftover, echo::Echo).await,
-    };
-    tracing::debug!(
-        socket_id = %conn.socket_id,
-        reason = ?end,
-        close_code = conn.close_code(),
-        "connection closed"
-    );
-    worker.close_conn(&conn);
-    if !matches!(end, End::Io(_)) {
-        let _ = io.shutdown().await;
-    }
+        shutdown.as_mut().expect("set above").as_mut().poll(cx)
+    })
 }
 
 /// Why a connection ended.
@@ -103,91 +138,137 @@ enum End {
     Killed,
 }
 
-async fn drive<S: Connection, H: Handler>(
-    worker: &Worker,
-    conn: &Rc<Conn>,
-    io: &S,
-    leftover: Leftover,
-    handler: H,
-) -> End {
-    let mut reader = pin!(read_loop(worker, conn, io, leftover, handler));
-    let mut writer = pin!(write_loop(conn, io));
-    poll_fn(|cx| {
-        conn.register(cx.waker());
-        if conn.is_killed() {
+type PendingWrite = Pin<Box<dyn Future<Output = (std::io::Result<()>, Vec<Bytes>)>>>;
+
+/// The state of one connection's task: a hand-written poll loop rather than nested async
+/// functions, so an idle connection's task holds only these fields (the receive itself
+/// keeps no future; a write's state exists only while a write is in flight).
+struct Driver<S: Connection> {
+    worker: Rc<Worker>,
+    conn: Rc<Conn>,
+    io: Rc<S>,
+    handler: Proto,
+    decoder: Decoder,
+    inbuf: BytesMut,
+    /// `None` once receiving has stopped (the closing handshake is done).
+    rx: Option<S::Reader>,
+    /// Bytes to discard (the rest of a frame that failed the connection).
+    skip: u64,
+    batch: Vec<Bytes>,
+    write: Option<PendingWrite>,
+}
+
+impl<S: Connection> Driver<S> {
+    fn new(
+        worker: Rc<Worker>,
+        conn: Rc<Conn>,
+        io: Rc<S>,
+        leftover: Leftover<S::Reader>,
+        handler: Proto,
+    ) -> Self {
+        Self {
+            decoder: Decoder::new(worker.config().limits.max_message_size),
+            worker,
+            conn,
+            io,
+            handler,
+            inbuf: leftover.buf,
+            rx: Some(leftover.rx),
+            skip: 0,
+            batch: Vec::new(),
+            write: None,
+        }
+    }
+
+    /// Drives the connection; `Ready` when it has ended.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        self.conn.register(cx.waker());
+        if self.conn.is_killed() {
             return Poll::Ready(End::Killed);
         }
         // The reader first: what it queues in answer goes out in this same poll.
-        if let Poll::Ready(end) = reader.as_mut().poll(cx) {
+        if let Poll::Ready(end) = self.poll_read(cx) {
             return Poll::Ready(end);
         }
-        writer.as_mut().poll(cx)
-    })
-    .await
-}
+        self.poll_write(cx)
+    }
 
-async fn write_loop<S: Connection>(conn: &Conn, io: &S) -> End {
-    let mut batch = Vec::new();
-    loop {
-        let more = poll_fn(|_| {
-            if conn.take_batch(&mut batch) {
-                return Poll::Ready(true);
+    /// Writes what is queued, a batch at a time. Ends once the answer to the client's
+    /// close is out.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        loop {
+            if let Some(w) = self.write.as_mut() {
+                let (res, mut written) = ready!(w.as_mut().poll(cx));
+                self.write = None;
+                if let Err(e) = res {
+                    return Poll::Ready(End::Io(e));
+                }
+                written.clear();
+                if written.capacity() <= 16 {
+                    self.batch = written;
+                }
             }
-            match conn.state() {
-                // Our answer to the client's close is out: done.
-                ConnState::Closing { by_peer: true, .. } => Poll::Ready(false),
-                // Waiting for frames (the task waker is registered by `drive`), or for
-                // the client's answer to our close, which the reader sees.
+            if self.conn.take_batch(&mut self.batch) {
+                let (io, batch) = (self.io.clone(), std::mem::take(&mut self.batch));
+                self.write = Some(Box::pin(async move { io.write_all_vectored(batch).await }));
+                continue;
+            }
+            return match self.conn.state() {
+                ConnState::Closing { by_peer: true, .. } => Poll::Ready(End::Closed),
+                // Waiting for frames (the task waker is registered), or for the client's
+                // answer to our close, which the reader sees.
                 _ => Poll::Pending,
-            }
-        })
-        .await;
-        if !more {
-            return End::Closed;
-        }
-        let (res, mut written) = io.write_all_vectored(std::mem::take(&mut batch)).await;
-        if let Err(e) = res {
-            return End::Io(e);
-        }
-        written.clear();
-        if written.capacity() <= 16 {
-            batch = written;
+            };
         }
     }
-}
 
-async fn read_loop<S: Connection, H: Handler>(
-    worker: &Worker,
-    conn: &Rc<Conn>,
-    io: &S,
-    leftover: Leftover,
-    mut handler: H,
-) -> End {
-    let max = worker.config().limits.max_message_size;
-    let mut decoder = Decoder::new(max);
-    let mut inbuf = leftover.buf;
-    let mut pending = leftover.pending;
-    let mut rx = io.reader();
-    // Bytes to discard (the rest of a frame that failed the connection).
-    let mut skip: u64 = 0;
-    loop {
-        // Answer everything that is complete.
+    /// Receives and answers; `Ready` ends the connection.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<End> {
         loop {
-            let dropped = skip.min(inbuf.len() as u64);
-            let _ = inbuf.split_to(dropped as usize);
-            skip -= dropped;
-            if skip > 0 {
-                break;
-            }
-            if let ConnState::Closing { by_peer: true, .. } = conn.state() {
+            self.answer_complete_messages();
+            if let ConnState::Closing { by_peer: true, .. } = self.conn.state() {
                 // The closing handshake is complete once the writer has sent what is queued;
                 // nothing the client sends matters any more. Stop receiving (on io_uring an
                 // armed multishot receive would keep taking the worker's ring buffers).
-                drop(rx);
-                return std::future::pending().await;
+                self.rx = None;
+                return Poll::Pending;
+            }
+            if self.inbuf.is_empty() && self.inbuf.capacity() > 0 && !self.decoder.in_message() {
+                // Idle connections hold no read buffer.
+                self.inbuf = BytesMut::new();
+            }
+            let res = match self.rx.as_mut() {
+                None => return Poll::Pending,
+                Some(rx) => ready!(rx.poll_recv(cx, &mut self.inbuf)),
+            };
+            match res {
+                Ok(0) => {
+                    return Poll::Ready(match self.conn.state() {
+                        ConnState::Open => End::Eof,
+                        ConnState::Closing { .. } => End::Closed,
+                    });
+                }
+                Ok(_) => self.conn.touch(conn::tick_now()),
+                Err(e) => return Poll::Ready(End::Io(e)),
+            }
+        }
+    }
+
+    /// Decodes and answers every complete message in the input buffer.
+    fn answer_complete_messages(&mut self) {
+        let (worker, conn) = (&*self.worker, &self.conn);
+        loop {
+            let dropped = self.skip.min(self.inbuf.len() as u64);
+            let _ = self.inbuf.split_to(dropped as usize);
+            self.skip -= dropped;
+            if self.skip > 0 {
+                return;
+            }
+            if let ConnState::Closing { by_peer: true, .. } = conn.state() {
+                return;
             }
             let closing = !conn.is_open();
-            match decoder.decode(&mut inbuf) {
+            match self.decoder.decode(&mut self.inbuf) {
                 Ok(Some(Message::Close(c))) => {
                     // Our close answered, or the client's close to answer: either way the
                     // writer ends the connection once everything queued is out.
@@ -196,9 +277,9 @@ async fn read_loop<S: Connection, H: Handler>(
                 Ok(Some(_)) if closing => {}
                 Ok(Some(msg)) => {
                     WorkerStats::add(&worker.stats.messages_received, 1);
-                    handler.on_message(worker, conn, msg);
+                    self.handler.on_message(worker, conn, msg);
                 }
-                Ok(None) => break,
+                Ok(None) => return,
                 Err(e) => {
                     if !closing {
                         WorkerStats::add(&worker.stats.protocol_errors, 1);
@@ -207,32 +288,10 @@ async fn read_loop<S: Connection, H: Handler>(
                     }
                     // Look for the client's close frame in what follows: past the rest of an
                     // oversized frame when its length is known, otherwise from the next read.
-                    skip = e.frame_len().unwrap_or(inbuf.len() as u64);
-                    decoder = Decoder::new(max);
+                    self.skip = e.frame_len().unwrap_or(self.inbuf.len() as u64);
+                    self.decoder = Decoder::new(worker.config().limits.max_message_size);
                 }
             }
-        }
-        if inbuf.is_empty() && inbuf.capacity() > 0 && !decoder.in_message() {
-            // Idle connections hold no read buffer.
-            inbuf = BytesMut::new();
-        }
-        let res = match pending.take() {
-            Some(read) => {
-                let (res, bytes) = read.await;
-                inbuf.extend_from_slice(&bytes);
-                res
-            }
-            None => rx.recv(&mut inbuf).await,
-        };
-        match res {
-            Ok(0) => {
-                return match conn.state() {
-                    ConnState::Open => End::Eof,
-                    ConnState::Closing { .. } => End::Closed,
-                };
-            }
-            Ok(_) => conn.touch(Instant::now()),
-            Err(e) => return End::Io(e),
         }
     }
 }
@@ -241,6 +300,6 @@ async fn read_loop<S: Connection, H: Handler>(
 pub async fn sweeper<R: Runtime>(worker: Rc<Worker>) {
     loop {
         R::sleep(std::time::Duration::from_secs(1)).await;
-        worker.sweep(Instant::now());
+        worker.sweep(conn::tick_now());
     }
 }

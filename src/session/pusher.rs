@@ -25,14 +25,6 @@ pub(super) struct Pusher {
     pub app: AppIdx,
 }
 
-/// A connection refused after the upgrade (unknown app, bad protocol version): it only
-/// waits for its close to complete.
-pub(super) struct Refused;
-
-impl Handler for Refused {
-    fn on_message(&mut self, _: &Worker, _: &Rc<Conn>, _: Message) {}
-}
-
 impl Handler for Pusher {
     fn on_message(&mut self, worker: &Worker, conn: &Rc<Conn>, msg: Message) {
         match msg {

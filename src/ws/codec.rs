@@ -153,7 +153,8 @@ struct Fragmented {
 /// Decodes client frames into messages; holds the state of a fragmented message in progress.
 pub struct Decoder {
     max_message_size: usize,
-    fragmented: Option<Fragmented>,
+    /// Boxed: rare, and an idle connection should not carry its space.
+    fragmented: Option<Box<Fragmented>>,
 }
 
 /// Result of checking a UTF-8 prefix that may end inside a code point.
@@ -303,12 +304,12 @@ impl Decoder {
                 } else {
                     0
                 };
-                self.fragmented = Some(Fragmented {
+                self.fragmented = Some(Box::new(Fragmented {
                     opcode,
                     buf: payload,
                     utf8_checked,
                     fragments: 1,
-                });
+                }));
                 Ok(None)
             }
             OpCode::Continuation => {
