@@ -5,8 +5,9 @@
 #
 # The server runs pinned to CPU 0 (--workers 1 --cpus 0), the harness on CPU 1. perf samples
 # the server with the cpu-clock software event (hardware counters are not available on
-# every VM), with call graphs from frame pointers/DWARF of the release build (debug = 1).
-# Needs perf (Debian: linux-perf) and inferno (cargo install inferno).
+# every VM); call graphs come from frame pointers, so the server is built for this with
+# -C force-frame-pointers=yes in its own target directory. Needs perf (Debian: linux-perf)
+# and inferno (cargo install inferno).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scenario="${1:?usage: flamegraphs/record.sh fanout|connect [seconds]}"
@@ -14,9 +15,10 @@ seconds="${2:-10}"
 command -v perf >/dev/null || { echo "perf is missing (apt-get install linux-perf)"; exit 1; }
 command -v inferno-flamegraph >/dev/null || cargo install inferno --locked --quiet
 
-cargo build --release -p ringcast -p ringcast-loadtest --quiet
+cargo build --release -p ringcast-loadtest --quiet
+RUSTFLAGS="-C force-frame-pointers=yes" cargo build --release -p ringcast --target-dir target/flamegraph --quiet
 port=$((20000 + RANDOM % 20000))
-./target/release/ringcast --port "$port" --workers 1 --cpus 0 --log-level warn &
+./target/flamegraph/release/ringcast --port "$port" --workers 1 --cpus 0 --log-level warn &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
 sleep 1
@@ -27,19 +29,24 @@ case "$scenario" in
              --duration "$((seconds + 2))s" --warmup 1s)
     ;;
   connect)
-    harness=(connect --connections 19000 --connect-rate 5000 --hold "$((seconds + 2))s")
+    harness=(connect --connections 19000 --connect-rate 2000 --hold "$((seconds + 2))s")
     ;;
   *) echo "unknown scenario $scenario"; exit 1 ;;
 esac
-taskset -c 1 ./target/release/ringcast-loadtest "${harness[@]}" --url "ws://127.0.0.1:$port" \
+./target/release/ringcast-loadtest "${harness[@]}" --url "ws://127.0.0.1:$port" \
   --server-pid "$server" --cpus 1 --quiet --out "$out/run" &
 load=$!
-sleep 2
+# connect: record while the connections open (the interesting part); fanout: once warm.
+[ "$scenario" = fanout ] && sleep 3 || sleep 1
 perf record -e cpu-clock -F 999 -g -p "$server" -o "$out/perf.data" -- sleep "$seconds" 2>/dev/null
 wait "$load" || true
 perf script -i "$out/perf.data" 2>/dev/null | inferno-collapse-perf > "$out/folded"
 inferno-flamegraph --title "ringcast: $scenario ($(git rev-parse --short HEAD))" < "$out/folded" > "flamegraphs/$scenario.svg"
 echo "top frames (self time):"
-sort -t' ' -k2 -nr "$out/folded" | awk '{n=split($1,f,";"); s[f[n]]+=$2; t+=$2} END {for (k in s) printf "%6.2f%% %s\n", 100*s[k]/t, k}' | sort -nr | head -15
+awk '{c=$NF; $NF=""; n=split($0,f,";"); leaf=f[n]; sub(/ +$/,"",leaf); s[leaf]+=c; t+=c}
+     END {for (k in s) printf "%6.2f%% %s\n", 100*s[k]/t, k}' "$out/folded" | sort -nr | head -15 || true
+awk '{c=$NF; $NF=""; n=split($0,f,";"); t+=c; if (f[n] ~ /::|^</) u+=c; if ($0 ~ /io_uring_enter|epoll_wait|sendmsg|writev/) k+=c;
+      if ($0 ~ /net_rx_action/) rx+=c}
+     END {printf "ringcast and its crates (self time): %.1f%%; in the kernel send path: %.1f%%, of which loopback receive processing: %.1f%%\n", 100*u/t, 100*k/t, 100*rx/t}' "$out/folded"
 cp "$out/run/summary.json" "flamegraphs/$scenario.summary.json"
 echo "wrote flamegraphs/$scenario.svg"

@@ -218,6 +218,20 @@ fn port_in_use_is_a_clean_error() {
     assert!(stderr.contains("cannot listen on"), "{stderr}");
 }
 
+#[test]
+fn a_second_server_on_the_same_port_is_refused() {
+    // SO_REUSEPORT must not let a second instance quietly share (and split) the port.
+    let first = Server::start("epoll", &[]);
+    let port = first.addr.port().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        .args(["--port", &port, "--io", "epoll"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot listen on"), "{stderr}");
+}
+
 /// Every flag in `--help` is documented in the README.
 #[test]
 fn every_flag_is_in_the_readme() {

@@ -64,6 +64,8 @@ struct Plan {
     stop: AtomicBool,
     /// Distinct deliveries so far (to know when the drain is complete).
     unique_total: AtomicU64,
+    /// Publishers that have finished (their last answer counted in `published`).
+    publishers_done: AtomicUsize,
     /// Per channel: events published and acknowledged (sequence numbers 0..n).
     published: Vec<AtomicU64>,
     publish_errors: AtomicU64,
@@ -205,6 +207,7 @@ pub fn run(args: FanoutArgs, soak: Option<Soak>) -> anyhow::Result<Verdict> {
         ready: AtomicUsize::new(0),
         stop: AtomicBool::new(false),
         unique_total: AtomicU64::new(0),
+        publishers_done: AtomicUsize::new(0),
         published: (0..args.channels).map(|_| AtomicU64::new(0)).collect(),
         publish_errors: AtomicU64::new(0),
         errors: Mutex::new(BTreeMap::new()),
@@ -294,8 +297,12 @@ pub fn run(args: FanoutArgs, soak: Option<Soak>) -> anyhow::Result<Verdict> {
             }
         }
         if now >= plan.publish_end() {
+            // Only once every publisher has counted its last answer is `expected` final:
+            // before that, deliveries of the last request may outrun its acknowledgement.
+            let final_counts = plan.publishers_done.load(Relaxed) >= plan.publishers;
             let expected = expected_deliveries(&plan);
-            let done = soak.is_none() && plan.unique_total.load(Relaxed) >= expected;
+            let done =
+                soak.is_none() && final_counts && plan.unique_total.load(Relaxed) >= expected;
             if done || now >= drain_until || plan.stop.load(Relaxed) {
                 break;
             }
@@ -807,7 +814,17 @@ fn slot(plan: &Plan, i: u64, events_per_send: usize) -> Option<u64> {
     (at < end).then_some(at)
 }
 
+/// Counts a publisher as finished when it returns, whichever way.
+struct Finished<'a>(&'a AtomicUsize);
+
+impl Drop for Finished<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Relaxed);
+    }
+}
+
 async fn http_publisher(plan: Arc<Plan>, k: usize) {
+    let _finished = Finished(&plan.publishers_done);
     let own = owned(&plan, k);
     if own.is_empty() {
         return;
@@ -934,6 +951,7 @@ fn publish_failed(plan: &Plan, res: std::io::Result<crate::http::Response>) -> b
 }
 
 async fn client_event_publisher(plan: Arc<Plan>, k: usize) {
+    let _finished = Finished(&plan.publishers_done);
     let own = owned(&plan, k);
     let names: Vec<&str> = own.iter().map(|&c| plan.channels[c].as_str()).collect();
     let global = plan.sub_channel.len() + k;

@@ -127,15 +127,25 @@ pub fn run(args: SelftestArgs) -> anyhow::Result<Verdict> {
     }
     let (series, util) = coord.finish();
     let mut hist = stats::histogram();
-    let (mut in_window, mut dup, mut ooo) = (0u64, 0u64, 0u64);
-    for (h, w, d, o) in &results {
-        hist.add(h)?;
-        in_window += w;
-        dup += d;
-        ooo += o;
+    let (mut in_window, mut dup, mut ooo, mut received, mut cpu_ns) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
+    for r in &results {
+        hist.add(&r.hist)?;
+        in_window += r.in_window;
+        dup += r.duplicates;
+        ooo += r.out_of_order;
+        received += r.received;
+        cpu_ns += r.cpu_ns;
     }
     let duration = common.duration.as_secs_f64();
     let rate = in_window as f64 / duration;
+    // Capacity: everything the receiving threads took in, per second of their CPU time
+    // (a thread that was never idle makes this its throughput).
+    let per_core_second = if cpu_ns > 0 {
+        received as f64 / (cpu_ns as f64 / 1e9)
+    } else {
+        0.0
+    };
     let cores: f64 = util.iter().sum();
     let mut figures = BTreeMap::new();
     figures.insert("subscribers".into(), args.subscribers as f64);
@@ -146,11 +156,7 @@ pub fn run(args: SelftestArgs) -> anyhow::Result<Verdict> {
     );
     figures.insert(
         "messages_per_harness_core_second".into(),
-        if cores > 0.0 {
-            (rate / cores).round()
-        } else {
-            0.0
-        },
+        per_core_second.round(),
     );
     figures.insert("duplicates".into(), dup as f64);
     figures.insert("out_of_order".into(), ooo as f64);
@@ -311,7 +317,7 @@ async fn receiver_thread(
     n: usize,
     threads: usize,
     me: usize,
-) -> anyhow::Result<(Histogram<u64>, u64, u64, u64)> {
+) -> anyhow::Result<ThreadResult> {
     let mine: Vec<usize> = (me..n).step_by(threads).collect();
     let state = Rc::new(RefCell::new(State {
         hist: stats::histogram(),
@@ -351,9 +357,9 @@ async fn receiver_thread(
             )
             .await;
         }
-        if shared.stop.load(Relaxed) {
-            break;
-        }
+        // On stop, the last (partial) interval is still reported, so that short runs count
+        // their CPU time too.
+        let stopping = shared.stop.load(Relaxed);
         let (now, now_cpu) = (now_ns(), pool::thread_cpu_ns());
         let tick = {
             let mut st = state.borrow_mut();
@@ -369,11 +375,30 @@ async fn receiver_thread(
         };
         (cpu, last) = (now_cpu, now);
         let _ = shared.ticks.lock().expect("not poisoned").send(tick);
+        if stopping {
+            break;
+        }
     }
     let st = state.borrow();
-    let dup = st.trackers.iter().map(|t| t.duplicates).sum();
-    let ooo = st.trackers.iter().map(|t| t.out_of_order).sum();
-    Ok((st.hist.clone(), st.in_window, dup, ooo))
+    Ok(ThreadResult {
+        hist: st.hist.clone(),
+        in_window: st.in_window,
+        duplicates: st.trackers.iter().map(|t| t.duplicates).sum(),
+        out_of_order: st.trackers.iter().map(|t| t.out_of_order).sum(),
+        received: st.trackers.iter().map(|t| t.unique).sum(),
+        cpu_ns: pool::thread_cpu_ns(),
+    })
+}
+
+struct ThreadResult {
+    hist: Histogram<u64>,
+    in_window: u64,
+    duplicates: u64,
+    out_of_order: u64,
+    /// Everything received, warm-up included.
+    received: u64,
+    /// The thread's CPU time over its whole life.
+    cpu_ns: u64,
 }
 
 /// The receive path of `fanout`'s subscribers.

@@ -191,10 +191,33 @@ pub(crate) fn log_accept_error(e: &io::Error, last: &mut Option<std::time::Insta
     }
 }
 
+/// How long start-up waits for another listener on the port to go away.
+pub const LISTENER_WAIT: Duration = Duration::from_secs(3);
+
 /// Binds `n` listeners on `addr` with SO_REUSEPORT, so the kernel spreads new connections
 /// over the workers. With port 0 the first listener picks the port and the others join it.
+///
+/// SO_REUSEPORT would also let a second process of the same user join a port already
+/// listened on and silently take half its connections: a port with a listener already is
+/// an error, as it would be without SO_REUSEPORT. A listener that goes away within
+/// [`LISTENER_WAIT`] is waited for: a process that just exited may still hold its socket
+/// for a moment (an io_uring instance is torn down asynchronously), and a restart must
+/// not fail on that. Connections of a previous instance still closing do not count.
 pub fn bind_listeners(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::TcpListener>> {
     use socket2::{Domain, Protocol, Socket, Type};
+    if addr.port() != 0 && listener_exists(addr) {
+        tracing::info!(%addr, "another listener holds this port; waiting for it to close");
+        let deadline = std::time::Instant::now() + LISTENER_WAIT;
+        while listener_exists(addr) {
+            if std::time::Instant::now() >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "another process is already listening on this port",
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     let mut out = Vec::with_capacity(n);
     let mut addr = addr;
     for _ in 0..n {
@@ -212,4 +235,81 @@ pub fn bind_listeners(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::Tc
         out.push(listener);
     }
     Ok(out)
+}
+
+/// Whether a socket on this host listens on `addr`'s port at an address that overlaps it,
+/// from /proc/net/tcp and /proc/net/tcp6.
+fn listener_exists(addr: SocketAddr) -> bool {
+    const LISTEN: &str = "0A";
+    let wanted = addr.ip();
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|path| {
+        std::fs::read_to_string(path).is_ok_and(|table| {
+            table.lines().skip(1).any(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let (Some(local), Some(state)) = (fields.get(1), fields.get(3)) else {
+                    return false;
+                };
+                let Some((ip_hex, port_hex)) = local.split_once(':') else {
+                    return false;
+                };
+                if *state != LISTEN || u16::from_str_radix(port_hex, 16) != Ok(addr.port()) {
+                    return false;
+                }
+                match parse_proc_ip(ip_hex) {
+                    Some(ip) => ip.is_unspecified() || wanted.is_unspecified() || ip == wanted,
+                    None => true,
+                }
+            })
+        })
+    })
+}
+
+/// An address as /proc/net/tcp{,6} prints it: 32-bit words in host byte order, in hex.
+fn parse_proc_ip(hex: &str) -> Option<std::net::IpAddr> {
+    let words: Vec<u32> = (0..hex.len() / 8)
+        .map(|i| u32::from_str_radix(&hex[i * 8..i * 8 + 8], 16).ok())
+        .collect::<Option<_>>()?;
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    match bytes.len() {
+        4 => Some(std::net::IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?)),
+        16 => {
+            let v6 = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(bytes).ok()?);
+            Some(
+                v6.to_ipv4_mapped()
+                    .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+            )
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_net_addresses_parse() {
+        assert_eq!(
+            parse_proc_ip("0100007F"),
+            Some("127.0.0.1".parse().unwrap())
+        );
+        assert_eq!(parse_proc_ip("00000000"), Some("0.0.0.0".parse().unwrap()));
+        assert_eq!(
+            parse_proc_ip("00000000000000000000000000000000"),
+            Some("::".parse().unwrap())
+        );
+        assert_eq!(
+            parse_proc_ip("0000000000000000FFFF00000100007F"),
+            Some("127.0.0.1".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn a_listening_port_is_seen() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(listener_exists(l.local_addr().unwrap()));
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        assert!(!listener_exists(SocketAddr::from(([127, 0, 0, 1], port))));
+    }
 }
