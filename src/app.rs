@@ -23,15 +23,145 @@ pub struct App {
     pub id: String,
     /// The public key clients connect with (`/app/{key}`) and publishers sign with.
     pub key: String,
-    /// The secret that signs API requests.
+    /// The secret that signs API requests, channel authorizations and sign-ins.
     pub secret: String,
     /// A disabled app refuses connections (4003) and API calls (403).
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// Whether clients may send `client-*` events on private and presence channels.
+    #[serde(default)]
+    pub client_events: bool,
+    /// Client events one connection may send per second (4301 beyond).
+    #[serde(default = "default_client_event_rate")]
+    pub client_event_rate: u32,
+    /// Most members (distinct users) of one presence channel.
+    #[serde(default = "default_max_presence_members")]
+    pub max_presence_members: usize,
+    /// Largest presence `user_info`, in bytes of JSON.
+    #[serde(default = "default_max_user_info")]
+    pub max_presence_user_info: usize,
+    /// Seconds a cache channel keeps its last event.
+    #[serde(default = "default_cache_ttl")]
+    pub cache_ttl: u64,
+    /// Whether subscribers get `pusher_internal:subscription_count` events.
+    #[serde(default)]
+    pub subscription_count: bool,
+    /// Seconds a connection has to sign in or subscribe to a private or presence channel
+    /// before it is closed with 4009 (0: never).
+    #[serde(default)]
+    pub authorized_connections_timeout: u64,
+    /// Webhook endpoints.
+    #[serde(default, rename = "webhook")]
+    pub webhooks: Vec<Webhook>,
+    /// Whether webhook events are sent in batches (one request per app per batch window)
+    /// rather than one request per event.
+    #[serde(default)]
+    pub webhook_batching: bool,
+}
+
+/// A webhook endpoint of an app.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    /// `http://` URL to POST to.
+    pub url: String,
+    /// Event types sent there (default: all).
+    #[serde(default = "WebhookEvent::all")]
+    pub events: Vec<WebhookEvent>,
+}
+
+/// Webhook event types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookEvent {
+    /// A channel got its first subscriber.
+    ChannelOccupied,
+    /// A channel lost its last subscriber (sent after 3 s, unless re-occupied).
+    ChannelVacated,
+    /// A user joined a presence channel (first connection).
+    MemberAdded,
+    /// A user left a presence channel (last connection; sent after 3 s, unless back).
+    MemberRemoved,
+    /// A client event was sent.
+    ClientEvent,
+    /// A cache channel was subscribed to with nothing cached.
+    CacheMiss,
+    /// A channel's subscription count changed.
+    SubscriptionCount,
+}
+
+impl WebhookEvent {
+    /// Every event type.
+    pub fn all() -> Vec<Self> {
+        vec![
+            Self::ChannelOccupied,
+            Self::ChannelVacated,
+            Self::MemberAdded,
+            Self::MemberRemoved,
+            Self::ClientEvent,
+            Self::CacheMiss,
+            Self::SubscriptionCount,
+        ]
+    }
+
+    /// The name used in webhook bodies.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ChannelOccupied => "channel_occupied",
+            Self::ChannelVacated => "channel_vacated",
+            Self::MemberAdded => "member_added",
+            Self::MemberRemoved => "member_removed",
+            Self::ClientEvent => "client_event",
+            Self::CacheMiss => "cache_miss",
+            Self::SubscriptionCount => "subscription_count",
+        }
+    }
+}
+
+impl App {
+    /// An app with the given credentials and every option at its default.
+    pub fn new(id: &str, key: &str, secret: &str) -> Self {
+        Self {
+            id: id.into(),
+            key: key.into(),
+            secret: secret.into(),
+            enabled: true,
+            client_events: false,
+            client_event_rate: default_client_event_rate(),
+            max_presence_members: default_max_presence_members(),
+            max_presence_user_info: default_max_user_info(),
+            cache_ttl: default_cache_ttl(),
+            subscription_count: false,
+            authorized_connections_timeout: 0,
+            webhooks: Vec::new(),
+            webhook_batching: false,
+        }
+    }
+
+    /// Whether any webhook wants `event`.
+    pub fn wants_webhook(&self, event: WebhookEvent) -> bool {
+        self.webhooks.iter().any(|w| w.events.contains(&event))
+    }
 }
 
 fn default_true() -> bool {
     true
+}
+
+fn default_client_event_rate() -> u32 {
+    10
+}
+
+fn default_max_presence_members() -> usize {
+    100
+}
+
+fn default_max_user_info() -> usize {
+    1024
+}
+
+fn default_cache_ttl() -> u64 {
+    30 * 60
 }
 
 /// Errors in the app configuration.
@@ -103,6 +233,21 @@ impl Apps {
             if by_id.insert(app.id.clone(), idx as AppIdx).is_some() {
                 return Err(AppsError::Invalid(format!("duplicate app id {:?}", app.id)));
             }
+            for w in &app.webhooks {
+                if !w.url.starts_with("http://") {
+                    return Err(AppsError::Invalid(format!(
+                        "app {:?}: webhook URL {:?} must start with http:// (terminate TLS in \
+                         a proxy in front of the receiver)",
+                        app.id, w.url
+                    )));
+                }
+            }
+            if app.client_event_rate == 0 || app.max_presence_members == 0 {
+                return Err(AppsError::Invalid(format!(
+                    "app {:?}: client_event_rate and max_presence_members must be positive",
+                    app.id
+                )));
+            }
         }
         Ok(Self {
             apps,
@@ -155,12 +300,7 @@ mod tests {
     use super::*;
 
     fn app(id: &str, key: &str) -> App {
-        App {
-            id: id.into(),
-            key: key.into(),
-            secret: "s".into(),
-            enabled: true,
-        }
+        App::new(id, key, "s")
     }
 
     #[test]
@@ -184,11 +324,19 @@ mod tests {
         let path = dir.join("apps.toml");
         std::fs::write(
             &path,
-            "[[app]]\nid = \"1\"\nkey = \"k1\"\nsecret = \"s1\"\n\n[[app]]\nid = \"2\"\nkey = \"k2\"\nsecret = \"s2\"\nenabled = false\n",
+            "[[app]]\nid = \"1\"\nkey = \"k1\"\nsecret = \"s1\"\nclient_events = true\n\n\
+             [[app.webhook]]\nurl = \"http://127.0.0.1:9/hooks\"\nevents = [\"channel_occupied\", \"member_added\"]\n\n\
+             [[app]]\nid = \"2\"\nkey = \"k2\"\nsecret = \"s2\"\nenabled = false\n",
         )
         .unwrap();
         let apps = Apps::from_file(&path).unwrap();
         assert_eq!(apps.len(), 2);
+        assert!(apps[0].client_events);
+        assert!(apps[0].wants_webhook(WebhookEvent::MemberAdded));
+        assert!(!apps[0].wants_webhook(WebhookEvent::ChannelVacated));
+        assert_eq!(apps[0].max_presence_members, 100);
         assert!(!apps[1].enabled);
+        assert!(!apps[1].client_events);
+        let _ = Apps::new(apps).unwrap();
     }
 }

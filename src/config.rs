@@ -68,9 +68,20 @@ pub struct Cli {
     #[arg(long, env = "RINGCAST_APP_SECRET", requires_all = ["app_id", "app_key"], hide_env_values = true)]
     pub app_secret: Option<String>,
 
-    /// TOML file with one `[[app]]` table (id, key, secret, enabled) per app.
-    #[arg(long, env = "RINGCAST_APPS_FILE", conflicts_with = "app_id")]
+    /// TOML file with one `[[app]]` table per app (credentials, features, webhooks; see
+    /// docs/configuration.md).
+    #[arg(long, env = "RINGCAST_APPS_FILE", conflicts_with_all = ["app_id", "client_events", "webhook_url"])]
     pub apps_file: Option<PathBuf>,
+
+    /// Allow client events (`client-*` on private and presence channels) for the app given
+    /// on the command line (the demo app always allows them).
+    #[arg(long, env = "RINGCAST_CLIENT_EVENTS")]
+    pub client_events: bool,
+
+    /// Webhook URL (http://) for the app given on the command line, receiving every event
+    /// type; repeat for several.
+    #[arg(long, env = "RINGCAST_WEBHOOK_URL", value_delimiter = ',')]
+    pub webhook_url: Vec<String>,
 
     /// Seconds of client silence before the server pings it (sent to clients as
     /// `activity_timeout`).
@@ -143,6 +154,16 @@ pub struct Cli {
     /// Log level or filter directives (e.g. `info`, `ringcast=debug`).
     #[arg(long, env = "RINGCAST_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+}
+
+fn webhooks(cli: &Cli) -> Vec<crate::app::Webhook> {
+    cli.webhook_url
+        .iter()
+        .map(|url| crate::app::Webhook {
+            url: url.clone(),
+            events: crate::app::WebhookEvent::all(),
+        })
+        .collect()
 }
 
 /// A list of CPU ids.
@@ -258,24 +279,23 @@ impl Config {
     pub fn from_cli(cli: &Cli) -> Result<Self, ConfigError> {
         let (apps, demo_app) = match (&cli.apps_file, &cli.app_id) {
             (Some(path), _) => (Apps::from_file(path)?, false),
-            (None, Some(id)) => (
-                vec![App {
-                    id: id.clone(),
-                    key: cli.app_key.clone().unwrap_or_default(),
-                    secret: cli.app_secret.clone().unwrap_or_default(),
-                    enabled: true,
-                }],
-                false,
-            ),
-            (None, None) => (
-                vec![App {
-                    id: DEMO_APP_ID.into(),
-                    key: DEMO_APP_KEY.into(),
-                    secret: DEMO_APP_SECRET.into(),
-                    enabled: true,
-                }],
-                true,
-            ),
+            (None, Some(id)) => {
+                let mut app = App::new(
+                    id,
+                    cli.app_key.as_deref().unwrap_or_default(),
+                    cli.app_secret.as_deref().unwrap_or_default(),
+                );
+                app.client_events = cli.client_events;
+                app.webhooks = webhooks(cli);
+                (vec![app], false)
+            }
+            (None, None) => {
+                let mut app = App::new(DEMO_APP_ID, DEMO_APP_KEY, DEMO_APP_SECRET);
+                // The demo app is for trying things out on loopback: everything on.
+                app.client_events = true;
+                app.webhooks = webhooks(cli);
+                (vec![app], true)
+            }
         };
         let apps = Apps::new(apps)?;
         if apps.uses_demo_secret() && !cli.host.is_loopback() {

@@ -33,8 +33,12 @@
 //!   writes its outbound queue in vectored writes, and closes with the right code.
 //! * [`hub`] — channels and subscriptions. A worker-local registry holds each worker's
 //!   subscribers; a shared lock-free index records which workers have subscribers of each
-//!   channel, so an event is sent only to workers that need it.
-//! * [`api`] — the signed Pusher HTTP API (`/apps/{id}/events`, `batch_events`, `channels`).
+//!   channel, so an event is sent only to workers that need it. Presence members, signed-in
+//!   users and cache channels' last events are shared between workers too.
+//! * [`api`] — the signed Pusher HTTP API (`/apps/{id}/events`, `batch_events`, `channels`,
+//!   `users`).
+//! * [`webhooks`] — a dedicated sender thread that debounces, signs, batches and retries
+//!   webhook requests, so no worker ever waits on an app's backend.
 //!
 //! # The path of one event
 //!
@@ -59,5 +63,6 @@ pub mod protocol;
 pub mod runtime;
 pub mod server;
 pub mod session;
+pub mod webhooks;
 pub mod worker;
 pub mod ws;

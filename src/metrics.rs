@@ -30,6 +30,10 @@ pub struct WorkerStats {
     pub over_capacity_rejections: AtomicU64,
     /// Publishes refused because a worker's inbox stayed full.
     pub inbox_full: AtomicU64,
+    /// Client events accepted.
+    pub client_events: AtomicU64,
+    /// Client events refused for the rate limit (4301).
+    pub client_events_rejected: AtomicU64,
 }
 
 impl WorkerStats {
@@ -115,6 +119,18 @@ pub fn render(stats: &[std::sync::Arc<WorkerStats>], backend: &str, uptime_secs:
             "counter",
             "Publishes refused because a worker inbox stayed full.",
             |s| &s.inbox_full,
+        ),
+        (
+            "ringcast_client_events_total",
+            "counter",
+            "Client events accepted and relayed.",
+            |s| &s.client_events,
+        ),
+        (
+            "ringcast_client_events_rate_limited_total",
+            "counter",
+            "Client events refused with 4301 (over the per-connection rate).",
+            |s| &s.client_events_rejected,
         ),
     ];
     let mut out = String::new();

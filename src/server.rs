@@ -15,10 +15,13 @@ use crate::hub::{self, ChannelIndex, InboxReceiver};
 use crate::metrics::WorkerStats;
 use crate::runtime::{self, affinity, epoll::Epoll, uring::Uring, Backend, Runtime};
 use crate::session;
+use crate::webhooks::Webhooks;
 use crate::worker::{Shared, Worker};
 
 /// Messages each worker inbox can hold.
 const INBOX_CAPACITY: usize = 16 * 1024;
+/// Most cache channels whose last event is kept (over all apps).
+const MAX_CACHED_CHANNELS: usize = 100_000;
 
 enum Event {
     Signal(i32),
@@ -46,6 +49,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .map(|_| hub::inbox(INBOX_CAPACITY))
         .unzip();
     let workers = config.workers;
+    let webhooks = Webhooks::start(config.apps.iter().cloned().collect())
+        .context("cannot start the webhook sender")?;
     let shared = Arc::new(Shared {
         stats: (0..workers)
             .map(|_| Arc::new(WorkerStats::default()))
@@ -57,6 +62,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         connections: AtomicUsize::new(0),
         shutdown: CancellationToken::new(),
         started: Instant::now(),
+        presence: Default::default(),
+        users: Default::default(),
+        cache: hub::EventCache::new(MAX_CACHED_CHANNELS),
+        webhooks,
     });
 
     let (events_tx, events_rx) = crossbeam_channel::unbounded::<Event>();
@@ -208,7 +217,15 @@ async fn worker_main<R: Runtime>(start: WorkerStart) {
         inbox,
         ready,
     } = start;
-    let worker = Rc::new(Worker::new(index, shared.clone(), inbox));
+    let worker = Rc::new_cyclic(|me| {
+        Worker::new(
+            index,
+            shared.clone(),
+            inbox,
+            Box::new(runtime::Handle::<R>::default()),
+            me.clone(),
+        )
+    });
     {
         let worker = worker.clone();
         R::spawn(async move { hub::run_inbox(&worker).await });

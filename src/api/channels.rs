@@ -1,5 +1,7 @@
 //! `GET /apps/{id}/channels`, `/channels/{name}` and `/channels/{name}/users`.
 
+use std::time::Instant;
+
 use bytes::Bytes;
 
 use super::auth::Params;
@@ -49,9 +51,12 @@ pub(super) fn list(worker: &Worker, app: AppIdx, params: &Params) -> Result<Byte
                 "subscription_count" => {
                     v.insert(a.clone(), occupancy.subscription_count.into());
                 }
-                // No presence members can exist on this server yet.
                 _ => {
-                    v.insert(a.clone(), 0.into());
+                    let users = worker
+                        .shared
+                        .presence
+                        .user_count(ChannelRef { app, name: &name });
+                    v.insert(a.clone(), users.into());
                 }
             }
         }
@@ -72,7 +77,8 @@ pub(super) fn info(
     let kind = channel::parse(name)
         .map_err(|e| ApiError::bad_request(format!("invalid channel {name:?}: {e}")))?;
     let attrs = info_attrs(params, &["user_count", "subscription_count", "cache"])?;
-    let occupancy = worker.shared.index.get(ChannelRef { app, name });
+    let key = ChannelRef { app, name };
+    let occupancy = worker.shared.index.get(key);
     let mut out = serde_json::Map::new();
     out.insert("occupied".into(), occupancy.is_some().into());
     for a in attrs {
@@ -81,16 +87,27 @@ pub(super) fn info(
                 out.insert(a, occupancy.map_or(0, |o| o.subscription_count).into());
             }
             "user_count" if kind.is_presence() => {
-                out.insert(a, 0.into());
+                let users = worker.shared.presence.user_count(key);
+                out.insert(a, users.into());
             }
             "user_count" => {
                 return Err(ApiError::bad_request(
                     "user_count is only available for presence channels",
                 ))
             }
+            _ if kind.is_cache() => {
+                let cached = worker.shared.cache.get(key).map(|c| {
+                    let ttl = c
+                        .expires
+                        .saturating_duration_since(Instant::now())
+                        .as_secs();
+                    serde_json::json!({ "data": &*c.data, "ttl": ttl })
+                });
+                out.insert(a, cached.unwrap_or(serde_json::Value::Null));
+            }
             _ => {
                 return Err(ApiError::bad_request(
-                    "cache is only available for cache channels, which this server does not support yet",
+                    "cache is only available for cache channels",
                 ))
             }
         }
@@ -99,7 +116,7 @@ pub(super) fn info(
 }
 
 /// `GET /apps/{id}/channels/{name}/users`.
-pub(super) fn users(name: &str) -> Result<Bytes, ApiError> {
+pub(super) fn users(worker: &Worker, app: AppIdx, name: &str) -> Result<Bytes, ApiError> {
     let kind = channel::parse(name)
         .map_err(|e| ApiError::bad_request(format!("invalid channel {name:?}: {e}")))?;
     if !matches!(kind, ChannelKind::Presence | ChannelKind::PresenceCache) {
@@ -107,6 +124,12 @@ pub(super) fn users(name: &str) -> Result<Bytes, ApiError> {
             "users are only available for presence channels",
         ));
     }
-    // Presence channels cannot be joined on this server yet.
-    Ok(Bytes::from_static(br#"{"users":[]}"#))
+    let users: Vec<serde_json::Value> = worker
+        .shared
+        .presence
+        .members(ChannelRef { app, name })
+        .iter()
+        .map(|id| serde_json::json!({ "id": &**id }))
+        .collect();
+    Ok(serde_json::json!({ "users": users }).to_string().into())
 }

@@ -152,15 +152,19 @@ fn check(worker: &Worker, body: EventBody, batch: bool) -> Result<Event, ApiErro
     })
 }
 
-fn deliveries(app: AppIdx, events: &[Event]) -> Vec<Delivery> {
+fn deliveries(worker: &Worker, app: AppIdx, events: &[Event]) -> Vec<Delivery> {
     events
         .iter()
         .flat_map(|e| {
-            e.channels.iter().map(move |c| Delivery {
-                channel: ChannelKey::new(app, c),
+            e.channels.iter().map(move |c| {
                 // Encoded once; every subscriber on every worker gets these bytes.
-                frame: messages::event_frame(&e.name, Some(c), &e.data),
-                except: e.except,
+                let frame = messages::event_frame(&e.name, Some(c), &e.data);
+                worker.remember(app, c, &frame, &e.name, &e.data);
+                Delivery {
+                    channel: ChannelKey::new(app, c),
+                    frame,
+                    except: e.except,
+                }
             })
         })
         .collect()
@@ -188,8 +192,11 @@ fn channel_info(
             );
         }
         if info.user_count && channel::parse(c).is_ok_and(ChannelKind::is_presence) {
-            // Presence channels cannot be joined on this server yet: no members.
-            attrs.insert("user_count".into(), 0.into());
+            let users = worker
+                .shared
+                .presence
+                .user_count(ChannelRef { app, name: c });
+            attrs.insert("user_count".into(), users.into());
         }
         out.insert(c.clone(), attrs.into());
     }
@@ -204,10 +211,10 @@ async fn publish<R: Runtime>(
     events: &[Event],
 ) -> Result<(), ApiError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let deliveries = deliveries(app, events);
+    let deliveries = deliveries(worker, app, events);
     let worker = worker.clone();
     R::spawn(async move {
-        let _ = tx.send(hub::publish::<R>(&worker, deliveries).await);
+        let _ = tx.send(hub::publish(&worker, deliveries).await);
     });
     match rx.await {
         Ok(res) => res.map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),

@@ -56,7 +56,7 @@ enum Route<'a> {
     Channels,
     Channel(&'a str),
     ChannelUsers(&'a str),
-    TerminateConnections,
+    TerminateConnections(&'a str),
 }
 
 /// Handles a request under `/apps/`.
@@ -85,7 +85,9 @@ async fn handle_inner<R: Runtime>(
         ["channels"] => (Route::Channels, Method::GET),
         ["channels", name] => (Route::Channel(name), Method::GET),
         ["channels", name, "users"] => (Route::ChannelUsers(name), Method::GET),
-        ["users", _, "terminate_connections"] => (Route::TerminateConnections, Method::POST),
+        ["users", user, "terminate_connections"] => {
+            (Route::TerminateConnections(user), Method::POST)
+        }
         _ => return Err(ApiError::new(StatusCode::NOT_FOUND, "no such API endpoint")),
     };
     if method != route.1 {
@@ -132,11 +134,23 @@ async fn handle_inner<R: Runtime>(
         Route::BatchEvents => events::trigger_batch::<R>(worker, app, &body).await,
         Route::Channels => channels::list(worker, app, &params),
         Route::Channel(name) => channels::info(worker, app, &decode_segment(name)?, &params),
-        Route::ChannelUsers(name) => channels::users(&decode_segment(name)?),
-        Route::TerminateConnections => Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "terminate_connections needs user authentication, which this server does not support yet",
-        )),
+        Route::ChannelUsers(name) => channels::users(worker, app, &decode_segment(name)?),
+        Route::TerminateConnections(user) => {
+            let user = decode_segment(user)?;
+            if user.is_empty() {
+                return Err(ApiError::bad_request("missing user id"));
+            }
+            crate::hub::send_to_all(
+                worker,
+                crate::hub::WorkerMsg::Terminate {
+                    app,
+                    user: user.into(),
+                },
+            )
+            .await
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+            Ok(Bytes::from_static(b"{}"))
+        }
     }
 }
 

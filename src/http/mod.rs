@@ -181,11 +181,14 @@ async fn respond<R: Runtime>(
             }
         }
         "/metrics" if get => {
-            let body = crate::metrics::render(
+            let mut body = crate::metrics::render(
                 &worker.shared.stats,
                 &worker.shared.backend.to_string(),
                 worker.shared.started.elapsed().as_secs(),
             );
+            if let Some(hooks) = &worker.shared.webhooks {
+                hooks.stats.render(&mut body);
+            }
             let mut r = Response::new(Full::new(Bytes::from(body)));
             r.headers_mut().insert(
                 CONTENT_TYPE,

@@ -28,10 +28,27 @@ pub struct Delivery {
 }
 
 /// A message to a worker.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum WorkerMsg {
     /// Deliver these frames to local subscribers, in order.
     Deliver(Vec<Delivery>),
+    /// Close the connections signed in as this user (`terminate_connections`).
+    Terminate {
+        /// The app.
+        app: crate::app::AppIdx,
+        /// The user id.
+        user: std::sync::Arc<str>,
+    },
+    /// A user came online (first sign-in) or went offline (last signed-in connection
+    /// gone): tell the connections watching it.
+    Watchlist {
+        /// The app.
+        app: crate::app::AppIdx,
+        /// The user id.
+        user: std::sync::Arc<str>,
+        /// Online or offline.
+        online: bool,
+    },
 }
 
 struct Signal {

@@ -11,18 +11,29 @@
 //!   channel. Delivery walks this list and pushes the same `Bytes` onto each connection's
 //!   outbound queue.
 //!
+//! Presence members ([`PresenceRegistry`]), signed-in users ([`UserRegistry`]) and cache
+//! channels' last events ([`EventCache`]) are shared too; they change on subscribe and
+//! sign-in, never per delivered event.
+//!
 //! Ordering: a worker marks itself in the index *before* it answers
 //! `subscription_succeeded`, so any event published after the client saw that answer
 //! reaches it. Events from one publisher to one worker travel through one FIFO inbox, so a
 //! subscriber sees a publisher's events in publish order.
 
+pub mod cache;
 mod inbox;
 mod local;
+pub mod presence;
 mod publish;
+pub mod sharded;
+pub mod users;
 
+pub use cache::EventCache;
 pub use inbox::{inbox, Delivery, InboxReceiver, InboxSender, WorkerMsg};
 pub use local::LocalChannels;
-pub use publish::{publish, run_inbox, PublishError};
+pub use presence::{Joined, PresenceRegistry};
+pub use publish::{publish, publish_detached, run_inbox, send_to_all, PublishError};
+pub use users::UserRegistry;
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -161,32 +172,41 @@ impl ChannelIndex {
         self.map.pin().get(&channel).copied()
     }
 
-    /// Records one more subscription of `key` on `worker`.
-    pub fn add(&self, key: ChannelKey, worker: usize) {
-        self.map.pin().update_or_insert_with(
-            key,
-            |o| {
-                let mut o = *o;
-                o.workers.insert(worker);
-                o.subscription_count += 1;
-                o
-            },
-            || {
-                let mut workers = WorkerSet::default();
-                workers.insert(worker);
-                Occupancy {
-                    workers,
-                    subscription_count: 1,
-                }
-            },
-        );
+    /// Records one more subscription of `key` on `worker`; returns the channel's
+    /// subscription count after it (1: the channel just became occupied).
+    pub fn add(&self, key: ChannelKey, worker: usize) -> u64 {
+        self.map
+            .pin()
+            .update_or_insert_with(
+                key,
+                |o| {
+                    let mut o = *o;
+                    o.workers.insert(worker);
+                    o.subscription_count += 1;
+                    o
+                },
+                || {
+                    let mut workers = WorkerSet::default();
+                    workers.insert(worker);
+                    Occupancy {
+                        workers,
+                        subscription_count: 1,
+                    }
+                },
+            )
+            .subscription_count
     }
 
     /// Records one subscription fewer of `key` on `worker`; `worker_left` says whether it
-    /// was the worker's last. Removes the entry when the channel is vacated.
-    pub fn remove(&self, key: ChannelKey, worker: usize, worker_left: bool) {
+    /// was the worker's last. Removes the entry when the channel is vacated. Returns the
+    /// subscription count after it (0: vacated), or `None` if the channel was not occupied.
+    pub fn remove(&self, key: ChannelKey, worker: usize, worker_left: bool) -> Option<u64> {
+        let after = std::cell::Cell::new(None);
         self.map.pin().compute(key, |entry| match entry {
-            None => papaya::Operation::Abort(()),
+            None => {
+                after.set(None);
+                papaya::Operation::Abort(())
+            }
             Some((_, o)) => {
                 let mut o = *o;
                 o.subscription_count = o.subscription_count.saturating_sub(1);
@@ -194,12 +214,15 @@ impl ChannelIndex {
                     o.workers.remove(worker);
                 }
                 if o.workers.is_empty() {
+                    after.set(Some(0));
                     papaya::Operation::Remove
                 } else {
+                    after.set(Some(o.subscription_count));
                     papaya::Operation::Insert(o)
                 }
             }
         });
+        after.get()
     }
 
     /// Occupied channels of `app` whose name starts with `prefix`.
@@ -232,17 +255,18 @@ mod tests {
     fn index_counts_and_vacates() {
         let idx = ChannelIndex::default();
         let r = ChannelRef { app: 0, name: "a" };
-        idx.add(ChannelKey::new(0, "a"), 1);
-        idx.add(ChannelKey::new(0, "a"), 1);
-        idx.add(ChannelKey::new(0, "a"), 3);
+        assert_eq!(idx.add(ChannelKey::new(0, "a"), 1), 1);
+        assert_eq!(idx.add(ChannelKey::new(0, "a"), 1), 2);
+        assert_eq!(idx.add(ChannelKey::new(0, "a"), 3), 3);
         let o = idx.get(r).unwrap();
         assert_eq!(o.subscription_count, 3);
         assert_eq!(o.workers.iter().collect::<Vec<_>>(), vec![1, 3]);
-        idx.remove(ChannelKey::new(0, "a"), 3, true);
-        idx.remove(ChannelKey::new(0, "a"), 1, false);
+        assert_eq!(idx.remove(ChannelKey::new(0, "a"), 3, true), Some(2));
+        assert_eq!(idx.remove(ChannelKey::new(0, "a"), 1, false), Some(1));
         assert_eq!(idx.get(r).unwrap().subscription_count, 1);
-        idx.remove(ChannelKey::new(0, "a"), 1, true);
+        assert_eq!(idx.remove(ChannelKey::new(0, "a"), 1, true), Some(0));
         assert_eq!(idx.get(r), None);
+        assert_eq!(idx.remove(ChannelKey::new(0, "a"), 1, true), None);
         assert!(idx.get(ChannelRef { app: 1, name: "a" }).is_none());
     }
 }

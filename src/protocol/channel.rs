@@ -37,6 +37,14 @@ impl ChannelKind {
         matches!(self, Self::PrivateEncrypted | Self::PrivateEncryptedCache)
     }
 
+    /// Whether the channel keeps its last event.
+    pub fn is_cache(self) -> bool {
+        matches!(
+            self,
+            Self::Cache | Self::PrivateCache | Self::PrivateEncryptedCache | Self::PresenceCache
+        )
+    }
+
     /// Whether this is a presence channel.
     pub fn is_presence(self) -> bool {
         matches!(self, Self::Presence | Self::PresenceCache)

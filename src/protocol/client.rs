@@ -21,7 +21,7 @@ pub enum ClientMessage<'a> {
     /// `pusher:unsubscribe`.
     Unsubscribe(Unsubscribe),
     /// `pusher:signin`.
-    Signin,
+    Signin(Signin),
     /// A `client-*` event.
     ClientEvent {
         /// Event name, starting with `client-`.
@@ -46,6 +46,15 @@ pub struct Subscribe {
     /// Presence member data, as the exact JSON string that was signed.
     #[serde(default)]
     pub channel_data: Option<String>,
+}
+
+/// `pusher:signin` data.
+#[derive(Debug, PartialEq, Deserialize)]
+pub struct Signin {
+    /// `key:signature` over `socket_id::user::user_data`.
+    pub auth: String,
+    /// The user, as the exact JSON string that was signed.
+    pub user_data: String,
 }
 
 /// `pusher:unsubscribe` data.
@@ -111,7 +120,7 @@ pub fn parse(text: &str) -> Result<ClientMessage<'_>, ParseError> {
         "pusher:unsubscribe" => {
             ClientMessage::Unsubscribe(parse_data("pusher:unsubscribe", env.data)?)
         }
-        "pusher:signin" => ClientMessage::Signin,
+        "pusher:signin" => ClientMessage::Signin(parse_data("pusher:signin", env.data)?),
         e if e.starts_with("client-") => ClientMessage::ClientEvent {
             event: env.event,
             channel: env.channel,

@@ -58,6 +58,15 @@ pub fn subscription_succeeded(channel: &str) -> Bytes {
     )
 }
 
+/// `pusher_internal:subscription_succeeded` with `data` (a presence channel's members).
+pub fn subscription_succeeded_with(channel: &str, data: &str) -> Bytes {
+    event_frame(
+        "pusher_internal:subscription_succeeded",
+        Some(channel),
+        data,
+    )
+}
+
 /// `pusher:subscription_error`, shaped as pusher-js reports auth failures so that
 /// `channel.bind("pusher:subscription_error")` and Echo's `.error()` see it.
 pub fn subscription_error(channel: &str, kind: &str, error: &str, status: u16) -> Bytes {
@@ -72,6 +81,76 @@ pub fn subscription_error(channel: &str, kind: &str, error: &str, status: u16) -
     p.put_slice(br#","status":"#);
     p.put_slice(status.to_string().as_bytes());
     p.put_slice(b"}}");
+    b.finish(OpCode::Text)
+}
+
+/// `pusher_internal:watchlist_events` with one `online` or `offline` event for `ids`.
+pub fn watchlist_event(online: bool, ids: &[&str]) -> Bytes {
+    let mut data = BytesMut::with_capacity(48 + ids.len() * 16);
+    data.put_slice(br#"{"events":[{"name":""#);
+    data.put_slice(if online { b"online" } else { b"offline" });
+    data.put_slice(br#"","user_ids":["#);
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            data.put_u8(b',');
+        }
+        push_json_str(&mut data, id);
+    }
+    data.put_slice(b"]}]}");
+    event_frame(
+        "pusher_internal:watchlist_events",
+        None,
+        std::str::from_utf8(&data).expect("built from UTF-8"),
+    )
+}
+
+/// `pusher_internal:member_added` with the member's id and `user_info` (JSON text).
+pub fn member_added(channel: &str, user_id: &str, user_info: &str) -> Bytes {
+    let mut data = BytesMut::with_capacity(32 + user_id.len() + user_info.len());
+    data.put_slice(br#"{"user_id":"#);
+    push_json_str(&mut data, user_id);
+    data.put_slice(br#","user_info":"#);
+    data.put_slice(user_info.as_bytes());
+    data.put_u8(b'}');
+    event_frame(
+        "pusher_internal:member_added",
+        Some(channel),
+        std::str::from_utf8(&data).expect("built from UTF-8"),
+    )
+}
+
+/// `{"event":"pusher:cache_miss","channel":…}`.
+pub fn cache_miss(channel: &str) -> Bytes {
+    let mut b = FrameBuilder::with_capacity(48 + channel.len());
+    let p = b.payload();
+    p.put_slice(br#"{"event":"pusher:cache_miss","channel":"#);
+    push_json_str(p, channel);
+    p.put_u8(b'}');
+    b.finish(OpCode::Text)
+}
+
+/// A client event as other subscribers receive it: `data` exactly as the sender wrote it
+/// (already-validated JSON text), plus the sender's `user_id` on presence channels.
+pub fn client_event(
+    event: &str,
+    channel: &str,
+    data: Option<&str>,
+    user_id: Option<&str>,
+) -> Bytes {
+    let data = data.unwrap_or("null");
+    let mut b = FrameBuilder::with_capacity(48 + event.len() + channel.len() + data.len());
+    let p = b.payload();
+    p.put_slice(br#"{"event":"#);
+    push_json_str(p, event);
+    p.put_slice(br#","channel":"#);
+    push_json_str(p, channel);
+    p.put_slice(br#","data":"#);
+    p.put_slice(data.as_bytes());
+    if let Some(u) = user_id {
+        p.put_slice(br#","user_id":"#);
+        push_json_str(p, u);
+    }
+    p.put_u8(b'}');
     b.finish(OpCode::Text)
 }
 
@@ -135,6 +214,38 @@ mod tests {
         let v = json(&error(None, "bad \"json\""));
         assert!(v["data"]["code"].is_null());
         assert_eq!(v["data"]["message"], "bad \"json\"");
+    }
+
+    #[test]
+    fn client_events_keep_data_verbatim_and_add_the_user() {
+        let v = json(&client_event(
+            "client-typing",
+            "presence-room",
+            Some(r#"{"a":[1,2]}"#),
+            Some("7"),
+        ));
+        assert_eq!(v["data"]["a"][1], 2);
+        assert_eq!(v["user_id"], "7");
+        let v = json(&client_event(
+            "client-x",
+            "private-a",
+            Some(r#""text""#),
+            None,
+        ));
+        assert_eq!(v["data"], "text");
+        assert!(v.get("user_id").is_none());
+    }
+
+    #[test]
+    fn watchlist_and_member_events() {
+        let v = json(&watchlist_event(false, &["a", "b\"c"]));
+        let data: serde_json::Value = serde_json::from_str(v["data"].as_str().unwrap()).unwrap();
+        assert_eq!(data["events"][0]["name"], "offline");
+        assert_eq!(data["events"][0]["user_ids"][1], "b\"c");
+        let v = json(&member_added("presence-a", "1", r#"{"name":"Ann"}"#));
+        let data: serde_json::Value = serde_json::from_str(v["data"].as_str().unwrap()).unwrap();
+        assert_eq!(data["user_info"]["name"], "Ann");
+        assert_eq!(json(&cache_miss("cache-x"))["channel"], "cache-x");
     }
 
     #[test]

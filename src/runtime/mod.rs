@@ -162,6 +162,37 @@ pub trait Runtime: Sized + 'static {
     ) -> impl Future<Output = io::Result<()>>;
 }
 
+/// A boxed local future.
+pub type LocalBoxFuture = Pin<Box<dyn Future<Output = ()>>>;
+
+/// The worker's runtime, for code that is not generic over [`Runtime`] (protocol handlers,
+/// publishing): spawning and sleeping through one indirection, off the data path.
+pub trait RtHandle {
+    /// Spawns a task on this worker.
+    fn spawn(&self, fut: LocalBoxFuture);
+    /// Sleeps.
+    fn sleep(&self, d: Duration) -> LocalBoxFuture;
+}
+
+/// [`RtHandle`] for a [`Runtime`].
+pub struct Handle<R>(std::marker::PhantomData<R>);
+
+impl<R> Default for Handle<R> {
+    fn default() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+impl<R: Runtime> RtHandle for Handle<R> {
+    fn spawn(&self, fut: LocalBoxFuture) {
+        R::spawn(fut);
+    }
+
+    fn sleep(&self, d: Duration) -> LocalBoxFuture {
+        Box::pin(R::sleep(d))
+    }
+}
+
 /// Yields once to the executor.
 pub fn yield_now() -> impl Future<Output = ()> {
     struct YieldNow(bool);

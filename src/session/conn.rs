@@ -94,6 +94,29 @@ pub struct Conn {
     ping_sent: Cell<Tick>,
     /// Names of the channels this connection is subscribed to.
     pub channels: RefCell<Vec<Arc<str>>>,
+    /// When the connection opened.
+    pub opened: Tick,
+    /// Whether the connection signed in or joined a private or presence channel (for the
+    /// app's authorized-connections timeout).
+    pub authorized: Cell<bool>,
+    /// Pusher state most connections never need, allocated on first use so idle public
+    /// subscribers stay small.
+    pub extra: RefCell<Option<Box<Extra>>>,
+}
+
+/// A connection's less common Pusher state.
+#[derive(Debug, Default)]
+pub struct Extra {
+    /// Presence channels joined, with the user id each was joined as.
+    pub presence: Vec<(Arc<str>, Arc<str>)>,
+    /// The signed-in user, if any.
+    pub user: Option<Arc<str>>,
+    /// User ids this connection watches (from its sign-in).
+    pub watchlist: Vec<Arc<str>>,
+    /// The second the client-event count is for.
+    pub rate_second: Tick,
+    /// Client events sent in that second.
+    pub rate_count: u32,
 }
 
 impl Conn {
@@ -120,7 +143,51 @@ impl Conn {
             last_seen: Cell::new(tick_now()),
             ping_sent: Cell::new(NO_PING),
             channels: RefCell::new(Vec::new()),
+            opened: tick_now(),
+            authorized: Cell::new(false),
+            extra: RefCell::new(None),
         }
+    }
+
+    /// Runs `f` on the connection's [`Extra`] state, allocating it if needed.
+    pub fn with_extra<T>(&self, f: impl FnOnce(&mut Extra) -> T) -> T {
+        f(self.extra.borrow_mut().get_or_insert_with(Box::default))
+    }
+
+    /// The user id this connection joined presence channel `channel` as.
+    pub fn presence_user(&self, channel: &str) -> Option<Arc<str>> {
+        let extra = self.extra.borrow();
+        let e = extra.as_ref()?;
+        e.presence
+            .iter()
+            .find(|(c, _)| &**c == channel)
+            .map(|(_, u)| u.clone())
+    }
+
+    /// Forgets the presence membership of `channel`, returning the user id it was joined as.
+    pub fn take_presence(&self, channel: &str) -> Option<Arc<str>> {
+        let mut extra = self.extra.borrow_mut();
+        let e = extra.as_mut()?;
+        let pos = e.presence.iter().position(|(c, _)| &**c == channel)?;
+        Some(e.presence.swap_remove(pos).1)
+    }
+
+    /// The signed-in user.
+    pub fn user(&self) -> Option<Arc<str>> {
+        self.extra.borrow().as_ref()?.user.clone()
+    }
+
+    /// Counts a client event against `per_second`; returns false when over the limit.
+    pub fn allow_client_event(&self, now: Tick, per_second: u32) -> bool {
+        let second = now / TICKS_PER_SEC;
+        self.with_extra(|e| {
+            if e.rate_second != second {
+                e.rate_second = second;
+                e.rate_count = 0;
+            }
+            e.rate_count += 1;
+            e.rate_count <= per_second
+        })
     }
 
     /// The current state.
@@ -340,6 +407,17 @@ mod tests {
         c.take_batch(&mut out);
         assert_eq!(out.len(), 44);
         assert_eq!(c.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn client_event_rate_is_per_second() {
+        let c = conn(1000);
+        let t = 10 * TICKS_PER_SEC;
+        for _ in 0..3 {
+            assert!(c.allow_client_event(t, 3));
+        }
+        assert!(!c.allow_client_event(t + 5, 3));
+        assert!(c.allow_client_event(t + TICKS_PER_SEC, 3));
     }
 
     #[test]

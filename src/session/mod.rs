@@ -300,6 +300,8 @@ impl<S: Connection> Driver<S> {
 pub async fn sweeper<R: Runtime>(worker: Rc<Worker>) {
     loop {
         R::sleep(std::time::Duration::from_secs(1)).await;
-        worker.sweep(conn::tick_now());
+        let now = conn::tick_now();
+        worker.sweep(now);
+        worker.sweep_shared(now);
     }
 }

@@ -482,3 +482,112 @@ pub async fn publish(server: &Server, channels: &[&str], name: &str, data: &str)
     .await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// `HMAC-SHA256(secret, text)` as lowercase hex.
+pub fn hmac_hex(secret: &str, text: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(text.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// The `auth` value an app's auth endpoint returns for a private channel
+/// (`channel_data: None`) or a presence channel (`Some(channel_data)`).
+pub fn channel_auth(
+    key: &str,
+    secret: &str,
+    socket_id: &str,
+    channel: &str,
+    channel_data: Option<&str>,
+) -> String {
+    let text = match channel_data {
+        Some(d) => format!("{socket_id}:{channel}:{d}"),
+        None => format!("{socket_id}:{channel}"),
+    };
+    format!("{key}:{}", hmac_hex(secret, &text))
+}
+
+/// Writes an apps file into a fresh temporary directory and returns its path.
+pub fn apps_file(toml: &str) -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "ringcast-apps-{}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("apps.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+impl Client {
+    /// The worker this connection lives on (socket ids' sequence part is unique per worker
+    /// residue class: `seq % workers`).
+    pub fn worker(&self, workers: u64) -> u64 {
+        self.socket_id
+            .split_once('.')
+            .unwrap()
+            .1
+            .parse::<u64>()
+            .unwrap()
+            % workers
+    }
+
+    /// Sends a subscribe for a private channel of the demo app, signed as an auth endpoint
+    /// would, without waiting for the answer.
+    pub async fn send_private_subscribe(&mut self, channel: &str) {
+        let auth = channel_auth(APP_KEY, APP_SECRET, &self.socket_id, channel, None);
+        self.send(json!({"event": "pusher:subscribe", "data": {"auth": auth, "channel": channel}}))
+            .await;
+    }
+
+    /// Sends a subscribe for a presence channel of the demo app, signed as an auth endpoint
+    /// would, without waiting for the answer.
+    pub async fn send_presence_subscribe(&mut self, channel: &str, channel_data: &Value) {
+        let data = channel_data.to_string();
+        let auth = channel_auth(APP_KEY, APP_SECRET, &self.socket_id, channel, Some(&data));
+        self.send(json!({"event": "pusher:subscribe", "data": {"auth": auth, "channel": channel, "channel_data": data}}))
+            .await;
+    }
+
+    /// The next message that is not a `pusher_internal:subscription_count`.
+    pub async fn recv_event(&mut self) -> Value {
+        loop {
+            let m = self.recv().await;
+            if m["event"] != "pusher_internal:subscription_count" {
+                return m;
+            }
+        }
+    }
+
+    /// Signs in as the demo app's auth endpoint would, without waiting for the answer.
+    pub async fn send_signin(&mut self, user_data: &Value) {
+        let data = user_data.to_string();
+        let auth = format!(
+            "{APP_KEY}:{}",
+            hmac_hex(APP_SECRET, &format!("{}::user::{data}", self.socket_id))
+        );
+        self.send(json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": data}}))
+            .await;
+    }
+}
+
+/// Connects clients until one lands on each of `workers` workers; returns one per worker.
+pub async fn one_per_worker(server: &Server, key: &str, workers: u64) -> Vec<Client> {
+    let mut found: Vec<Option<Client>> = (0..workers).map(|_| None).collect();
+    for _ in 0..200 {
+        let c = Client::connect_url(&server.ws_url(key)).await;
+        let w = c.worker(workers) as usize;
+        if found[w].is_none() {
+            found[w] = Some(c);
+        }
+        if found.iter().all(Option::is_some) {
+            return found.into_iter().map(Option::unwrap).collect();
+        }
+    }
+    panic!("connections did not spread over {workers} workers");
+}

@@ -1,0 +1,205 @@
+//! Cache channels: the last event published to each, kept for the app's TTL and sent to
+//! new subscribers right after `subscription_succeeded`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::hub::{ChannelKey, ChannelRef};
+
+type FastState = foldhash::fast::RandomState;
+
+/// How long a reported cache miss suppresses further `cache_miss` webhooks.
+const MISS_TTL: Duration = Duration::from_secs(60);
+
+/// One cached event.
+#[derive(Debug, Clone)]
+pub struct Cached {
+    /// The event frame as subscribers received it.
+    pub frame: Bytes,
+    /// The event name.
+    pub event: Arc<str>,
+    /// The event data.
+    pub data: Arc<str>,
+    /// When it expires.
+    pub expires: Instant,
+}
+
+/// The last event of every cache channel, shared by all workers (lock-free).
+pub struct EventCache {
+    map: papaya::HashMap<ChannelKey, Cached, FastState>,
+    len: AtomicUsize,
+    max: usize,
+    /// Channels whose cache miss was reported (the `cache_miss` webhook is sent once until
+    /// the channel gets an event), with when the report expires.
+    missed: papaya::HashMap<ChannelKey, Instant, FastState>,
+}
+
+impl EventCache {
+    /// A cache holding at most `max` channels.
+    pub fn new(max: usize) -> Self {
+        Self {
+            map: papaya::HashMap::builder()
+                .hasher(FastState::default())
+                .resize_mode(papaya::ResizeMode::Blocking)
+                .build(),
+            len: AtomicUsize::new(0),
+            max,
+            missed: papaya::HashMap::builder()
+                .hasher(FastState::default())
+                .build(),
+        }
+    }
+
+    /// Records a cache miss on `key`; returns whether it is the first since the channel's
+    /// last event (so the `cache_miss` webhook is not repeated for every subscriber).
+    /// Reports expire after `MISS_TTL`; past `max` channels, every miss is reported.
+    pub fn note_miss(&self, key: ChannelRef<'_>) -> bool {
+        let missed = self.missed.pin();
+        if missed
+            .get(&key)
+            .is_some_and(|&until| until > Instant::now())
+        {
+            return false;
+        }
+        if missed.len() < self.max {
+            missed.insert(
+                ChannelKey::new(key.app, key.name),
+                Instant::now() + MISS_TTL,
+            );
+        }
+        true
+    }
+
+    /// Keeps `event` as the channel's last. Returns false (and keeps nothing) when the cache
+    /// is full and this channel has no entry yet.
+    pub fn put(
+        &self,
+        key: ChannelKey,
+        frame: Bytes,
+        event: &str,
+        data: &str,
+        ttl: Duration,
+    ) -> bool {
+        let map = self.map.pin();
+        let r = ChannelRef {
+            app: key.app,
+            name: &key.name,
+        };
+        self.missed.pin().remove(&r);
+        if map.get(&r).is_none() {
+            if self.len.load(Ordering::Relaxed) >= self.max {
+                return false;
+            }
+            self.len.fetch_add(1, Ordering::Relaxed);
+        }
+        let cached = Cached {
+            frame,
+            event: Arc::from(event),
+            data: Arc::from(data),
+            expires: Instant::now() + ttl,
+        };
+        if map.insert(key, cached).is_some() {
+            // Raced with another insert of a new channel: counted twice above.
+            // (insert returns the old value only when one existed, whose count is kept.)
+        }
+        true
+    }
+
+    /// The channel's last event, unless expired.
+    pub fn get(&self, key: ChannelRef<'_>) -> Option<Cached> {
+        let map = self.map.pin();
+        map.get(&key)
+            .filter(|c| c.expires > Instant::now())
+            .cloned()
+    }
+
+    /// Drops expired entries.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        self.missed.pin().retain(|_, &until| until > now);
+        let map = self.map.pin();
+        let expired: Vec<ChannelKey> = map
+            .iter()
+            .filter(|(_, c)| c.expires <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in expired {
+            let r = ChannelRef {
+                app: k.app,
+                name: &k.name,
+            };
+            if map
+                .remove_if(&r, |_, c| c.expires <= now)
+                .ok()
+                .flatten()
+                .is_some()
+            {
+                self.len.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_last_event_until_it_expires() {
+        let c = EventCache::new(10);
+        let key = ChannelKey::new(0, "cache-a");
+        let r = ChannelRef {
+            app: 0,
+            name: "cache-a",
+        };
+        assert!(c.get(r).is_none());
+        assert!(c.put(
+            key.clone(),
+            Bytes::from_static(b"1"),
+            "e",
+            "one",
+            Duration::from_secs(60)
+        ));
+        assert!(c.put(
+            key.clone(),
+            Bytes::from_static(b"2"),
+            "e",
+            "two",
+            Duration::from_secs(60)
+        ));
+        assert_eq!(&*c.get(r).unwrap().data, "two");
+        assert!(c.put(key, Bytes::new(), "e", "gone", Duration::ZERO));
+        assert!(c.get(r).is_none());
+        c.sweep();
+        assert_eq!(c.len.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_full_cache_keeps_updating_what_it_has() {
+        let c = EventCache::new(1);
+        assert!(c.put(
+            ChannelKey::new(0, "cache-a"),
+            Bytes::new(),
+            "e",
+            "1",
+            Duration::from_secs(60)
+        ));
+        assert!(!c.put(
+            ChannelKey::new(0, "cache-b"),
+            Bytes::new(),
+            "e",
+            "1",
+            Duration::from_secs(60)
+        ));
+        assert!(c.put(
+            ChannelKey::new(0, "cache-a"),
+            Bytes::new(),
+            "e",
+            "2",
+            Duration::from_secs(60)
+        ));
+    }
+}
