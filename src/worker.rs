@@ -332,8 +332,9 @@ impl Worker {
     /// Presence channels have member events instead. Busy channels are throttled; the
     /// sweep sends the last change of a throttled channel when its interval is over.
     fn subscription_count_changed(&self, app: AppIdx, name: &Arc<str>, count: u64) {
-        let a = self.app(app);
-        if !a.subscription_count && !a.wants_webhook(WebhookEvent::SubscriptionCount) {
+        // Counting is a per-app feature: without it neither the event nor the webhook is
+        // sent (as on Pusher, where the webhook comes with enabling the feature).
+        if !self.app(app).subscription_count {
             return;
         }
         if channel::parse(name).is_ok_and(ChannelKind::is_presence) {
@@ -367,12 +368,9 @@ impl Worker {
     }
 
     fn send_subscription_count(&self, app: AppIdx, name: &str, count: u64) {
-        if self.app(app).subscription_count {
-            let data = format!(r#"{{"subscription_count":{count}}}"#);
-            let frame =
-                messages::event_frame("pusher_internal:subscription_count", Some(name), &data);
-            self.publish_event(app, name, frame, None);
-        }
+        let data = format!(r#"{{"subscription_count":{count}}}"#);
+        let frame = messages::event_frame("pusher_internal:subscription_count", Some(name), &data);
+        self.publish_event(app, name, frame, None);
         self.webhook(app, WebhookEvent::SubscriptionCount, name, None, |j| {
             j.fields.insert("subscription_count".into(), count.into());
         });

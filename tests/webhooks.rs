@@ -1,0 +1,411 @@
+//! Webhooks against a real HTTP receiver run by the test: signatures, every event type,
+//! filters, the 3 s debounce, batching, retries after failures, and a receiver that
+//! hangs — on both IO backends.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{apps_file, hmac_hex, publish, Client, Server, APP_ID, APP_KEY, APP_SECRET, WAIT};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+on_both_backends!(
+    requests_are_signed_and_carry_occupied_then_vacated,
+    a_channel_back_within_three_seconds_sends_nothing,
+    presence_client_event_and_cache_webhooks_respect_filters,
+    batching_gathers_events_into_one_request,
+    failed_deliveries_are_retried_until_accepted,
+    a_hanging_receiver_does_not_stall_the_server,
+);
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+struct Received {
+    at: Instant,
+    path: String,
+    key: String,
+    signature: String,
+    body: String,
+}
+
+impl Received {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap()
+    }
+
+    fn events(&self) -> Vec<Value> {
+        self.json()["events"].as_array().unwrap().clone()
+    }
+}
+
+/// How the receiver answers.
+#[derive(Clone, Copy, PartialEq)]
+enum Answer {
+    Status(u16),
+    /// Read the request, never answer.
+    Hang,
+}
+
+/// A minimal HTTP/1.1 webhook receiver: records each request, answers from a script
+/// (then 200 for the rest).
+struct Receiver {
+    url: String,
+    got: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Receiver {
+    async fn start(script: Vec<Answer>) -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hooks/pusher", listener.local_addr().unwrap());
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let script = Arc::new(Mutex::new(script.into_iter()));
+        let g = got.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let got = g.clone();
+                let script = script.clone();
+                tokio::spawn(async move {
+                    let Some(req) = read_request(&mut s).await else {
+                        return;
+                    };
+                    let answer = script.lock().unwrap().next().unwrap_or(Answer::Status(200));
+                    got.lock().unwrap().push(req);
+                    match answer {
+                        Answer::Hang => {
+                            tokio::time::sleep(Duration::from_secs(60)).await;
+                        }
+                        Answer::Status(code) => {
+                            let reply = format!(
+                                "HTTP/1.1 {code} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+                            );
+                            let _ = s.write_all(reply.as_bytes()).await;
+                        }
+                    }
+                });
+            }
+        });
+        Receiver { url, got }
+    }
+
+    fn all(&self) -> Vec<Received> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` requests have arrived; returns them all.
+    async fn wait_for(&self, n: usize) -> Vec<Received> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let all = self.all();
+            if all.len() >= n {
+                return all;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} webhook requests arrived: {all:?}",
+                all.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until the events received include one matching `pred`; returns it.
+    async fn wait_for_event(&self, pred: impl Fn(&Value) -> bool) -> (Received, Value) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            for r in self.all() {
+                if let Some(e) = r.events().into_iter().find(|e| pred(e)) {
+                    return (r, e);
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no such webhook event; got {:?}",
+                self.all()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn event_names(&self) -> Vec<String> {
+        self.all()
+            .iter()
+            .flat_map(|r| r.events())
+            .map(|e| e["name"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+async fn read_request(s: &mut tokio::net::TcpStream) -> Option<Received> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        let n = s.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8(buf[..head_end].to_vec()).unwrap();
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+            })
+            .unwrap_or_default()
+    };
+    let len: usize = header("content-length").parse().unwrap();
+    while buf.len() < head_end + len {
+        let n = s.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    assert!(head.starts_with("POST "), "{head}");
+    assert_eq!(header("content-type"), "application/json");
+    Some(Received {
+        at: Instant::now(),
+        path: head.split_whitespace().nth(1).unwrap().to_string(),
+        key: header("x-pusher-key"),
+        signature: header("x-pusher-signature"),
+        body: String::from_utf8(buf[head_end..head_end + len].to_vec()).unwrap(),
+    })
+}
+
+fn demo_app_with(settings: &str) -> std::path::PathBuf {
+    apps_file(&format!(
+        "[[app]]\nid = \"{APP_ID}\"\nkey = \"{APP_KEY}\"\nsecret = \"{APP_SECRET}\"\nclient_events = true\n{settings}\n"
+    ))
+}
+
+fn unsubscribe(channel: &str) -> Value {
+    json!({"event": "pusher:unsubscribe", "data": {"channel": channel}})
+}
+
+async fn requests_are_signed_and_carry_occupied_then_vacated(backend: &'static str) {
+    let rx = Receiver::start(vec![]).await;
+    let server = Server::start(backend, &["--webhook-url", &rx.url]);
+    let mut c = Client::connect(&server).await;
+    let before = common::now_secs() * 1000;
+    c.subscribe("room").await;
+    let got = rx.wait_for(1).await;
+    let r = &got[0];
+    assert_eq!(r.path, "/hooks/pusher");
+    assert_eq!(r.key, APP_KEY);
+    assert_eq!(r.signature, hmac_hex(APP_SECRET, &r.body));
+    let body = r.json();
+    assert!(body["time_ms"].as_u64().unwrap() >= before, "{body}");
+    assert_eq!(
+        body["events"],
+        json!([{"name": "channel_occupied", "channel": "room"}])
+    );
+
+    c.send(unsubscribe("room")).await;
+    let left = Instant::now();
+    let got = rx.wait_for(2).await;
+    assert_eq!(
+        got[1].events(),
+        vec![json!({"name": "channel_vacated", "channel": "room"})]
+    );
+    assert_eq!(got[1].signature, hmac_hex(APP_SECRET, &got[1].body));
+    // Held back for the debounce (3 s), not sent at once.
+    assert!(
+        got[1].at.duration_since(left) >= Duration::from_secs(2),
+        "{:?}",
+        got[1].at.duration_since(left)
+    );
+}
+
+async fn a_channel_back_within_three_seconds_sends_nothing(backend: &'static str) {
+    let rx = Receiver::start(vec![]).await;
+    let server = Server::start(backend, &["--webhook-url", &rx.url]);
+    let mut c = Client::connect(&server).await;
+    c.subscribe("reload").await;
+    rx.wait_for(1).await;
+    // A page reload: gone, back at once.
+    c.send(unsubscribe("reload")).await;
+    c.subscribe("reload").await;
+    // Past the debounce, still only the first occupied.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    assert_eq!(rx.event_names(), vec!["channel_occupied"]);
+    // Leaving for good is reported.
+    c.send(unsubscribe("reload")).await;
+    rx.wait_for(2).await;
+    assert_eq!(
+        rx.event_names(),
+        vec!["channel_occupied", "channel_vacated"]
+    );
+}
+
+async fn presence_client_event_and_cache_webhooks_respect_filters(backend: &'static str) {
+    let all = Receiver::start(vec![]).await;
+    let members_only = Receiver::start(vec![]).await;
+    let apps = demo_app_with(&format!(
+        "subscription_count = true\n\n[[app.webhook]]\nurl = \"{}\"\n\n[[app.webhook]]\nurl = \"{}\"\nevents = [\"member_added\", \"member_removed\"]\n",
+        all.url, members_only.url
+    ));
+    let server = Server::start(backend, &["--apps-file", apps.to_str().unwrap()]);
+    let mut a = Client::connect(&server).await;
+    a.send_presence_subscribe("presence-team", &json!({"user_id": "ann"}))
+        .await;
+    a.recv().await;
+    let mut b = Client::connect(&server).await;
+    b.send_presence_subscribe("presence-team", &json!({"user_id": "bob"}))
+        .await;
+    b.recv().await;
+    let (_, e) = all
+        .wait_for_event(|e| e["name"] == "member_added" && e["user_id"] == "bob")
+        .await;
+    assert_eq!(e["channel"], "presence-team");
+    assert_eq!(a.recv().await["event"], "pusher_internal:member_added");
+
+    b.send(json!({"event": "client-wave", "channel": "presence-team", "data": {"hand": "left"}}))
+        .await;
+    assert_eq!(a.recv().await["event"], "client-wave");
+    let (_, e) = all.wait_for_event(|e| e["name"] == "client_event").await;
+    assert_eq!(
+        e,
+        json!({
+            "name": "client_event",
+            "channel": "presence-team",
+            "event": "client-wave",
+            "data": r#"{"hand":"left"}"#,
+            "socket_id": b.socket_id,
+            "user_id": "bob",
+        })
+    );
+
+    a.subscribe("cache-prices").await;
+    let (_, e) = all.wait_for_event(|e| e["name"] == "cache_miss").await;
+    assert_eq!(e, json!({"name": "cache_miss", "channel": "cache-prices"}));
+
+    let mut c = Client::connect(&server).await;
+    let mut d = Client::connect(&server).await;
+    c.subscribe("counted").await;
+    d.subscribe("counted").await;
+    let (_, e) = all
+        .wait_for_event(|e| e["name"] == "subscription_count" && e["subscription_count"] == 2)
+        .await;
+    assert_eq!(e["channel"], "counted");
+
+    drop(b);
+    let (_, e) = all.wait_for_event(|e| e["name"] == "member_removed").await;
+    assert_eq!(
+        e,
+        json!({"name": "member_removed", "channel": "presence-team", "user_id": "bob"})
+    );
+    // The filtered URL got exactly the member events, each once.
+    members_only.wait_for(3).await;
+    let mut names = members_only.event_names();
+    names.sort();
+    assert_eq!(
+        names,
+        vec!["member_added", "member_added", "member_removed"]
+    );
+    for r in members_only.all() {
+        assert_eq!(r.signature, hmac_hex(APP_SECRET, &r.body));
+    }
+}
+
+async fn batching_gathers_events_into_one_request(backend: &'static str) {
+    let rx = Receiver::start(vec![]).await;
+    let apps = demo_app_with(&format!(
+        "webhook_batching = true\n\n[[app.webhook]]\nurl = \"{}\"\nevents = [\"channel_occupied\"]\n",
+        rx.url
+    ));
+    let server = Server::start(backend, &["--apps-file", apps.to_str().unwrap()]);
+    let mut c = Client::connect(&server).await;
+    for i in 0..5 {
+        c.subscribe(&format!("batch-{i}")).await;
+    }
+    let deadline = Instant::now() + WAIT;
+    while rx.event_names().len() < 5 {
+        assert!(Instant::now() < deadline, "{:?}", rx.all());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let requests = rx.all();
+    assert!(
+        requests.len() <= 2,
+        "five events in {} requests",
+        requests.len()
+    );
+    assert!(requests[0].events().len() >= 2, "{requests:?}");
+    for r in &requests {
+        assert_eq!(r.signature, hmac_hex(APP_SECRET, &r.body));
+    }
+}
+
+async fn failed_deliveries_are_retried_until_accepted(backend: &'static str) {
+    let rx = Receiver::start(vec![Answer::Status(500), Answer::Status(503)]).await;
+    let server = Server::start(backend, &["--webhook-url", &rx.url]);
+    let mut c = Client::connect(&server).await;
+    c.subscribe("flaky").await;
+    let got = rx.wait_for(3).await;
+    // The same signed request each time, with growing pauses (1 s, then 2 s).
+    assert!(got.iter().all(|r| r.body == got[0].body));
+    assert_eq!(
+        got[0].events(),
+        vec![json!({"name": "channel_occupied", "channel": "flaky"})]
+    );
+    assert!(got[2].at.duration_since(got[1].at) > got[1].at.duration_since(got[0].at));
+    let text = reqwest::get(server.http("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    let mut text = text;
+    while !text.contains("ringcast_webhooks_delivered_total 1") {
+        assert!(Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        text = reqwest::get(server.http("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+    }
+    assert!(
+        text.contains("ringcast_webhooks_failed_attempts_total 2"),
+        "{text}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rx.all().len(), 3, "nothing sent again once accepted");
+}
+
+async fn a_hanging_receiver_does_not_stall_the_server(backend: &'static str) {
+    let rx = Receiver::start(vec![Answer::Hang; 1000]).await;
+    // And a URL nobody listens on.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/", l.local_addr().unwrap())
+    };
+    let server = Server::start(
+        backend,
+        &["--webhook-url", &rx.url, "--webhook-url", &closed],
+    );
+    let mut clients = Vec::new();
+    for i in 0..50 {
+        let mut c = Client::connect(&server).await;
+        c.subscribe(&format!("busy-{i}")).await;
+        clients.push(c);
+    }
+    rx.wait_for(50).await;
+    // Everything else keeps working while 50 requests hang.
+    for (i, c) in clients.iter_mut().enumerate() {
+        publish(&server, &[&format!("busy-{i}")], "e", "x").await;
+        assert_eq!(c.recv().await["event"], "e");
+    }
+    let mut c = Client::connect(&server).await;
+    c.send(json!({"event": "pusher:ping"})).await;
+    assert_eq!(c.recv().await["event"], "pusher:pong");
+}
