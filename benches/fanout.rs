@@ -1,16 +1,27 @@
 //! Fan-out of one encoded frame to N in-memory subscribers on one worker: the queue push
 //! per subscriber and the writer taking its batch — everything but the socket write.
+//!
+//! `fanout_one_frame` publishes unmeasured frames; `fanout_one_frame_measured` the same
+//! with the publish latency recorded as the server does (one clock read per write, one
+//! histogram record per subscriber), so the cost of recording is the difference.
 
 use std::rc::Rc;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ringcast::hub::{ChannelKey, ChannelRef, LocalChannels};
+use ringcast::metrics::{now_ns, LatencyRecorder};
 use ringcast::protocol::{messages, SocketId};
 use ringcast::session::conn::{Conn, Protocol};
 
 fn fanout(c: &mut Criterion) {
-    let mut g = c.benchmark_group("fanout_one_frame");
+    run(c, "fanout_one_frame", false);
+    run(c, "fanout_one_frame_measured", true);
+}
+
+fn run(c: &mut Criterion, group: &str, measured: bool) {
+    let recorder = LatencyRecorder::default();
+    let mut g = c.benchmark_group(group);
     for n in [1usize, 100, 1_000, 10_000] {
         let channels = LocalChannels::default();
         let key = ChannelKey::new(0, "broadcast");
@@ -42,9 +53,16 @@ fn fanout(c: &mut Criterion) {
                     },
                     &frame,
                     None,
+                    if measured { now_ns() } else { 0 },
                 );
                 for conn in &conns {
-                    conn.take_batch(&mut batch);
+                    let mut now = 0;
+                    conn.take_batch(&mut batch, |stamp| {
+                        if now == 0 {
+                            now = now_ns();
+                        }
+                        recorder.publish(now, stamp);
+                    });
                     batch.clear();
                 }
                 d

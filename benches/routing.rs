@@ -70,7 +70,7 @@ fn routing(c: &mut Criterion) {
     c.bench_function("local_deliver_1M", |b| {
         b.iter(|| {
             let name = next();
-            local.deliver(ChannelRef { app: 0, name }, &frame, None)
+            local.deliver(ChannelRef { app: 0, name }, &frame, None, 0)
         })
     });
 }

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -16,7 +17,7 @@ pub const DEMO_APP_KEY: &str = "app-key";
 pub const DEMO_APP_SECRET: &str = "app-secret";
 
 /// One application.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct App {
     /// The app id used in HTTP API paths (`/apps/{id}/…`).
@@ -57,10 +58,66 @@ pub struct App {
     /// rather than one request per event.
     #[serde(default)]
     pub webhook_batching: bool,
+    /// Most concurrent WebSocket connections of this app (4004 beyond); 0: no limit.
+    #[serde(default)]
+    pub max_connections: usize,
+    /// Most occupied channels of this app (subscriptions opening more are refused); 0: no
+    /// limit.
+    #[serde(default)]
+    pub max_channels: usize,
+    /// HTTP API requests this app may make per second (429 beyond); 0: no limit.
+    #[serde(default = "default_max_api_rate")]
+    pub max_api_requests_per_second: u32,
+    /// Live counters, kept across configuration reloads.
+    #[serde(skip)]
+    pub counters: Arc<AppCounters>,
+}
+
+/// What an app is using now, over all workers (checked against its limits).
+#[derive(Debug, Default)]
+pub struct AppCounters {
+    /// Open WebSocket connections.
+    pub connections: std::sync::atomic::AtomicUsize,
+    /// Occupied channels.
+    pub channels: std::sync::atomic::AtomicUsize,
+    /// API requests in the current second: `second << 32 | count`.
+    api_window: std::sync::atomic::AtomicU64,
+}
+
+impl AppCounters {
+    /// Counts an API request made in `second`; false when it is over `per_second`
+    /// (0: unlimited).
+    pub fn allow_api_request(&self, second: u64, per_second: u32) -> bool {
+        use std::sync::atomic::Ordering;
+        if per_second == 0 {
+            return true;
+        }
+        let mut cur = self.api_window.load(Ordering::Relaxed);
+        loop {
+            let (sec, count) = (cur >> 32, cur & 0xffff_ffff);
+            let next = if sec == second & 0xffff_ffff {
+                if count >= u64::from(per_second) {
+                    return false;
+                }
+                cur + 1
+            } else {
+                ((second & 0xffff_ffff) << 32) | 1
+            };
+            match self.api_window.compare_exchange_weak(
+                cur,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
 }
 
 /// A webhook endpoint of an app.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Webhook {
     /// `http://` URL to POST to.
@@ -135,6 +192,10 @@ impl App {
             authorized_connections_timeout: 0,
             webhooks: Vec::new(),
             webhook_batching: false,
+            max_connections: 0,
+            max_channels: 0,
+            max_api_requests_per_second: default_max_api_rate(),
+            counters: Default::default(),
         }
     }
 
@@ -158,6 +219,10 @@ fn default_max_presence_members() -> usize {
 
 fn default_max_user_info() -> usize {
     1024
+}
+
+fn default_max_api_rate() -> u32 {
+    50_000
 }
 
 fn default_cache_ttl() -> u64 {
@@ -195,10 +260,11 @@ struct AppsFile {
     apps: Vec<App>,
 }
 
-/// The immutable set of configured apps, shared by every worker.
+/// The set of configured apps. Replaced as a whole on reload (SIGHUP); an app keeps its
+/// index for the life of the process.
 #[derive(Debug, Clone)]
 pub struct Apps {
-    apps: Vec<App>,
+    apps: Vec<Arc<App>>,
     by_key: HashMap<String, AppIdx>,
     by_id: HashMap<String, AppIdx>,
 }
@@ -250,6 +316,48 @@ impl Apps {
             }
         }
         Ok(Self {
+            apps: apps.into_iter().map(Arc::new).collect(),
+            by_key,
+            by_id,
+        })
+    }
+
+    /// The apps after a reload to `new`: every app keeps its index (matched by id) and its
+    /// live counters; apps no longer configured stay disabled and unreachable; new apps
+    /// are appended.
+    pub fn reloaded(&self, new: Vec<App>) -> Result<Self, AppsError> {
+        // Validate the new set on its own first.
+        Self::new(new.clone())?;
+        let mut new: HashMap<String, App> = new.into_iter().map(|a| (a.id.clone(), a)).collect();
+        let mut apps = Vec::with_capacity(self.apps.len() + new.len());
+        let mut removed = Vec::new();
+        for old in &self.apps {
+            match new.remove(&old.id) {
+                Some(mut app) => {
+                    app.counters = old.counters.clone();
+                    apps.push(Arc::new(app));
+                }
+                None => {
+                    let mut gone = (**old).clone();
+                    gone.enabled = false;
+                    removed.push(apps.len());
+                    apps.push(Arc::new(gone));
+                }
+            }
+        }
+        let mut added: Vec<App> = new.into_values().collect();
+        added.sort_by(|a, b| a.id.cmp(&b.id));
+        apps.extend(added.into_iter().map(Arc::new));
+        let mut by_key = HashMap::new();
+        let mut by_id = HashMap::new();
+        for (idx, app) in apps.iter().enumerate() {
+            if removed.contains(&idx) {
+                continue;
+            }
+            by_key.insert(app.key.clone(), idx as AppIdx);
+            by_id.insert(app.id.clone(), idx as AppIdx);
+        }
+        Ok(Self {
             apps,
             by_key,
             by_id,
@@ -279,14 +387,15 @@ impl Apps {
         self.by_id.get(id).copied()
     }
 
-    /// The app at `idx`. Panics on an index not produced by this registry.
-    pub fn get(&self, idx: AppIdx) -> &App {
+    /// The app at `idx`. Panics on an index not produced by this registry (or an earlier
+    /// one: reloads only append).
+    pub fn get(&self, idx: AppIdx) -> &Arc<App> {
         &self.apps[idx as usize]
     }
 
     /// All apps.
     pub fn iter(&self) -> impl Iterator<Item = &App> {
-        self.apps.iter()
+        self.apps.iter().map(|a| &**a)
     }
 
     /// Whether any app still uses the public demo secret.
@@ -301,6 +410,44 @@ mod tests {
 
     fn app(id: &str, key: &str) -> App {
         App::new(id, key, "s")
+    }
+
+    #[test]
+    fn reload_keeps_indices_and_counters() {
+        let apps = Apps::new(vec![app("1", "a"), app("2", "b")]).unwrap();
+        apps.get(0)
+            .counters
+            .connections
+            .store(5, std::sync::atomic::Ordering::Relaxed);
+        let mut changed = app("1", "a2");
+        changed.enabled = false;
+        let next = apps.reloaded(vec![app("3", "c"), changed]).unwrap();
+        assert_eq!(next.by_key("a2"), Some(0));
+        assert!(!next.get(0).enabled);
+        assert_eq!(
+            next.get(0)
+                .counters
+                .connections
+                .load(std::sync::atomic::Ordering::Relaxed),
+            5
+        );
+        // App 2 is gone: unreachable, disabled, its index kept.
+        assert_eq!(next.by_id("2"), None);
+        assert!(!next.get(1).enabled);
+        assert_eq!(next.by_id("3"), Some(2));
+        assert!(apps.reloaded(vec![app("1", "x"), app("9", "x")]).is_err());
+    }
+
+    #[test]
+    fn api_rate_window_is_per_second() {
+        let c = AppCounters::default();
+        assert!((0..3).all(|_| c.allow_api_request(100, 3)));
+        assert!(!c.allow_api_request(100, 3));
+        assert!(c.allow_api_request(101, 3));
+        assert!(
+            (0..10).all(|_| c.allow_api_request(102, 0)),
+            "0 is no limit"
+        );
     }
 
     #[test]

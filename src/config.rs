@@ -10,7 +10,8 @@ use clap::{Parser, ValueEnum};
 use crate::app::{App, Apps, AppsError, DEMO_APP_ID, DEMO_APP_KEY, DEMO_APP_SECRET};
 
 /// Which IO backend the workers run on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum IoMode {
     /// io_uring when this kernel and sandbox allow it, epoll otherwise.
     Auto,
@@ -21,7 +22,8 @@ pub enum IoMode {
 }
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
     Text,
@@ -33,9 +35,26 @@ pub enum LogFormat {
 ///
 /// With no flags it serves 127.0.0.1:6001 with a demo app (id `app-id`, key `app-key`,
 /// secret `app-secret`).
-#[derive(Debug, Clone, Parser)]
+#[derive(Debug, Clone, Parser, serde::Serialize)]
 #[command(name = "ringcast", version, about, long_about)]
 pub struct Cli {
+    /// TOML configuration file: every flag as a key (dashes become underscores) plus
+    /// `[[app]]` tables; the command line and RINGCAST_* variables override it (see
+    /// docs/configuration.md).
+    #[arg(long, env = "RINGCAST_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Apps from the `--config` file.
+    #[arg(skip)]
+    #[serde(skip)]
+    pub file_apps: Option<Vec<App>>,
+
+    /// A subcommand instead of serving.
+    #[command(subcommand)]
+    #[serde(skip)]
+    pub command: Option<Command>,
+
     /// Address to listen on (WebSocket and HTTP API share it).
     #[arg(long, env = "RINGCAST_HOST", default_value = "127.0.0.1")]
     pub host: IpAddr,
@@ -43,6 +62,15 @@ pub struct Cli {
     /// Port to listen on; 0 picks a free port (printed at start-up).
     #[arg(long, env = "RINGCAST_PORT", default_value_t = 6001)]
     pub port: u16,
+
+    /// Address of the metrics listener (`/metrics`, `/metrics/latency.hgrm`, `/healthz`,
+    /// `/readyz`); keep it private.
+    #[arg(long, env = "RINGCAST_METRICS_HOST", default_value = "127.0.0.1")]
+    pub metrics_host: IpAddr,
+
+    /// Port of the metrics listener; 0 picks a free port (printed at start-up).
+    #[arg(long, env = "RINGCAST_METRICS_PORT", default_value_t = 9601)]
+    pub metrics_port: u16,
 
     /// Worker threads, one pinned per CPU; 0 means one per available CPU.
     #[arg(long, env = "RINGCAST_WORKERS", default_value_t = 0)]
@@ -131,6 +159,24 @@ pub struct Cli {
     #[arg(long, env = "RINGCAST_MAX_CONNECTIONS", default_value_t = 0)]
     pub max_connections: usize,
 
+    /// Most occupied channels over all apps; a subscription that would open one more is
+    /// refused (`pusher:subscription_error`, status 429). 0: no limit.
+    #[arg(long, env = "RINGCAST_MAX_CHANNELS", default_value_t = 1_000_000)]
+    pub max_channels: usize,
+
+    /// New connections one IP address may open per second (HTTP 429 beyond); 0: no limit.
+    #[arg(
+        long,
+        env = "RINGCAST_MAX_CONNECTIONS_PER_IP_PER_SECOND",
+        default_value_t = 0
+    )]
+    pub max_connections_per_ip_per_second: u32,
+
+    /// Seconds a new TCP connection has to complete its first HTTP request (and TLS
+    /// handshake); slower ones are closed (slowloris protection).
+    #[arg(long, env = "RINGCAST_HANDSHAKE_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub handshake_timeout: u64,
+
     /// Seconds an API request's `auth_timestamp` may differ from the server clock.
     #[arg(long, env = "RINGCAST_TIMESTAMP_WINDOW", default_value_t = 600)]
     pub timestamp_window: u64,
@@ -147,6 +193,16 @@ pub struct Cli {
     #[arg(long, env = "RINGCAST_ECHO_PATH", value_parser = parse_path)]
     pub echo_path: Option<String>,
 
+    /// TLS certificate chain (PEM, leaf first): the port then serves wss:// and https://
+    /// only. Requires --tls-key too (both are re-read on SIGHUP).
+    #[arg(long, env = "RINGCAST_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key of the TLS certificate (PEM: PKCS#8, PKCS#1 or SEC1). Requires --tls-cert
+    /// too.
+    #[arg(long, env = "RINGCAST_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Log format.
     #[arg(long, env = "RINGCAST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -154,6 +210,27 @@ pub struct Cli {
     /// Log level or filter directives (e.g. `info`, `ringcast=debug`).
     #[arg(long, env = "RINGCAST_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+}
+
+/// Subcommands.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Configuration file tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// `ringcast config …`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a configuration file and print the effective configuration (secrets
+    /// masked); exits 2 if it is invalid.
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
+    /// Print a commented example configuration file.
+    Example,
 }
 
 fn webhooks(cli: &Cli) -> Vec<crate::app::Webhook> {
@@ -169,6 +246,13 @@ fn webhooks(cli: &Cli) -> Vec<crate::app::Webhook> {
 /// A list of CPU ids.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CpuList(pub Vec<usize>);
+
+impl serde::Serialize for CpuList {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let text: Vec<String> = self.0.iter().map(usize::to_string).collect();
+        s.serialize_str(&text.join(","))
+    }
+}
 
 fn parse_cpu_list(s: &str) -> Result<CpuList, String> {
     let mut cpus = Vec::new();
@@ -220,6 +304,10 @@ pub struct Limits {
     pub max_connections: usize,
     /// See [`Cli::timestamp_window`].
     pub timestamp_window: u64,
+    /// See [`Cli::max_channels`] (0: none).
+    pub max_channels: usize,
+    /// See [`Cli::max_connections_per_ip_per_second`] (0: none).
+    pub max_connections_per_ip_per_second: u32,
 }
 
 /// The resolved configuration every worker shares.
@@ -247,10 +335,41 @@ pub struct Config {
     pub http_idle_timeout: Duration,
     /// Drain time on shutdown.
     pub shutdown_timeout: Duration,
+    /// Time a new connection has to complete its first request.
+    pub handshake_timeout: Duration,
+    /// Where the metrics listener binds.
+    pub metrics_addr: std::net::SocketAddr,
     /// Path of the echo endpoint, if enabled.
     pub echo_path: Option<String>,
     /// Whether the built-in demo app is in use.
     pub demo_app: bool,
+    /// Where the apps come from (what SIGHUP re-reads).
+    pub apps_source: AppsSource,
+    /// TLS certificate and key files, when TLS is on.
+    pub tls: Option<crate::tls::TlsFiles>,
+}
+
+/// Where the apps were configured.
+#[derive(Debug, Clone)]
+pub enum AppsSource {
+    /// `--app-id`/`--app-key`/`--app-secret`, or the demo app: nothing to reload.
+    CommandLine,
+    /// `--apps-file`.
+    AppsFile(PathBuf),
+    /// The `[[app]]` tables of `--config`.
+    ConfigFile(PathBuf),
+}
+
+/// Refuses secrets nobody should run with: the demo secret off loopback, and the example
+/// file's placeholders anywhere.
+pub fn check_secrets(apps: &[App], host: IpAddr) -> Result<(), ConfigError> {
+    if apps.iter().any(|a| a.secret == DEMO_APP_SECRET) && !host.is_loopback() {
+        return Err(ConfigError::DemoSecretOnPublicInterface(host));
+    }
+    if let Some(app) = apps.iter().find(|a| a.secret.contains("CHANGE-ME")) {
+        return Err(ConfigError::PlaceholderSecret(app.id.clone()));
+    }
+    Ok(())
 }
 
 /// Why the configuration cannot be used.
@@ -266,6 +385,22 @@ pub enum ConfigError {
          or --apps-file, or listen on 127.0.0.1"
     )]
     DemoSecretOnPublicInterface(IpAddr),
+    /// An app still has the example file's placeholder secret.
+    #[error("app {0:?} still has the example's placeholder secret: set a real one (e.g. `openssl rand -hex 32`)")]
+    PlaceholderSecret(String),
+    /// A command-line error (printed with clap's own formatting).
+    #[error("{0}")]
+    Cli(clap::Error),
+    /// A bad value in the configuration file.
+    #[error("{path}: {key}: {reason}")]
+    File {
+        /// The file.
+        path: String,
+        /// The key (`-` for the file as a whole).
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// Bad CPU selection.
     #[error("{0}")]
     Cpus(String),
@@ -279,6 +414,9 @@ impl Config {
     pub fn from_cli(cli: &Cli) -> Result<Self, ConfigError> {
         let (apps, demo_app) = match (&cli.apps_file, &cli.app_id) {
             (Some(path), _) => (Apps::from_file(path)?, false),
+            (None, None) if cli.file_apps.as_ref().is_some_and(|a| !a.is_empty()) => {
+                (cli.file_apps.clone().unwrap_or_default(), false)
+            }
             (None, Some(id)) => {
                 let mut app = App::new(
                     id,
@@ -297,10 +435,13 @@ impl Config {
                 (vec![app], true)
             }
         };
+        check_secrets(&apps, cli.host)?;
         let apps = Apps::new(apps)?;
-        if apps.uses_demo_secret() && !cli.host.is_loopback() {
-            return Err(ConfigError::DemoSecretOnPublicInterface(cli.host));
-        }
+        let apps_source = match (&cli.apps_file, &cli.app_id, &cli.config) {
+            (Some(path), _, _) => AppsSource::AppsFile(path.clone()),
+            (None, None, Some(path)) if !demo_app => AppsSource::ConfigFile(path.clone()),
+            _ => AppsSource::CommandLine,
+        };
 
         let allowed = match &cli.cpus {
             Some(list) => list.0.clone(),
@@ -357,13 +498,23 @@ impl Config {
                 max_channels_per_connection: cli.max_channels_per_connection,
                 max_connections,
                 timestamp_window: cli.timestamp_window,
+                max_channels: cli.max_channels,
+                max_connections_per_ip_per_second: cli.max_connections_per_ip_per_second,
             },
+            handshake_timeout: Duration::from_secs(cli.handshake_timeout),
+            metrics_addr: std::net::SocketAddr::new(cli.metrics_host, cli.metrics_port),
             activity_timeout: Duration::from_secs(cli.activity_timeout),
             pong_timeout: Duration::from_secs(cli.pong_timeout),
             http_idle_timeout: Duration::from_secs(cli.http_idle_timeout),
             shutdown_timeout: Duration::from_secs(cli.shutdown_timeout),
             echo_path: cli.echo_path.clone(),
             demo_app,
+            apps_source,
+            tls: cli
+                .tls_cert
+                .clone()
+                .zip(cli.tls_key.clone())
+                .map(|(cert, key)| crate::tls::TlsFiles { cert, key }),
         })
     }
 }

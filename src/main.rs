@@ -1,16 +1,32 @@
-//! The `ringcast` binary: parse the command line, start the server, exit 0 after a
-//! graceful shutdown.
+//! The `ringcast` binary: parse the command line (and the `--config` file under it),
+//! start the server, exit 0 after a graceful shutdown. `ringcast config check|example`
+//! are the configuration tools.
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use ringcast::config::{Cli, Config};
+use ringcast::config::{Cli, Command, Config, ConfigCommand, ConfigError};
+use ringcast::config_file;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match config_file::parse(std::env::args_os().collect()) {
+        Ok(cli) => cli,
+        Err(e) => return config_error(e),
+    };
+    match &cli.command {
+        Some(Command::Config(ConfigCommand::Example)) => {
+            print!("{}", config_file::EXAMPLE);
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Config(ConfigCommand::Check { file })) => return check(file),
+        None => {}
+    }
+    serve(cli)
+}
+
+fn serve(cli: Cli) -> ExitCode {
     if let Err(e) = ringcast::logging::init(cli.log_format, &cli.log_level) {
         eprintln!("ringcast: {e}");
         return ExitCode::from(2);
@@ -29,6 +45,36 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `ringcast config check FILE`.
+fn check(file: &std::path::Path) -> ExitCode {
+    let cli = match config_file::parse(config_file::check_args(file)) {
+        Ok(cli) => cli,
+        Err(e) => return config_error(e),
+    };
+    match Config::from_cli(&cli) {
+        Ok(config) => {
+            print!("{}", config_file::describe(&cli, &config));
+            eprintln!("ringcast: {} is valid", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => config_error(e),
+    }
+}
+
+fn config_error(e: ConfigError) -> ExitCode {
+    match e {
+        ConfigError::Cli(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            ExitCode::from(code)
+        }
+        other => {
+            eprintln!("ringcast: {other}");
+            ExitCode::from(2)
         }
     }
 }

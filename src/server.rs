@@ -15,6 +15,7 @@ use crate::hub::{self, ChannelIndex, InboxReceiver};
 use crate::metrics::WorkerStats;
 use crate::runtime::{self, affinity, epoll::Epoll, uring::Uring, Backend, Runtime};
 use crate::session;
+use crate::tls::Tls;
 use crate::webhooks::Webhooks;
 use crate::worker::{Shared, Worker};
 
@@ -40,17 +41,38 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         }
     }
 
+    let tls = match &config.tls {
+        Some(files) => {
+            let tls = Tls::load(files)?;
+            tracing::info!(
+                cert = %files.cert.display(),
+                key = %files.key.display(),
+                fingerprint = %tls.fingerprint(),
+                "tls enabled"
+            );
+            Some(tls)
+        }
+        None => None,
+    };
+    let tls_config = tls.as_ref().map(Tls::config);
+
     let addr = SocketAddr::new(config.host, config.port);
     let listeners = runtime::bind_listeners(addr, config.workers)
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listeners[0].local_addr()?;
+    let metrics_listener = crate::metrics_server::bind(config.metrics_addr).with_context(|| {
+        format!(
+            "cannot listen for metrics on {} (change --metrics-host/--metrics-port)",
+            config.metrics_addr
+        )
+    })?;
 
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..config.workers)
         .map(|_| hub::inbox(INBOX_CAPACITY))
         .unzip();
     let workers = config.workers;
-    let webhooks = Webhooks::start(config.apps.iter().cloned().collect())
-        .context("cannot start the webhook sender")?;
+    let apps = Arc::new(arc_swap::ArcSwap::from_pointee(config.apps.clone()));
+    let webhooks = Webhooks::start(apps.clone()).context("cannot start the webhook sender")?;
     let shared = Arc::new(Shared {
         stats: (0..workers)
             .map(|_| Arc::new(WorkerStats::default()))
@@ -66,6 +88,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         users: Default::default(),
         cache: hub::EventCache::new(MAX_CACHED_CHANNELS),
         webhooks,
+        ip_rate: Default::default(),
+        apps,
     });
 
     let (events_tx, events_rx) = crossbeam_channel::unbounded::<Event>();
@@ -76,6 +100,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let ready = ready_tx.clone();
         let events = events_tx.clone();
         let backend = choice.backend;
+        let tls = tls_config.clone();
         let thread = std::thread::Builder::new()
             .name(format!("ringcast-w{index}"))
             .spawn(move || {
@@ -90,12 +115,21 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                     listener,
                     inbox,
                     ready: ready.clone(),
+                    tls,
                 };
                 let res = match backend {
                     Backend::Uring => Uring::block_on(move || worker_main::<Uring>(start)),
                     Backend::Epoll => Epoll::block_on(move || worker_main::<Epoll>(start)),
                 }
-                .map_err(|e| format!("cannot start the {backend} runtime: {e}"));
+                .map_err(|e| match backend {
+                    // Rings are charged to RLIMIT_MEMLOCK; ENOMEM here is almost always that.
+                    Backend::Uring => format!(
+                        "cannot start the {backend} runtime: {e} (if this is out of memory, \
+                         raise the locked-memory limit, e.g. LimitMEMLOCK=infinity, or run \
+                         with --io epoll)"
+                    ),
+                    Backend::Epoll => format!("cannot start the {backend} runtime: {e}"),
+                });
                 if let Err(e) = &res {
                     let _ = ready.send((index, Err(e.clone())));
                 }
@@ -121,7 +155,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             }
         }
     }
+    // Before "listening": from then on SIGHUP reloads rather than kills.
+    let signals = spawn_signal_thread(events_tx.clone())?;
     tracing::info!(addr = %local, workers, backend = %choice.backend, "listening");
+    let metrics_addr = metrics_listener.local_addr()?;
+    crate::metrics_server::start(metrics_listener, shared.clone())
+        .context("cannot start the metrics thread")?;
+    tracing::info!(addr = %metrics_addr, "metrics endpoint (/metrics, /metrics/latency.hgrm, /healthz, /readyz)");
     if shared.config.demo_app {
         tracing::info!(
             "demo app: id=app-id key=app-key secret=app-secret (loopback only). Connect with \
@@ -132,12 +172,15 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         );
     }
 
-    let signals = spawn_signal_thread(events_tx.clone())?;
     drop(events_tx);
     let mut exited = 0;
     let mut failure = None;
     while exited < workers {
         match events_rx.recv() {
+            Ok(Event::Signal(signal_hook::consts::SIGHUP)) => {
+                reload_apps(&shared);
+                reload_tls(tls.as_ref());
+            }
             Ok(Event::Signal(sig)) => {
                 if shared.shutdown.is_cancelled() {
                     tracing::warn!(signal = sig, "second signal: exiting without draining");
@@ -179,11 +222,59 @@ fn join_all(threads: Vec<std::thread::JoinHandle<()>>) {
     }
 }
 
+/// SIGHUP: reads the apps again from where they came from (`--apps-file`, or the
+/// `[[app]]` tables of `--config`). Apps keep their indices and live counts; removed apps
+/// are disabled (their connections are closed with 4003 within a second). A file that
+/// does not load leaves the apps in use untouched.
+fn reload_apps(shared: &Shared) {
+    use crate::config::AppsSource;
+    let (path, loaded) = match &shared.config.apps_source {
+        AppsSource::AppsFile(p) => (p, crate::app::Apps::from_file(p).map_err(|e| e.to_string())),
+        AppsSource::ConfigFile(p) => (p, crate::config_file::apps_of(p).map_err(|e| e.to_string())),
+        AppsSource::CommandLine => {
+            tracing::info!("SIGHUP: apps come from the command line; nothing to reload");
+            return;
+        }
+    };
+    let next = loaded.and_then(|list| {
+        crate::config::check_secrets(&list, shared.config.host).map_err(|e| e.to_string())?;
+        shared.apps.load().reloaded(list).map_err(|e| e.to_string())
+    });
+    match next {
+        Ok(apps) => {
+            let n = apps.iter().filter(|a| a.enabled).count();
+            shared.apps.store(Arc::new(apps));
+            tracing::info!(file = %path.display(), enabled_apps = n, "apps reloaded");
+        }
+        Err(e) => {
+            tracing::error!(file = %path.display(), "apps not reloaded, keeping the ones in use: {e}")
+        }
+    }
+}
+
+/// SIGHUP: reads the TLS certificate and key again from the same files. New connections
+/// get the new certificate, open ones keep theirs; if the files cannot be used, the
+/// certificate in use stays.
+fn reload_tls(tls: Option<&Tls>) {
+    let Some(tls) = tls else {
+        tracing::info!("SIGHUP: TLS is off, no certificate to reload");
+        return;
+    };
+    match tls.reload() {
+        Ok(()) => tracing::info!(
+            cert = %tls.files().cert.display(),
+            fingerprint = %tls.fingerprint(),
+            "certificate reloaded"
+        ),
+        Err(e) => tracing::error!("certificate not reloaded, keeping the one in use: {e}"),
+    }
+}
+
 fn spawn_signal_thread(
     events: crossbeam_channel::Sender<Event>,
 ) -> anyhow::Result<signal_hook::iterator::Handle> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .context("cannot install signal handlers")?;
     let handle = signals.handle();
     std::thread::Builder::new()
@@ -206,6 +297,8 @@ struct WorkerStart {
     listener: std::net::TcpListener,
     inbox: InboxReceiver,
     ready: mpsc::Sender<(usize, Result<(), String>)>,
+    /// TLS for every accepted socket, when on.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// A worker's life: serve until shutdown, then drain.
@@ -216,6 +309,7 @@ async fn worker_main<R: Runtime>(start: WorkerStart) {
         listener,
         inbox,
         ready,
+        tls,
     } = start;
     let worker = Rc::new_cyclic(|me| {
         Worker::new(
@@ -231,13 +325,31 @@ async fn worker_main<R: Runtime>(start: WorkerStart) {
         R::spawn(async move { hub::run_inbox(&worker).await });
     }
     R::spawn(session::sweeper::<R>(worker.clone()));
+    worker.stats.heartbeat.store(
+        crate::metrics::now_ns(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let _ = ready.send((index, Ok(())));
 
     let accepting = {
         let worker = worker.clone();
-        R::accept_loop(listener, shared.shutdown.clone(), move |conn, peer| {
-            R::spawn(crate::http::serve::<R>(worker.clone(), conn, peer));
-        })
+        R::accept_loop(
+            listener,
+            shared.shutdown.clone(),
+            move |conn, peer| match &tls {
+                Some(tls) => R::spawn(crate::tls::serve::<R>(
+                    worker.clone(),
+                    conn,
+                    peer,
+                    tls.clone(),
+                )),
+                None => R::spawn(crate::http::serve::<R, _>(
+                    worker.clone(),
+                    Rc::new(conn),
+                    peer,
+                )),
+            },
+        )
     };
     if let Err(e) = accepting.await {
         tracing::error!(worker = index, error = %e, "cannot accept connections");

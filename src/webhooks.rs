@@ -20,7 +20,6 @@
 //!   counted — never queued without limit.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -30,7 +29,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Request, Uri};
 use serde_json::{Map, Value};
 
-use crate::app::{App, AppIdx, WebhookEvent};
+use crate::app::{AppIdx, Apps, WebhookEvent};
+
+/// The apps as last (re)loaded.
+pub type SharedApps = Arc<arc_swap::ArcSwap<Apps>>;
 
 /// How long `channel_vacated` and `member_removed` wait for the channel or member to
 /// come back.
@@ -121,40 +123,31 @@ pub struct WebhookStats {
     outstanding: AtomicUsize,
 }
 
+/// The webhook counters at one moment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WebhookCounts {
+    /// Requests answered with 2xx.
+    pub delivered: u64,
+    /// Attempts that failed (and will be retried, or were the last).
+    pub failed_attempts: u64,
+    /// Requests given up after [`RETRY_FOR`].
+    pub dropped_after_retries: u64,
+    /// Events dropped because the queue or the outstanding requests were full.
+    pub dropped_overload: u64,
+    /// `channel_vacated`/`member_removed` cancelled by a quick return.
+    pub cancelled: u64,
+}
+
 impl WebhookStats {
-    /// Appends the counters in the Prometheus text format.
-    pub fn render(&self, out: &mut String) {
-        let rows: [(&str, &str, u64); 5] = [
-            (
-                "ringcast_webhooks_delivered_total",
-                "Webhook requests answered with 2xx.",
-                self.delivered.load(Ordering::Relaxed),
-            ),
-            (
-                "ringcast_webhooks_failed_attempts_total",
-                "Webhook attempts that failed (non-2xx, connection error, timeout).",
-                self.failed_attempts.load(Ordering::Relaxed),
-            ),
-            (
-                "ringcast_webhooks_dropped_total",
-                "Webhook requests dropped after retrying for 5 minutes.",
-                self.dropped_after_retries.load(Ordering::Relaxed),
-            ),
-            (
-                "ringcast_webhooks_overload_dropped_total",
-                "Webhook events dropped because the webhook queue was full.",
-                self.dropped_overload.load(Ordering::Relaxed),
-            ),
-            (
-                "ringcast_webhooks_cancelled_total",
-                "channel_vacated/member_removed webhooks cancelled because the channel or member came back within 3 s.",
-                self.cancelled.load(Ordering::Relaxed),
-            ),
-        ];
-        for (name, help, v) in rows {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} counter");
-            let _ = writeln!(out, "{name} {v}");
+    /// The counters now.
+    pub fn snapshot(&self) -> WebhookCounts {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        WebhookCounts {
+            delivered: l(&self.delivered),
+            failed_attempts: l(&self.failed_attempts),
+            dropped_after_retries: l(&self.dropped_after_retries),
+            dropped_overload: l(&self.dropped_overload),
+            cancelled: l(&self.cancelled),
         }
     }
 }
@@ -168,10 +161,8 @@ pub struct Webhooks {
 
 impl Webhooks {
     /// Starts the sender thread, if any app has a webhook.
-    pub fn start(apps: Vec<App>) -> std::io::Result<Option<Self>> {
-        if apps.iter().all(|a| a.webhooks.is_empty()) {
-            return Ok(None);
-        }
+    pub fn start(apps: SharedApps) -> std::io::Result<Option<Self>> {
+        // Started even when no app has a webhook yet: a reload may add one.
         let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
         let stats = Arc::new(WebhookStats::default());
         let thread_stats = stats.clone();
@@ -182,7 +173,7 @@ impl Webhooks {
                     .enable_all()
                     .build()
                     .expect("a current-thread runtime builds");
-                rt.block_on(run(Arc::new(apps), rx, thread_stats));
+                rt.block_on(run(apps, rx, thread_stats));
             })?;
         Ok(Some(Self { tx, stats }))
     }
@@ -213,11 +204,7 @@ struct Batch {
     opened: Instant,
 }
 
-async fn run(
-    apps: Arc<Vec<App>>,
-    mut rx: tokio::sync::mpsc::Receiver<Job>,
-    stats: Arc<WebhookStats>,
-) {
+async fn run(apps: SharedApps, mut rx: tokio::sync::mpsc::Receiver<Job>, stats: Arc<WebhookStats>) {
     let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     let mut pending: HashMap<PendingKey, (Job, Instant)> = HashMap::new();
     let mut batches: HashMap<(AppIdx, usize), Batch> = HashMap::new();
@@ -282,7 +269,7 @@ async fn run(
 }
 
 struct Sender {
-    apps: Arc<Vec<App>>,
+    apps: SharedApps,
     stats: Arc<WebhookStats>,
     in_flight: Arc<tokio::sync::Semaphore>,
 }
@@ -290,7 +277,8 @@ struct Sender {
 impl Sender {
     /// Sends `job` to each of its app's URLs that wants it, now or in a batch.
     fn route(&self, job: Job, batches: &mut HashMap<(AppIdx, usize), Batch>) {
-        let app = &self.apps[job.app as usize];
+        let apps = self.apps.load();
+        let app = apps.get(job.app);
         let event = job.to_json();
         for (i, hook) in app.webhooks.iter().enumerate() {
             if !hook.events.contains(&job.event) {
@@ -311,7 +299,8 @@ impl Sender {
 
     /// Starts delivering one request, in a task of its own.
     fn dispatch(&self, app_idx: AppIdx, hook: usize, time_ms: u64, events: Vec<Value>) {
-        let app = &self.apps[app_idx as usize];
+        let apps = self.apps.load();
+        let app = apps.get(app_idx);
         let url = app.webhooks[hook].url.clone();
         if self.stats.outstanding.load(Ordering::Relaxed) >= MAX_OUTSTANDING {
             self.stats
@@ -371,7 +360,13 @@ fn next_backoff(d: Duration) -> Duration {
 /// One POST; `Ok` on a 2xx answer.
 async fn post(url: &str, key: &str, signature: &str, body: Bytes) -> Result<(), String> {
     let uri: Uri = url.parse().map_err(|e| format!("invalid URL: {e}"))?;
-    let host = uri.host().ok_or("URL has no host")?.to_string();
+    // IPv6 literals come bracketed (`[::1]`); the socket address wants them bare.
+    let host = uri
+        .host()
+        .ok_or("URL has no host")?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     let port = uri.port_u16().unwrap_or(80);
     let stream = tokio::net::TcpStream::connect((host.as_str(), port))
         .await

@@ -69,6 +69,10 @@ pub struct Shared {
     pub cache: EventCache,
     /// The webhook sender, if any app has webhooks.
     pub webhooks: Option<Webhooks>,
+    /// New connections per IP address (`--max-connections-per-ip-per-second`).
+    pub ip_rate: crate::limits::IpRate,
+    /// The apps, as last (re)loaded.
+    pub apps: Arc<arc_swap::ArcSwap<crate::app::Apps>>,
 }
 
 /// The state one worker thread owns. Not `Send`: it never leaves its thread.
@@ -100,6 +104,8 @@ pub struct Worker {
     /// When `subscription_count` was last sent for busy channels, and whether a change
     /// since is waiting to be sent.
     counts_sent: RefCell<hashbrown::HashMap<ChannelKey, CountSent, FastState>>,
+    /// Latencies recorded on this worker, merged into `stats` every second.
+    pub latency: crate::metrics::LatencyRecorder,
 }
 
 impl Worker {
@@ -127,6 +133,7 @@ impl Worker {
             signed_in: RefCell::default(),
             watchers: RefCell::default(),
             counts_sent: RefCell::default(),
+            latency: Default::default(),
         }
     }
 
@@ -137,9 +144,9 @@ impl Worker {
             .expect("a worker outlives the code running on it")
     }
 
-    /// An app's configuration.
-    pub fn app(&self, app: AppIdx) -> &App {
-        self.config().apps.get(app)
+    /// An app's current configuration (apps are replaced as a whole on reload).
+    pub fn app(&self, app: AppIdx) -> Arc<App> {
+        self.shared.apps.load().get(app).clone()
     }
 
     /// Publishes one frame to a channel's subscribers on every worker, from code that
@@ -157,6 +164,7 @@ impl Worker {
                 channel: ChannelKey::new(app, channel),
                 frame,
                 except,
+                published: 0,
             }],
         );
     }
@@ -183,10 +191,14 @@ impl Worker {
             data,
             ttl,
         ) {
-            tracing::warn!(
-                channel,
-                "event cache is full; this channel's last event is not kept"
-            );
+            // Once a minute at most: a full cache would otherwise log every event.
+            static LAST_WARNED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let now = crate::session::conn::tick_now().max(1);
+            let last = LAST_WARNED.load(Ordering::Relaxed);
+            if last == 0 || now.wrapping_sub(last) >= 60 * crate::session::conn::TICKS_PER_SEC {
+                LAST_WARNED.store(now, Ordering::Relaxed);
+                tracing::warn!(channel, "event cache is full (100,000 channels): new cache channels' events are not kept");
+            }
         }
     }
 
@@ -239,9 +251,23 @@ impl Worker {
         let total = self.shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
         WorkerStats::add(&self.stats.connections, 1);
         WorkerStats::add(&self.stats.connections_total, 1);
+        let app_over = app.is_some_and(|a| {
+            let app = self.app(a);
+            let n = app.counters.connections.fetch_add(1, Ordering::Relaxed) + 1;
+            app.max_connections > 0 && n > app.max_connections
+        });
         if total > self.config().limits.max_connections {
-            WorkerStats::add(&self.stats.over_capacity_rejections, 1);
+            self.stats.rejected(crate::metrics::Rejected::OverCapacity);
+            tracing::debug!(socket_id = %conn.socket_id, total, "over --max-connections: closing with 4100");
             conn.close(codes::OVER_CAPACITY, "Over capacity: try again later");
+        } else if app_over {
+            self.stats.rejected(crate::metrics::Rejected::AppOverQuota);
+            let max = self.app(app.unwrap_or_default()).max_connections;
+            tracing::debug!(socket_id = %conn.socket_id, max, "app over its connection quota: closing with 4004");
+            conn.close(
+                codes::OVER_CONNECTION_QUOTA,
+                &format!("Over connection quota: this app allows {max} connections"),
+            );
         } else if self.is_shutting_down() {
             conn.close(codes::GENERIC_RECONNECT, "Server is shutting down");
         }
@@ -256,6 +282,10 @@ impl Worker {
                 self.leave(conn, app, name);
             }
             self.sign_out(conn, app);
+            self.app(app)
+                .counters
+                .connections
+                .fetch_sub(1, Ordering::Relaxed);
         }
         self.conns.borrow_mut().try_remove(conn.id);
         self.shared.connections.fetch_sub(1, Ordering::Relaxed);
@@ -276,11 +306,48 @@ impl Worker {
         // Mark this worker in the shared index before the client hears of success.
         let count = self.shared.index.add(key.clone(), self.index);
         conn.channels.borrow_mut().push(key.name.clone());
-        if count == 1 {
-            self.webhook(app, WebhookEvent::ChannelOccupied, name, None, |_| {});
+        if let Ok(kind) = channel::parse(name) {
+            self.stats.subscription(kind, 1);
+            if count == 1 {
+                self.stats.channel(kind, 1);
+                self.app(app)
+                    .counters
+                    .channels
+                    .fetch_add(1, Ordering::Relaxed);
+            }
         }
-        self.subscription_count_changed(app, &key.name, count);
+        // `#server-to-user-` channels are per-user delivery: no channel webhooks or counts.
+        if !name.starts_with('#') {
+            if count == 1 {
+                self.webhook(app, WebhookEvent::ChannelOccupied, name, None, |_| {});
+            }
+            self.subscription_count_changed(app, &key.name, count);
+        }
         true
+    }
+
+    /// Whether a subscription to `name` may go ahead under the channel limits: always for
+    /// an occupied channel; a new one must fit `--max-channels` and the app's
+    /// `max_channels`. (Workers check concurrently, so a burst may pass a limit by a few.)
+    pub fn channel_limit(&self, app: AppIdx, name: &str) -> Result<(), String> {
+        if self.shared.index.get(ChannelRef { app, name }).is_some() {
+            return Ok(());
+        }
+        let max = self.config().limits.max_channels;
+        if max > 0 {
+            let open: i64 = self.shared.stats.iter().map(|s| s.channels_total()).sum();
+            if open >= max as i64 {
+                return Err(format!("The server is at its limit of {max} channels"));
+            }
+        }
+        let a = self.app(app);
+        if a.max_channels > 0 && a.counters.channels.load(Ordering::Relaxed) >= a.max_channels {
+            return Err(format!(
+                "This app is at its limit of {} channels",
+                a.max_channels
+            ));
+        }
+        Ok(())
     }
 
     /// Unsubscribes `conn` from `name`. Returns false if it was not subscribed.
@@ -313,14 +380,26 @@ impl Worker {
                 self.webhook(app, WebhookEvent::MemberRemoved, &name, Some(&user), |_| {});
             }
         }
-        match self.shared.index.remove(
+        let count = self.shared.index.remove(
             ChannelKey {
                 app,
                 name: name.clone(),
             },
             self.index,
             last_here,
-        ) {
+        );
+        if let Ok(kind) = channel::parse(&name) {
+            self.stats.subscription(kind, -1);
+            if count == Some(0) {
+                self.stats.channel(kind, -1);
+                self.app(app)
+                    .counters
+                    .channels
+                    .fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        match count {
+            _ if name.starts_with('#') => {}
             Some(0) => self.webhook(app, WebhookEvent::ChannelVacated, &name, None, |_| {}),
             Some(count) => self.subscription_count_changed(app, &name, count),
             None => {}
@@ -476,8 +555,14 @@ impl Worker {
     }
 
     /// Queues `frame` to this worker's subscribers of `channel`.
-    pub fn deliver_local(&self, channel: ChannelRef<'_>, frame: &Bytes, except: Option<SocketId>) {
-        let d = self.channels.deliver(channel, frame, except);
+    pub fn deliver_local(
+        &self,
+        channel: ChannelRef<'_>,
+        frame: &Bytes,
+        except: Option<SocketId>,
+        published: u64,
+    ) {
+        let d = self.channels.deliver(channel, frame, except, published);
         WorkerStats::add(&self.stats.frames_delivered, d.queued);
         if d.overflowed > 0 {
             WorkerStats::add(&self.stats.slow_consumer_disconnects, d.overflowed);
@@ -515,7 +600,7 @@ impl Worker {
                         app: d.channel.app,
                         name: &d.channel.name,
                     };
-                    self.deliver_local(key, &d.frame, d.except);
+                    self.deliver_local(key, &d.frame, d.except, d.published);
                 }
             }
             WorkerMsg::Terminate { app, user } => {
@@ -573,8 +658,14 @@ impl Worker {
         let grace = ticks(CLOSE_GRACE);
         // Pushing, closing and killing never touch the connection table, so it stays
         // borrowed for the walk (no copy of it every second).
+        let mut queued = 0;
         for (_, conn) in self.conns.borrow().iter() {
+            queued += conn.queued_bytes() as u64;
             match conn.state() {
+                ConnState::Open if conn.app.is_some_and(|a| !self.app(a).enabled) => {
+                    // The app was disabled or removed by a reload.
+                    conn.close(codes::APP_DISABLED, "Application is disabled");
+                }
                 ConnState::Open if self.unauthorized_too_long(conn, now) => {
                     let secs = self
                         .app(conn.app.unwrap_or_default())
@@ -607,6 +698,9 @@ impl Worker {
                 }
             }
         }
+        self.stats
+            .outbound_queue_bytes
+            .store(queued, Ordering::Relaxed);
     }
 
     fn unauthorized_too_long(&self, conn: &Conn, now: Tick) -> bool {

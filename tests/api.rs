@@ -451,24 +451,33 @@ async fn events_reply_with_requested_info(backend: &'static str) {
 
 async fn health_readiness_and_metrics(backend: &'static str) {
     let server = Server::start(backend, &[]);
-    assert_eq!(
-        send_raw("GET", &server.http("/healthz"), vec![]).await,
-        (200, json!({"status": "ok"}))
-    );
-    assert_eq!(
-        send_raw("GET", &server.http("/readyz"), vec![]).await,
-        (200, json!({"status": "ready"}))
-    );
+    // On the main port and on the metrics listener alike.
+    for url in [server.http("/healthz"), server.metrics_url("/healthz")] {
+        let (status, body) = send_raw("GET", &url, vec![]).await;
+        assert_eq!(status, 200, "{url}: {body}");
+        assert_eq!(body["workers"].as_array().unwrap().len(), 2, "{body}");
+        assert!(
+            body["workers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|w| w["alive"] == true),
+            "{body}"
+        );
+    }
+    for url in [server.http("/readyz"), server.metrics_url("/readyz")] {
+        let (status, body) = send_raw("GET", &url, vec![]).await;
+        assert_eq!(
+            (status, &body["status"]),
+            (200, &json!("ready")),
+            "{url}: {body}"
+        );
+    }
     let _c = Client::connect(&server).await;
     let total = server.metric("ringcast_connections", 0).await
         + server.metric("ringcast_connections", 1).await;
     assert_eq!(total, 1);
-    let text = reqwest::get(server.http("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.metrics_text().await;
     let backend_name = if backend == "uring" {
         "io_uring"
     } else {
@@ -478,6 +487,10 @@ async fn health_readiness_and_metrics(backend: &'static str) {
         text.contains(&format!("backend=\"{backend_name}\"")),
         "{text}"
     );
+    // Metrics are not on the public port.
+    let (status, body) = send_raw("GET", &server.http("/metrics"), vec![]).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("--metrics-port"));
 }
 
 async fn disabled_app_api_gets_403(backend: &'static str) {

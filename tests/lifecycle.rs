@@ -248,7 +248,19 @@ fn every_flag_is_in_the_readme() {
         .map(|w| w.trim_end_matches([',', '=']))
         .collect();
     assert!(flags.len() > 20, "{help}");
+    let reference = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/configuration.md"
+    ))
+    .unwrap();
     for flag in flags {
         assert!(readme.contains(flag), "README does not document {flag}");
+        if !matches!(flag, "--help" | "--version") {
+            let env = format!("RINGCAST_{}", flag[2..].replace('-', "_").to_uppercase());
+            assert!(
+                reference.contains(&format!("`{flag}` | `{env}`")),
+                "docs/configuration.md has no row for {flag} ({env})"
+            );
+        }
     }
 }

@@ -1,13 +1,20 @@
 //! Real third-party clients against ringcast: the official Python server SDK
-//! (pusher-http-python) publishes and queries; pusher-js 8 (its Node build) subscribes and
-//! receives — on both IO backends.
+//! (pusher-http-python) publishes, queries, authorizes and validates webhooks; pusher-js 8
+//! (its Node build) subscribes, joins presence channels, sends client events and signs
+//! in — on both IO backends.
+//!
+//! The steered clients are `tests/clients/client.cjs` (one pusher-js instance, commands on
+//! stdin) and `tests/clients/backend.py` (an app backend on the Python SDK: auth endpoints,
+//! webhook receiver, SDK calls on stdin); both print one JSON line per thing they see.
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
 
 use common::{deps, Server, WAIT};
 
@@ -168,5 +175,775 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+on_both_backends!(
+    pusher_js_private_channels_authorized_by_python_sdk,
+    pusher_js_presence_members_and_client_events,
+    pusher_js_signin_send_to_user_and_terminate,
+    python_sdk_http_api_and_validated_webhooks,
+);
+
+/// pusher-js authorizes private channels through the backend's endpoint (the Python SDK's
+/// `authenticate`), receives what the SDK triggers (also end-to-end encrypted), sees the
+/// server refuse a forged signature, and exchanges client events that are never echoed to
+/// their sender.
+async fn pusher_js_private_channels_authorized_by_python_sdk(backend: &'static str) {
+    let Some(d) = Deps::find() else { return };
+    let mut app = Backend::start(&d);
+    let server = Server::start(backend, &sdk_app_args(&[]));
+    app.target(&server);
+    let mut alice = Js::start(&d, &server, &app, "alice", "Alice");
+    let mut bob = Js::start(&d, &server, &app, "bob", "Bob");
+
+    alice.subscribe("private-orders", &[]);
+    assert_eq!(
+        app.call(
+            "trigger",
+            json!(["private-orders", "order-created", {"id": 7}])
+        ),
+        json!({})
+    );
+    assert_eq!(
+        alice.next_on("private-orders"),
+        json!({"type": "event", "channel": "private-orders", "event": "order-created",
+               "data": {"id": 7}, "user_id": null})
+    );
+
+    // The backend signs private-forged-* with a wrong secret: the server refuses it and
+    // pusher-js reports the refusal as the protocol describes.
+    let refused = alice.subscription_error("private-forged-orders");
+    assert_eq!(refused["error"]["type"], "AuthError", "{refused}");
+    assert_eq!(refused["error"]["status"], 401, "{refused}");
+    assert!(
+        refused["error"]["error"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty()),
+        "{refused}"
+    );
+    assert_eq!(
+        app.call(
+            "channel_info",
+            json!(["private-forged-orders", ["subscription_count"]])
+        ),
+        json!({"occupied": false, "subscription_count": 0})
+    );
+
+    // End-to-end encrypted: the SDK encrypts with the channel's key, the server relays the
+    // ciphertext untouched, pusher-js decrypts with the shared secret the backend gave it.
+    alice.subscribe("private-encrypted-vault", &[]);
+    app.call(
+        "trigger",
+        json!(["private-encrypted-vault", "sealed", {"pin": "1234"}]),
+    );
+    assert_eq!(
+        alice.next_on("private-encrypted-vault"),
+        json!({"type": "event", "channel": "private-encrypted-vault", "event": "sealed",
+               "data": {"pin": "1234"}, "user_id": null})
+    );
+
+    // Client events on a private channel: delivered to the other member, without user_id,
+    // never back to the sender (the answer arrives first although it was sent later).
+    let binds = ["client-ping", "client-pong"];
+    alice.subscribe("private-chat", &binds);
+    bob.subscribe("private-chat", &binds);
+    alice.trigger("private-chat", "client-ping", json!({"n": 1}));
+    assert_eq!(
+        bob.next_on("private-chat"),
+        json!({"type": "event", "channel": "private-chat", "event": "client-ping",
+               "data": {"n": 1}, "user_id": null})
+    );
+    bob.trigger("private-chat", "client-pong", json!({"n": 2}));
+    assert_eq!(
+        alice.next_on("private-chat"),
+        json!({"type": "event", "channel": "private-chat", "event": "client-pong",
+               "data": {"n": 2}, "user_id": null}),
+        "alice must not receive her own client event"
+    );
+    // The SDK-triggered event still reaches both, after the client events.
+    app.call("trigger", json!(["private-chat", "server-note", "done"]));
+    for js in [&mut alice, &mut bob] {
+        assert_eq!(js.next_on("private-chat")["event"], "server-note");
+    }
+}
+
+/// Two pusher-js clients in a presence channel see each other with the user info the
+/// backend signed, exchange client events stamped with the sender's user id, and a second
+/// connection of one user is the same member.
+async fn pusher_js_presence_members_and_client_events(backend: &'static str) {
+    let Some(d) = Deps::find() else { return };
+    let mut app = Backend::start(&d);
+    let server = Server::start(backend, &sdk_app_args(&[]));
+    app.target(&server);
+    let mut alice = Js::start(&d, &server, &app, "alice", "Alice");
+    let mut bob = Js::start(&d, &server, &app, "bob", "Bob");
+    let room = "presence-room";
+    let binds = ["client-typing", "client-reply"];
+    let alice_m = json!({"id": "alice", "info": {"name": "Alice"}});
+    let bob_m = json!({"id": "bob", "info": {"name": "Bob"}});
+
+    let sub = alice.subscribe(room, &binds);
+    assert_eq!(
+        sub["members"],
+        json!({"count": 1, "me": alice_m, "list": [alice_m]})
+    );
+    let sub = bob.subscribe(room, &binds);
+    assert_eq!(
+        sub["members"],
+        json!({"count": 2, "me": bob_m, "list": [alice_m, bob_m]})
+    );
+    assert_eq!(
+        alice.next_on(room),
+        json!({"type": "member_added", "channel": room, "member": bob_m, "count": 2})
+    );
+
+    bob.trigger(room, "client-typing", json!({"text": "hi"}));
+    assert_eq!(
+        alice.next_on(room),
+        json!({"type": "event", "channel": room, "event": "client-typing",
+               "data": {"text": "hi"}, "user_id": "bob"})
+    );
+    alice.trigger(room, "client-reply", json!({"text": "hello bob"}));
+    assert_eq!(
+        bob.next_on(room),
+        json!({"type": "event", "channel": room, "event": "client-reply",
+               "data": {"text": "hello bob"}, "user_id": "alice"}),
+        "bob must not receive his own client event"
+    );
+
+    // A second connection of bob's: still two members; when the first one leaves, bob
+    // stays a member. Alice sees neither (the SDK's marker is the next thing she gets).
+    let mut bob2 = Js::start(&d, &server, &app, "bob", "Bob");
+    let sub = bob2.subscribe(room, &binds);
+    assert_eq!(
+        sub["members"],
+        json!({"count": 2, "me": bob_m, "list": [alice_m, bob_m]})
+    );
+    bob.disconnect();
+    app.eventually(
+        "channel_info",
+        json!([room, ["user_count", "subscription_count"]]),
+        json!({"occupied": true, "user_count": 2, "subscription_count": 2}),
+    );
+    app.call("trigger", json!([room, "marker", {}]));
+    assert_eq!(
+        alice.next_on(room),
+        json!({"type": "event", "channel": room, "event": "marker", "data": {}, "user_id": null}),
+        "one user's second connection is no new member, and its first leaving removes nobody"
+    );
+    assert_eq!(
+        alice.members(room),
+        json!({"count": 2, "me": alice_m, "list": [alice_m, bob_m]})
+    );
+    assert_eq!(
+        sorted_users(app.call("users_info", json!([room]))),
+        json!({"users": [{"id": "alice"}, {"id": "bob"}]})
+    );
+
+    bob2.disconnect();
+    assert_eq!(
+        alice.next_on(room),
+        json!({"type": "member_removed", "channel": room, "member": bob_m, "count": 1})
+    );
+    assert_eq!(
+        app.call("users_info", json!([room])),
+        json!({"users": [{"id": "alice"}]})
+    );
+}
+
+/// `pusher.signin()` through the backend's user-auth endpoint (the SDK's
+/// `authenticate_user`); the SDK's `send_to_user` reaches every connection of that user and
+/// nobody else; terminating the user's connections disconnects exactly those.
+async fn pusher_js_signin_send_to_user_and_terminate(backend: &'static str) {
+    let Some(d) = Deps::find() else { return };
+    let mut app = Backend::start(&d);
+    let server = Server::start(backend, &sdk_app_args(&[]));
+    app.target(&server);
+    let mut carol1 = Js::start(&d, &server, &app, "carol", "Carol");
+    let mut carol2 = Js::start(&d, &server, &app, "carol", "Carol");
+    let mut dave = Js::start(&d, &server, &app, "dave", "Dave");
+    for js in [&mut carol1, &mut carol2, &mut dave] {
+        js.signin();
+    }
+
+    assert_eq!(
+        app.call(
+            "send_to_user",
+            json!(["carol", "notice", {"text": "for carol"}])
+        ),
+        json!({})
+    );
+    for js in [&mut carol1, &mut carol2] {
+        assert_eq!(
+            js.next_user_event(),
+            json!({"type": "user_event", "event": "notice", "data": {"text": "for carol"}})
+        );
+    }
+    app.call(
+        "send_to_user",
+        json!(["dave", "notice", {"text": "for dave"}]),
+    );
+    assert_eq!(
+        dave.next_user_event(),
+        json!({"type": "user_event", "event": "notice", "data": {"text": "for dave"}}),
+        "carol's event must not reach dave"
+    );
+
+    terminate_user(&mut app, "carol");
+    for js in [&mut carol1, &mut carol2] {
+        let err = js.p.take("a 4009 error", |v| {
+            v["type"] == "error" && v["error"]["type"] == "PusherError"
+        });
+        assert_eq!(err["error"]["data"]["code"], 4009, "{err}");
+        js.p.take("the disconnect", |v| {
+            v["type"] == "state" && v["current"] == "disconnected"
+        });
+    }
+
+    // Dave is still connected and signed in.
+    app.call(
+        "send_to_user",
+        json!(["dave", "notice", {"text": "still here"}]),
+    );
+    assert_eq!(
+        dave.next_user_event()["data"],
+        json!({"text": "still here"})
+    );
+    dave.p.drain();
+    let changes: Vec<&Value> = dave
+        .p
+        .seen
+        .iter()
+        .filter(|v| v["type"] == "state")
+        .collect();
+    assert_eq!(
+        changes,
+        vec![&json!({"type": "state", "previous": "connecting", "current": "connected"})],
+        "dave's connection must not have been touched"
+    );
+}
+
+/// Terminates a user's connections with the Python SDK. (pusher-http-python 3.3 posts to
+/// `/users/{id}/terminate_connections`, without the documented `/apps/{app_id}` prefix;
+/// the server accepts both.)
+fn terminate_user(app: &mut Backend, user: &str) {
+    let reply = app
+        .try_call("terminate_user_connections", json!([user]))
+        .unwrap_or_else(|e| panic!("terminate_user_connections({user:?}) refused: {e}"));
+    assert_eq!(reply, json!({}));
+}
+
+/// The Python SDK's HTTP API calls against channels pusher-js clients occupy, and webhooks
+/// the SDK's `validate_webhook` accepts: `channel_occupied`, `member_added`, then (after
+/// the server's delay) `member_removed` and `channel_vacated`.
+async fn python_sdk_http_api_and_validated_webhooks(backend: &'static str) {
+    let Some(d) = Deps::find() else { return };
+    let mut app = Backend::start(&d);
+    let hook = format!("http://127.0.0.1:{}/webhook", app.port);
+    let server = Server::start(backend, &sdk_app_args(&["--webhook-url", &hook]));
+    app.target(&server);
+    let lobby = "presence-lobby";
+    let mut erin1 = Js::start(&d, &server, &app, "erin", "Erin");
+    let mut erin2 = Js::start(&d, &server, &app, "erin", "Erin");
+    let mut frank = Js::start(&d, &server, &app, "frank", "Frank");
+    for js in [&mut erin1, &mut erin2, &mut frank] {
+        js.subscribe(lobby, &[]);
+    }
+    frank.subscribe("news", &[]);
+
+    let mut hooks = Vec::new();
+    app.webhooks_until(&mut hooks, WAIT, |h| {
+        has_hook(h, "channel_occupied", lobby, None)
+            && has_hook(h, "channel_occupied", "news", None)
+            && has_hook(h, "member_added", lobby, Some("erin"))
+            && has_hook(h, "member_added", lobby, Some("frank"))
+    });
+
+    // trigger() of SDK 3.3.4 takes no `info`, so this request is built and signed by the
+    // SDK's Request class.
+    assert_eq!(
+        app.request(
+            "POST",
+            &format!("/apps/{APP_ID}/events"),
+            json!({"name": "score", "channels": [lobby, "news"], "data": "{\"home\":1}",
+                   "info": "user_count,subscription_count"})
+        ),
+        json!({"channels": {lobby: {"user_count": 2, "subscription_count": 3},
+                            "news": {"subscription_count": 1}}})
+    );
+    for (js, channel) in [(&mut erin1, lobby), (&mut frank, "news")] {
+        assert_eq!(
+            js.next_event(channel),
+            json!({"type": "event", "channel": channel, "event": "score",
+                   "data": {"home": 1}, "user_id": null})
+        );
+    }
+    // trigger_batch passes each event's `info` through.
+    assert_eq!(
+        app.call(
+            "trigger_batch",
+            json!([[
+                {"channel": lobby, "name": "b1", "data": {"i": 1}, "info": "user_count,subscription_count"},
+                {"channel": "news", "name": "b2", "data": {"i": 2}, "info": "subscription_count"},
+                {"channel": "news", "name": "b3", "data": {"i": 3}}
+            ]])
+        ),
+        json!({"batch": [{"user_count": 2, "subscription_count": 3}, {"subscription_count": 1}, {}]})
+    );
+    assert_eq!(erin2.next_event(lobby)["event"], "score");
+    assert_eq!(erin2.next_event(lobby)["data"], json!({"i": 1}));
+    assert_eq!(frank.next_event("news")["data"], json!({"i": 2}));
+    assert_eq!(frank.next_event("news")["data"], json!({"i": 3}));
+
+    assert_eq!(
+        app.call("channels_info", json!(["presence-", ["user_count"]])),
+        json!({"channels": {lobby: {"user_count": 2}}})
+    );
+    assert_eq!(
+        app.call("channels_info", json!([null, ["subscription_count"]])),
+        json!({"channels": {"news": {"subscription_count": 1}, lobby: {"subscription_count": 3}}})
+    );
+    assert_eq!(
+        app.call(
+            "channel_info",
+            json!([lobby, ["user_count", "subscription_count"]])
+        ),
+        json!({"occupied": true, "user_count": 2, "subscription_count": 3})
+    );
+    assert_eq!(
+        sorted_users(app.call("users_info", json!([lobby]))),
+        json!({"users": [{"id": "erin"}, {"id": "frank"}]})
+    );
+    // The SDK maps the server's 400 to its PusherBadRequest.
+    let err = app
+        .try_call("channel_info", json!(["news", ["user_count"]]))
+        .expect_err("user_count of a public channel");
+    assert!(err.starts_with("PusherBadRequest"), "{err}");
+
+    // Everybody leaves.
+    for js in [&mut erin1, &mut erin2, &mut frank] {
+        js.p.close_stdin();
+        assert!(js.p.wait_exit().success());
+    }
+    app.webhooks_until(&mut hooks, Duration::from_secs(8), |h| {
+        has_hook(h, "channel_vacated", lobby, None)
+            && has_hook(h, "channel_vacated", "news", None)
+            && has_hook(h, "member_removed", lobby, Some("erin"))
+            && has_hook(h, "member_removed", lobby, Some("frank"))
+    });
+    let count = |name: &str, user: Option<&str>| {
+        hooks
+            .iter()
+            .filter(|e| is_hook(e, name, lobby, user))
+            .count()
+    };
+    assert_eq!(count("channel_occupied", None), 1, "{hooks:#?}");
+    assert_eq!(
+        count("member_added", Some("erin")),
+        1,
+        "two connections, one member: {hooks:#?}"
+    );
+    assert_eq!(count("member_removed", Some("erin")), 1, "{hooks:#?}");
+    assert_eq!(
+        app.call("channels_info", json!([])),
+        json!({"channels": {}})
+    );
+}
+
+fn is_hook(e: &Value, name: &str, channel: &str, user: Option<&str>) -> bool {
+    e["name"] == name && e["channel"] == channel && user.is_none_or(|u| e["user_id"] == u)
+}
+
+fn has_hook(events: &[Value], name: &str, channel: &str, user: Option<&str>) -> bool {
+    events.iter().any(|e| is_hook(e, name, channel, user))
+}
+
+/// `{"users": [...]}` sorted by id (the API does not promise an order).
+fn sorted_users(mut v: Value) -> Value {
+    if let Some(users) = v["users"].as_array_mut() {
+        users.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    }
+    v
+}
+
+/// The command line for the SDK app: numeric id (pusher-http-python insists), client events.
+fn sdk_app_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "--app-id",
+        APP_ID,
+        "--app-key",
+        APP_KEY,
+        "--app-secret",
+        APP_SECRET,
+        "--client-events",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// Where the third-party clients live; `None` (after saying why) when they cannot run.
+struct Deps {
+    node_path: PathBuf,
+    python_path: Option<PathBuf>,
+    clients: PathBuf,
+}
+
+impl Deps {
+    fn find() -> Option<Deps> {
+        let node_path = deps::node_modules()?;
+        let python_path = deps::python(&["pusher"], &["pusher==3.3.4"])?;
+        Some(Deps {
+            node_path,
+            python_path,
+            clients: Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests")
+                .join("clients"),
+        })
+    }
+}
+
+/// A child process printing one JSON object a line and taking commands on stdin; killed
+/// when dropped.
+struct Proc {
+    name: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<Value>,
+    /// Lines read and not yet taken, in order.
+    pending: VecDeque<Value>,
+    /// Every line read, for checks and failure messages.
+    seen: Vec<Value>,
+}
+
+impl Proc {
+    fn spawn(name: String, mut cmd: Command) -> Proc {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let v: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|_| json!({"type": "noise", "line": line}));
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            name,
+            stdin: child.stdin.take(),
+            child,
+            lines,
+            pending: VecDeque::new(),
+            seen: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, cmd: &Value) {
+        let stdin = self.stdin.as_mut().expect("stdin already closed");
+        writeln!(stdin, "{cmd}")
+            .and_then(|()| stdin.flush())
+            .unwrap_or_else(|e| panic!("{}: sending {cmd}: {e}", self.name));
+    }
+
+    /// The first line not taken yet that `pred` accepts, waiting at most [`WAIT`].
+    fn take(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        self.take_within(what, WAIT, pred)
+    }
+
+    fn take_within(
+        &mut self,
+        what: &str,
+        within: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        if let Some(i) = self.pending.iter().position(&pred) {
+            return self.pending.remove(i).unwrap();
+        }
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(v) => {
+                    self.seen.push(v.clone());
+                    if pred(&v) {
+                        return v;
+                    }
+                    self.pending.push_back(v);
+                }
+                Err(e) => panic!(
+                    "{}: no {what} within {within:?} ({e}); everything it printed:\n{}",
+                    self.name,
+                    self.seen
+                        .iter()
+                        .map(Value::to_string)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Reads whatever has been printed so far, without waiting.
+    fn drain(&mut self) {
+        while let Ok(v) = self.lines.try_recv() {
+            self.seen.push(v.clone());
+            self.pending.push_back(v);
+        }
+    }
+
+    fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{} did not exit", self.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An app backend on the Python SDK (tests/clients/backend.py): auth endpoints, webhook
+/// receiver, and SDK calls on demand.
+struct Backend {
+    p: Proc,
+    port: u16,
+    next_id: u64,
+}
+
+impl Backend {
+    fn start(d: &Deps) -> Backend {
+        let mut cmd = Command::new("python3");
+        cmd.arg(d.clients.join("backend.py"))
+            .args([APP_ID, APP_KEY, APP_SECRET]);
+        if let Some(p) = &d.python_path {
+            cmd.env("PYTHONPATH", p);
+        }
+        let mut p = Proc::spawn("backend.py".into(), cmd);
+        let port = p.take("listening line", |v| v["type"] == "listening")["port"]
+            .as_u64()
+            .unwrap() as u16;
+        Backend {
+            p,
+            port,
+            next_id: 0,
+        }
+    }
+
+    /// Points the SDK at the server under test.
+    fn target(&mut self, server: &Server) {
+        let host = server.addr.ip().to_string();
+        self.rpc(json!({"op": "target", "host": host, "port": server.addr.port()}))
+            .unwrap();
+    }
+
+    /// Runs one command; `Err("ErrorClass: message")` when the SDK raised.
+    fn rpc(&mut self, mut cmd: Value) -> Result<Value, String> {
+        self.next_id += 1;
+        let id = self.next_id;
+        cmd["id"] = id.into();
+        self.p.send(&cmd);
+        let r = self.p.take(&format!("result of {cmd}"), |v| {
+            v["type"] == "result" && v["id"] == id
+        });
+        if r["ok"] == true {
+            Ok(r["result"].clone())
+        } else {
+            Err(format!(
+                "{}: {}",
+                r["error"].as_str().unwrap_or("?"),
+                r["message"].as_str().unwrap_or("?")
+            ))
+        }
+    }
+
+    /// Calls a method of the SDK's `pusher.Pusher` with positional `args`.
+    fn try_call(&mut self, method: &str, args: Value) -> Result<Value, String> {
+        self.rpc(json!({"op": "call", "method": method, "args": args}))
+    }
+
+    fn call(&mut self, method: &str, args: Value) -> Value {
+        self.try_call(method, args.clone())
+            .unwrap_or_else(|e| panic!("SDK {method}({args}): {e}"))
+    }
+
+    /// A request the SDK has no method for, signed and sent by the SDK's `Request`.
+    fn request(&mut self, method: &str, path: &str, params: Value) -> Value {
+        self.rpc(json!({"op": "request", "method": method, "path": path, "params": params}))
+            .unwrap_or_else(|e| panic!("SDK request {method} {path}: {e}"))
+    }
+
+    /// Repeats an SDK call until it returns `want` (state that settles asynchronously).
+    fn eventually(&mut self, method: &str, args: Value, want: Value) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let got = self.call(method, args.clone());
+            if got == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "SDK {method}({args}): still {got}, want {want}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Collects the events of validated webhook requests into `events` until `done`
+    /// accepts them; any request the SDK's `validate_webhook` rejects fails the test.
+    fn webhooks_until(
+        &mut self,
+        events: &mut Vec<Value>,
+        within: Duration,
+        done: impl Fn(&[Value]) -> bool,
+    ) {
+        let deadline = Instant::now() + within;
+        while !done(events) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let v = self
+                .p
+                .take_within(&format!("further webhooks (have {events:?})"), left, |v| {
+                    v["type"] == "webhook" || v["type"] == "webhook_rejected"
+                });
+            assert_eq!(v["type"], "webhook", "validate_webhook refused: {v}");
+            events.extend(v["events"].as_array().unwrap().iter().cloned());
+        }
+    }
+}
+
+/// One pusher-js instance (tests/clients/client.cjs) acting for one user of the backend.
+struct Js {
+    p: Proc,
+    user: String,
+    name: String,
+}
+
+impl Js {
+    fn start(d: &Deps, server: &Server, backend: &Backend, user: &str, name: &str) -> Js {
+        let mut cmd = Command::new("node");
+        cmd.arg(d.clients.join("client.cjs"))
+            .args([
+                server.addr.ip().to_string(),
+                server.addr.port().to_string(),
+                APP_KEY.to_string(),
+                format!("http://127.0.0.1:{}", backend.port),
+                user.to_string(),
+                name.to_string(),
+            ])
+            .env("NODE_PATH", &d.node_path);
+        let mut p = Proc::spawn(format!("pusher-js ({user})"), cmd);
+        p.take("connection", |v| v["type"] == "connected");
+        Js {
+            p,
+            user: user.into(),
+            name: name.into(),
+        }
+    }
+
+    /// Subscribes and returns pusher-js's `subscribed` line (with `members` on presence).
+    fn subscribe(&mut self, channel: &str, bind: &[&str]) -> Value {
+        let v = self.subscribe_answer(channel, bind);
+        assert_eq!(v["type"], "subscribed", "{}: {v}", self.p.name);
+        v
+    }
+
+    /// Subscribes to a channel the server must refuse; returns the error pusher-js reports.
+    fn subscription_error(&mut self, channel: &str) -> Value {
+        let v = self.subscribe_answer(channel, &[]);
+        assert_eq!(v["type"], "subscription_error", "{}: {v}", self.p.name);
+        v
+    }
+
+    fn subscribe_answer(&mut self, channel: &str, bind: &[&str]) -> Value {
+        self.p
+            .send(&json!({"op": "subscribe", "channel": channel, "bind": bind}));
+        self.p
+            .take(&format!("answer to subscribing {channel}"), |v| {
+                v["channel"] == channel
+                    && (v["type"] == "subscribed" || v["type"] == "subscription_error")
+            })
+    }
+
+    /// The next event or member change pusher-js reports on `channel`.
+    fn next_on(&mut self, channel: &str) -> Value {
+        self.p.take(&format!("event on {channel}"), |v| {
+            v["channel"] == channel
+                && matches!(
+                    v["type"].as_str(),
+                    Some("event" | "member_added" | "member_removed")
+                )
+        })
+    }
+
+    /// The next event (not member change) pusher-js reports on `channel`.
+    fn next_event(&mut self, channel: &str) -> Value {
+        self.p.take(&format!("event on {channel}"), |v| {
+            v["channel"] == channel && v["type"] == "event"
+        })
+    }
+
+    /// Sends a client event; pusher-js must accept it.
+    fn trigger(&mut self, channel: &str, event: &str, data: Value) {
+        self.p
+            .send(&json!({"op": "trigger", "channel": channel, "event": event, "data": data}));
+        let v = self.p.take("trigger answer", |v| v["type"] == "triggered");
+        assert_eq!(v["ok"], true, "pusher-js refused to send {event}: {v}");
+    }
+
+    /// The presence members pusher-js holds for `channel`.
+    fn members(&mut self, channel: &str) -> Value {
+        self.p.send(&json!({"op": "members", "channel": channel}));
+        self.p.take("members", |v| {
+            v["type"] == "members" && v["channel"] == channel
+        })["members"]
+            .clone()
+    }
+
+    /// `pusher.signin()`; waits until pusher-js has subscribed its user channel.
+    fn signin(&mut self) {
+        self.p.send(&json!({"op": "signin"}));
+        let v = self.p.take("signin_success", |v| {
+            v["type"] == "signin_success" || v["type"] == "signin_error"
+        });
+        assert_eq!(
+            v,
+            json!({"type": "signin_success",
+                   "user_data": {"id": self.user, "user_info": {"name": self.name}}})
+        );
+        let channel = format!("#server-to-user-{}", self.user);
+        self.p.take("user channel subscription", |v| {
+            v["type"] == "user_channel_subscribed" && v["channel"] == channel
+        });
+    }
+
+    /// The next event the user (not a channel) received.
+    fn next_user_event(&mut self) -> Value {
+        self.p.take("user event", |v| v["type"] == "user_event")
+    }
+
+    /// `pusher.disconnect()`, waiting until pusher-js is disconnected.
+    fn disconnect(&mut self) {
+        self.p.send(&json!({"op": "disconnect"}));
+        self.p.take("disconnect", |v| {
+            v["type"] == "state" && v["current"] == "disconnected"
+        });
     }
 }

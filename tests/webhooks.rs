@@ -356,7 +356,7 @@ async fn failed_deliveries_are_retried_until_accepted(backend: &'static str) {
         vec![json!({"name": "channel_occupied", "channel": "flaky"})]
     );
     assert!(got[2].at.duration_since(got[1].at) > got[1].at.duration_since(got[0].at));
-    let text = reqwest::get(server.http("/metrics"))
+    let text = reqwest::get(server.metrics_url("/metrics"))
         .await
         .unwrap()
         .text()
@@ -364,10 +364,10 @@ async fn failed_deliveries_are_retried_until_accepted(backend: &'static str) {
         .unwrap();
     let deadline = Instant::now() + WAIT;
     let mut text = text;
-    while !text.contains("ringcast_webhooks_delivered_total 1") {
+    while !text.contains("ringcast_webhook_requests_total{result=\"delivered\"} 1") {
         assert!(Instant::now() < deadline, "{text}");
         tokio::time::sleep(Duration::from_millis(50)).await;
-        text = reqwest::get(server.http("/metrics"))
+        text = reqwest::get(server.metrics_url("/metrics"))
             .await
             .unwrap()
             .text()
@@ -375,7 +375,7 @@ async fn failed_deliveries_are_retried_until_accepted(backend: &'static str) {
             .unwrap();
     }
     assert!(
-        text.contains("ringcast_webhooks_failed_attempts_total 2"),
+        text.contains("ringcast_webhook_requests_total{result=\"failed\"} 2"),
         "{text}"
     );
     tokio::time::sleep(Duration::from_millis(500)).await;

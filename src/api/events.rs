@@ -153,6 +153,8 @@ fn check(worker: &Worker, body: EventBody, batch: bool) -> Result<Event, ApiErro
 }
 
 fn deliveries(worker: &Worker, app: AppIdx, events: &[Event]) -> Vec<Delivery> {
+    // Accepted now: the publish latency runs from here to each subscriber's write.
+    let published = crate::metrics::now_ns();
     events
         .iter()
         .flat_map(|e| {
@@ -164,6 +166,7 @@ fn deliveries(worker: &Worker, app: AppIdx, events: &[Event]) -> Vec<Delivery> {
                     channel: ChannelKey::new(app, c),
                     frame,
                     except: e.except,
+                    published,
                 }
             })
         })

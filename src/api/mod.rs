@@ -59,7 +59,8 @@ enum Route<'a> {
     TerminateConnections(&'a str),
 }
 
-/// Handles a request under `/apps/`.
+/// Handles a request under `/apps/` (and `/users/{id}/terminate_connections`, which one
+/// server SDK sends without the `/apps/{app_id}` prefix).
 pub async fn handle<R: Runtime>(worker: &Rc<Worker>, req: Request<Incoming>) -> HttpResponse {
     match handle_inner::<R>(worker, req).await {
         Ok(body) => crate::http::json(StatusCode::OK, body),
@@ -75,8 +76,12 @@ async fn handle_inner<R: Runtime>(
     req: Request<Incoming>,
 ) -> Result<Bytes, ApiError> {
     let path = req.uri().path().to_string();
-    let rest = &path["/apps/".len()..];
-    let (app_id, rest) = rest.split_once('/').unwrap_or((rest, ""));
+    // pusher-http-python (3.3) posts terminate_connections to `/users/{id}/…` without
+    // the `/apps/{app_id}` prefix; the app is then the one whose key signed the request.
+    let (app_id, rest) = match path.strip_prefix("/apps/") {
+        Some(rest) => rest.split_once('/').unwrap_or((rest, "")),
+        None => ("", &path[1..]),
+    };
     let segments: Vec<&str> = rest.split('/').collect();
     let method = req.method().clone();
     let route = match segments.as_slice() {
@@ -97,15 +102,34 @@ async fn handle_inner<R: Runtime>(
         ));
     }
     let config = worker.config();
-    let app = config.apps.by_id(app_id).ok_or_else(|| {
-        ApiError::new(StatusCode::NOT_FOUND, format!("unknown app id {app_id:?}"))
-    })?;
     let query = req.uri().query().map(str::to_string);
+    let apps = worker.shared.apps.load();
+    let app = if path.starts_with("/apps/") {
+        apps.by_id(app_id).ok_or_else(|| {
+            ApiError::new(StatusCode::NOT_FOUND, format!("unknown app id {app_id:?}"))
+        })?
+    } else {
+        let key = query
+            .as_deref()
+            .and_then(|q| {
+                form_urlencoded::parse(q.as_bytes())
+                    .find(|(k, _)| k == "auth_key")
+                    .map(|(_, v)| v.into_owned())
+            })
+            .unwrap_or_default();
+        apps.by_key(&key).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                format!("unknown auth_key {key:?}"),
+            )
+        })?
+    };
     let body = read_body::<R>(req, config.limits.max_request_body).await?;
 
     let params = auth::parse_query(query.as_deref())
         .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()))?;
-    let app_cfg = config.apps.get(app);
+    let app_cfg = apps.get(app).clone();
+    drop(apps);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -126,6 +150,19 @@ async fn handle_inner<R: Runtime>(
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "application is disabled",
+        ));
+    }
+    if !app_cfg
+        .counters
+        .allow_api_request(now, app_cfg.max_api_requests_per_second)
+    {
+        worker.stats.limited(crate::metrics::Limited::ApiRequests);
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "rate limit: this app may make {} API requests per second",
+                app_cfg.max_api_requests_per_second
+            ),
         ));
     }
 

@@ -19,9 +19,8 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, UPGRADE};
 use hyper::{Method, Request, Response, StatusCode};
 
-use crate::metrics::WorkerStats;
 use crate::protocol::codes;
-use crate::runtime::Runtime;
+use crate::runtime::{Connection, Runtime};
 use crate::session::{self, Session};
 use crate::worker::Worker;
 use crate::ws::handshake::{self, HandshakeError};
@@ -43,34 +42,36 @@ pub fn error(status: StatusCode, message: &str) -> HttpResponse {
     json(status, serde_json::json!({ "error": message }).to_string())
 }
 
-/// How long a client may take to send a request's headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// How long a connection being closed (idle, or at the end of a drain) may take to finish
 /// its last response before it is dropped: a client that stops reading cannot hold it.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
 /// Serves one accepted connection: HTTP requests until it closes or upgrades, then the
-/// WebSocket session.
-pub async fn serve<R: Runtime>(worker: Rc<Worker>, conn: R::Conn, peer: SocketAddr) {
+/// WebSocket session. `io` is the backend's connection, or TLS over it ([`crate::tls`]).
+pub async fn serve<R: Runtime, C: Connection>(worker: Rc<Worker>, io: Rc<C>, peer: SocketAddr) {
     worker.http_conn_delta(true);
-    let io = Rc::new(conn);
     let activity = Rc::new(Cell::new(Instant::now()));
     let upgrade: Rc<RefCell<Option<Session>>> = Rc::new(RefCell::new(None));
 
+    // Until the first request arrives, the connection is on the clock (slowloris and
+    // stalled TLS handshakes alike).
+    let requested = Rc::new(Cell::new(false));
     let svc = {
         let worker = worker.clone();
         let upgrade = upgrade.clone();
+        let requested = requested.clone();
+        let ip = peer.ip();
         hyper::service::service_fn(move |req| {
+            requested.set(true);
             let fut: Pin<Box<dyn Future<Output = Result<HttpResponse, Infallible>>>> =
-                Box::pin(route::<R>(worker.clone(), upgrade.clone(), req));
+                Box::pin(route::<R>(worker.clone(), upgrade.clone(), req, ip));
             fut
         })
     };
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(R::timer())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(worker.config().handshake_timeout)
         .max_buf_size(64 * 1024);
     let mut conn = builder.serve_connection(io::HyperIo::new(io.clone(), activity.clone()), svc);
 
@@ -80,7 +81,13 @@ pub async fn serve<R: Runtime>(worker: Rc<Worker>, conn: R::Conn, peer: SocketAd
     let mut stopping = pin!(worker.http_stop.clone().cancelled_owned());
     let mut idle = pin!(R::sleep(idle_timeout));
     let mut closing = false;
+    let mut first_request = pin!(R::sleep(worker.config().handshake_timeout));
+    let mut timed_out = false;
     let res = poll_fn(|cx| {
+        if !requested.get() && first_request.as_mut().poll(cx).is_ready() {
+            timed_out = true;
+            return Poll::Ready(Err(None));
+        }
         if !closing {
             let mut close = stopping.as_mut().poll(cx).is_ready();
             while !close && idle.as_mut().poll(cx).is_ready() {
@@ -110,6 +117,13 @@ pub async fn serve<R: Runtime>(worker: Rc<Worker>, conn: R::Conn, peer: SocketAd
             tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
             return;
         }
+        Err(None) if timed_out => {
+            worker
+                .stats
+                .rejected(crate::metrics::Rejected::HandshakeTimeout);
+            tracing::debug!(%peer, timeout = ?worker.config().handshake_timeout, "connection closed: no complete request within --handshake-timeout");
+            return;
+        }
         Err(None) => {
             tracing::debug!(%peer, "HTTP connection dropped: its last response did not finish in time");
             return;
@@ -130,7 +144,7 @@ pub async fn serve<R: Runtime>(worker: Rc<Worker>, conn: R::Conn, peer: SocketAd
             tracing::trace!(%peer, buffered = leftover.buf.len(), "upgraded");
             // A task of its own: this one's state (hyper's connection) is freed, and a
             // WebSocket holds only what its session needs.
-            R::spawn(session::run::<R>(worker, io, leftover, session));
+            R::spawn(session::run::<R, C>(worker, io, leftover, session));
         }
         Err(e) => tracing::debug!(%peer, error = %e, "connection lost during the upgrade"),
     }
@@ -140,9 +154,22 @@ async fn route<R: Runtime>(
     worker: Rc<Worker>,
     upgrade: Rc<RefCell<Option<Session>>>,
     req: Request<Incoming>,
+    ip: std::net::IpAddr,
 ) -> Result<HttpResponse, Infallible> {
-    let mut resp = respond::<R>(&worker, &upgrade, req).await;
-    if worker.is_shutting_down() && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+    let endpoint = crate::metrics::Endpoint::of(req.uri().path());
+    // One reading of the drain state per request: a `/readyz` answer and its
+    // `Connection: close` always agree.
+    let draining = worker.is_shutting_down();
+    let mut resp = if endpoint == crate::metrics::Endpoint::Upgrade && !allow_ip(&worker, ip) {
+        error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many new connections from this address: try again in a second",
+        )
+    } else {
+        respond::<R>(&worker, &upgrade, req, draining).await
+    };
+    worker.stats.http(endpoint, resp.status().as_u16());
+    if draining && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         // Draining: answer, but do not keep the connection.
         resp.headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
@@ -154,8 +181,8 @@ async fn respond<R: Runtime>(
     worker: &Rc<Worker>,
     upgrade: &RefCell<Option<Session>>,
     req: Request<Incoming>,
+    draining: bool,
 ) -> HttpResponse {
-    WorkerStats::add(&worker.stats.http_requests, 1);
     let path = req.uri().path();
     if let Some(key) = path.strip_prefix("/app/") {
         let session = pusher_session(worker, key, req.uri().query());
@@ -164,38 +191,29 @@ async fn respond<R: Runtime>(
     if worker.config().echo_path.as_deref() == Some(path) {
         return accept_upgrade(&req, Session::Echo, upgrade);
     }
-    if path.starts_with("/apps/") {
+    if path.starts_with("/apps/")
+        || (path.starts_with("/users/") && path.ends_with("/terminate_connections"))
+    {
         return crate::api::handle::<R>(worker, req).await;
     }
     let get = req.method() == Method::GET || req.method() == Method::HEAD;
     match path {
-        "/healthz" if get => json(StatusCode::OK, r#"{"status":"ok"}"#),
+        "/healthz" if get => {
+            let (_, body) = health(&worker.shared, draining);
+            json(StatusCode::OK, body)
+        }
         "/readyz" if get => {
-            if worker.is_shutting_down() {
-                json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    r#"{"status":"shutting down"}"#,
-                )
-            } else {
-                json(StatusCode::OK, r#"{"status":"ready"}"#)
-            }
+            let (ready, body) = health(&worker.shared, draining);
+            let status = match ready {
+                true => StatusCode::OK,
+                false => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            json(status, body)
         }
-        "/metrics" if get => {
-            let mut body = crate::metrics::render(
-                &worker.shared.stats,
-                &worker.shared.backend.to_string(),
-                worker.shared.started.elapsed().as_secs(),
-            );
-            if let Some(hooks) = &worker.shared.webhooks {
-                hooks.stats.render(&mut body);
-            }
-            let mut r = Response::new(Full::new(Bytes::from(body)));
-            r.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4"),
-            );
-            r
-        }
+        "/metrics" if get => error(
+            StatusCode::NOT_FOUND,
+            "metrics are served on the metrics port (--metrics-host, --metrics-port)",
+        ),
         "/" if get => json(
             StatusCode::OK,
             serde_json::json!({
@@ -206,9 +224,7 @@ async fn respond<R: Runtime>(
             })
             .to_string(),
         ),
-        "/healthz" | "/readyz" | "/metrics" | "/" => {
-            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
-        }
+        "/healthz" | "/readyz" | "/" => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         _ => error(StatusCode::NOT_FOUND, "not found"),
     }
 }
@@ -217,13 +233,14 @@ async fn respond<R: Runtime>(
 /// version are reported after the upgrade, with the close codes Pusher clients act on.
 fn pusher_session(worker: &Worker, key: &str, query: Option<&str>) -> Session {
     let refuse = |code, reason: String| Session::PusherRefused { code, reason };
-    let Some(app) = worker.config().apps.by_key(key) else {
+    let apps = worker.shared.apps.load();
+    let Some(app) = apps.by_key(key) else {
         return refuse(
             codes::APP_NOT_FOUND,
             format!("App key {key} does not exist on this server"),
         );
     };
-    if !worker.config().apps.get(app).enabled {
+    if !apps.get(app).enabled {
         return refuse(codes::APP_DISABLED, "Application is disabled".into());
     }
     let protocol = query.and_then(|q| {
@@ -282,4 +299,74 @@ fn accept_upgrade(
     h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
     h.insert("sec-websocket-accept", accept);
     r
+}
+
+/// Counts a WebSocket upgrade from `ip` against `--max-connections-per-ip-per-second`.
+fn allow_ip(worker: &Worker, ip: std::net::IpAddr) -> bool {
+    let limit = worker.config().limits.max_connections_per_ip_per_second;
+    let second = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if worker.shared.ip_rate.allow(ip, second, limit) {
+        return true;
+    }
+    worker.stats.rejected(crate::metrics::Rejected::IpRate);
+    tracing::debug!(%ip, limit, "upgrade refused: too many new connections from this address");
+    false
+}
+
+/// How long a worker may go without its once-a-second sweep before it counts as stuck.
+pub const STUCK_AFTER_SECS: f64 = 5.0;
+
+/// Readiness and the per-worker report behind `/healthz` and `/readyz`: ready unless
+/// shutting down or a worker has not swept for [`STUCK_AFTER_SECS`].
+pub fn health(shared: &crate::worker::Shared, draining: bool) -> (bool, String) {
+    let workers: Vec<serde_json::Value> = shared
+        .stats
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let age = crate::metrics::heartbeat_age(s);
+            serde_json::json!({
+                "worker": i,
+                "alive": age < STUCK_AFTER_SECS,
+                "heartbeat_age_seconds": (age * 1000.0).round() / 1000.0,
+                "connections": s.connections.load(std::sync::atomic::Ordering::Relaxed),
+            })
+        })
+        .collect();
+    let ages: Vec<f64> = shared
+        .stats
+        .iter()
+        .map(|s| crate::metrics::heartbeat_age(s))
+        .collect();
+    let (ready, status) = assess(draining, &ages);
+    let body = serde_json::json!({ "status": status, "workers": workers });
+    (ready, body.to_string())
+}
+
+/// Readiness from the drain state and each worker's heartbeat age (seconds).
+fn assess(draining: bool, heartbeat_ages: &[f64]) -> (bool, &'static str) {
+    if draining {
+        (false, "shutting down")
+    } else if heartbeat_ages.iter().any(|&a| a >= STUCK_AFTER_SECS) {
+        (false, "worker stuck")
+    } else {
+        (true, "ready")
+    }
+}
+
+#[cfg(test)]
+mod health_tests {
+    use super::*;
+
+    #[test]
+    fn a_stuck_worker_or_a_drain_makes_the_server_unready() {
+        assert_eq!(assess(false, &[0.5, 1.2]), (true, "ready"));
+        assert_eq!(
+            assess(false, &[0.5, STUCK_AFTER_SECS + 1.0]),
+            (false, "worker stuck")
+        );
+        assert_eq!(assess(true, &[0.5, 0.5]), (false, "shutting down"));
+    }
 }

@@ -25,6 +25,9 @@ pub struct Delivery {
     pub frame: Bytes,
     /// A connection that must not receive it (the publisher's own socket).
     pub except: Option<SocketId>,
+    /// When the HTTP API accepted it ([`crate::metrics::now_ns`]), for the publish
+    /// latency histogram; 0 for events not measured (client and internal events).
+    pub published: u64,
 }
 
 /// A message to a worker.

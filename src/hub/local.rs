@@ -76,6 +76,7 @@ impl LocalChannels {
         key: ChannelRef<'_>,
         frame: &Bytes,
         except: Option<SocketId>,
+        stamp: u64,
     ) -> Delivered {
         let map = self.map.borrow();
         let mut d = Delivered::default();
@@ -86,7 +87,7 @@ impl LocalChannels {
             if except == Some(conn.socket_id) {
                 continue;
             }
-            match conn.push(frame.clone()) {
+            match conn.push_stamped(frame.clone(), stamp) {
                 Push::Queued => d.queued += 1,
                 Push::Overflow => d.overflowed += 1,
                 Push::Closing => {}
@@ -130,11 +131,12 @@ mod tests {
             },
             &frame,
             None,
+            0,
         );
         assert_eq!(d.queued, 3);
         for c in &conns {
             let mut out = vec![];
-            c.take_batch(&mut out);
+            c.take_batch(&mut out, |_| {});
             assert_eq!(out.len(), 1);
             assert_eq!(out[0].as_ptr(), frame.as_ptr(), "the frame was copied");
         }
@@ -156,6 +158,7 @@ mod tests {
             },
             &frame,
             Some(a.socket_id),
+            0,
         );
         assert_eq!(d.queued, 1);
         assert!(a.queue_is_empty());

@@ -229,7 +229,8 @@ impl ChannelIndex {
     pub fn channels(&self, app: AppIdx, prefix: &str) -> Vec<(Arc<str>, Occupancy)> {
         let map = self.map.pin();
         map.iter()
-            .filter(|(k, _)| k.app == app && k.name.starts_with(prefix))
+            // `#server-to-user-` channels are per-user delivery, not channels an app lists.
+            .filter(|(k, _)| k.app == app && k.name.starts_with(prefix) && !k.name.starts_with('#'))
             .map(|(k, o)| (k.name.clone(), *o))
             .collect()
     }

@@ -41,7 +41,7 @@ pub async fn publish(worker: &Worker, deliveries: Vec<Delivery>) -> Result<(), P
         };
         for w in occupancy.workers.iter() {
             if w == worker.index {
-                worker.deliver_local(key, &d.frame, d.except);
+                worker.deliver_local(key, &d.frame, d.except, d.published);
             } else {
                 remote[w].push(d.clone());
             }

@@ -47,16 +47,24 @@ pub fn open_files_limit() -> usize {
 
 /// Raises the soft open-files limit to the hard limit, returning the new soft limit.
 pub fn raise_open_files_limit() -> usize {
+    raise_soft_limit(libc::RLIMIT_NOFILE);
+    // io_uring rings and provided-buffer rings are charged to the locked-memory limit
+    // (about 0.7 MiB per worker without CAP_IPC_LOCK): the usual 8 MiB soft limit would
+    // stop a dozen workers from starting.
+    raise_soft_limit(libc::RLIMIT_MEMLOCK);
+    open_files_limit()
+}
+
+fn raise_soft_limit(resource: libc::__rlimit_resource_t) {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit/setrlimit read and write one rlimit owned by this frame.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+        if libc::getrlimit(resource, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
             lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            libc::setrlimit(resource, &lim);
         }
     }
-    open_files_limit()
 }

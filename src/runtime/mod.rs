@@ -10,6 +10,7 @@
 pub mod affinity;
 pub mod epoll;
 pub mod probe;
+pub mod tls;
 pub mod uring;
 
 use std::fmt;

@@ -84,7 +84,9 @@ pub struct Conn {
     /// The protocol spoken.
     pub protocol: Protocol,
     max_queued_bytes: usize,
-    queue: RefCell<VecDeque<Bytes>>,
+    /// Frames waiting, each with when it was published ([`crate::metrics::now_ns`]; 0 for
+    /// frames whose latency is not measured).
+    queue: RefCell<VecDeque<(Bytes, u64)>>,
     queued_bytes: Cell<usize>,
     waker: RefCell<Option<Waker>>,
     state: Cell<ConnState>,
@@ -214,6 +216,12 @@ impl Conn {
     /// closed with 4100: it can never make the server hold more than the limit for it, nor
     /// slow down anyone else.
     pub fn push(&self, frame: Bytes) -> Push {
+        self.push_stamped(frame, 0)
+    }
+
+    /// [`Conn::push`] for an event published at `stamp`: its publish-to-write latency is
+    /// recorded when it is handed to the kernel.
+    pub fn push_stamped(&self, frame: Bytes, stamp: u64) -> Push {
         if !self.is_open() {
             return Push::Closing;
         }
@@ -226,7 +234,7 @@ impl Conn {
             return Push::Overflow;
         }
         self.queued_bytes.set(queued);
-        self.queue.borrow_mut().push_back(frame);
+        self.queue.borrow_mut().push_back((frame, stamp));
         self.wake();
         Push::Queued
     }
@@ -286,7 +294,7 @@ impl Conn {
 
     fn enqueue_unchecked(&self, frame: Bytes) {
         self.queued_bytes.set(self.queued_bytes.get() + frame.len());
-        self.queue.borrow_mut().push_back(frame);
+        self.queue.borrow_mut().push_back((frame, 0));
     }
 
     /// Ends the connection task now, whatever is queued (after a closing grace period, or
@@ -301,18 +309,23 @@ impl Conn {
         self.killed.get()
     }
 
-    /// Moves up to a batch of queued frames into `out`. Returns whether any were moved.
-    pub fn take_batch(&self, out: &mut Vec<Bytes>) -> bool {
+    /// Moves up to a batch of queued frames into `out`, calling `stamped` with the publish
+    /// time of each measured one. Returns whether any were moved.
+    pub fn take_batch(&self, out: &mut Vec<Bytes>, mut stamped: impl FnMut(u64)) -> bool {
         let mut q = self.queue.borrow_mut();
         let mut bytes = 0;
-        while let Some(front) = q.front() {
+        while let Some((front, _)) = q.front() {
             if !out.is_empty()
                 && (out.len() >= MAX_BATCH_FRAMES || bytes + front.len() > MAX_BATCH_BYTES)
             {
                 break;
             }
             bytes += front.len();
-            out.push(q.pop_front().expect("front exists"));
+            let (frame, stamp) = q.pop_front().expect("front exists");
+            if stamp != 0 {
+                stamped(stamp);
+            }
+            out.push(frame);
         }
         self.queued_bytes.set(self.queued_bytes.get() - bytes);
         if q.is_empty() && q.capacity() > 64 {
@@ -386,7 +399,7 @@ mod tests {
         assert_eq!(c.close_code(), Some(4100));
         assert_eq!(c.push(Bytes::from_static(b"x")), Push::Closing);
         let mut out = vec![];
-        c.take_batch(&mut out);
+        c.take_batch(&mut out, |_| {});
         // pusher:error then the close frame; the 60-byte frame was dropped.
         assert_eq!(out.len(), 2);
         assert_eq!(out[1][0], 0x88);
@@ -400,11 +413,11 @@ mod tests {
             c.push(Bytes::from(vec![0u8; 10]));
         }
         let mut out = vec![];
-        c.take_batch(&mut out);
+        c.take_batch(&mut out, |_| {});
         assert_eq!(out.len(), MAX_BATCH_FRAMES);
         assert_eq!(c.queued_bytes(), 44 * 10);
         out.clear();
-        c.take_batch(&mut out);
+        c.take_batch(&mut out, |_| {});
         assert_eq!(out.len(), 44);
         assert_eq!(c.queued_bytes(), 0);
     }
@@ -427,7 +440,7 @@ mod tests {
         c.answer_close(Some(1000));
         c.close(4200, "bye");
         let mut out = vec![];
-        c.take_batch(&mut out);
+        c.take_batch(&mut out, |_| {});
         assert_eq!(out.len(), 1);
         assert_eq!(&out[0][..], &[0x88, 2, 0x03, 0xe8]);
     }

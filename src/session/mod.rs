@@ -78,10 +78,10 @@ impl Handler for Proto {
 /// The returned future holds the connection's [`Driver`] once, by value: this is the whole
 /// per-connection task state, so it is kept small (no nested async functions whose
 /// arguments and locals would each take their own space).
-pub fn run<R: Runtime>(
+pub fn run<R: Runtime, C: Connection>(
     worker: Rc<Worker>,
-    io: Rc<R::Conn>,
-    leftover: Leftover<<R::Conn as Connection>::Reader>,
+    io: Rc<C>,
+    leftover: Leftover<C::Reader>,
     session: Session,
 ) -> impl Future<Output = ()> + 'static {
     let (app, protocol, proto) = match &session {
@@ -111,14 +111,21 @@ pub fn run<R: Runtime>(
                 close_code = conn.close_code(),
                 "connection closed"
             );
+            driver.worker.stats.closed(conn.close_code());
             driver.worker.close_conn(conn);
             driver.rx = None;
             if matches!(end, End::Io(_)) {
                 return Poll::Ready(());
             }
             let io = driver.io.clone();
+            // Bounded: over TLS, shutting down writes close_notify, which a client that
+            // stopped reading would hold forever.
             shutdown = Some(Box::pin(async move {
-                let _ = io.shutdown().await;
+                tokio::select! {
+                    biased;
+                    _ = io.shutdown() => {}
+                    _ = R::sleep(crate::worker::CLOSE_GRACE) => {}
+                }
             }));
         }
         shutdown.as_mut().expect("set above").as_mut().poll(cx)
@@ -156,6 +163,8 @@ struct Driver<S: Connection> {
     skip: u64,
     batch: Vec<Bytes>,
     write: Option<PendingWrite>,
+    /// When the last bytes arrived ([`crate::metrics::now_ns`]), for the frame latency.
+    received_at: u64,
 }
 
 impl<S: Connection> Driver<S> {
@@ -177,6 +186,7 @@ impl<S: Connection> Driver<S> {
             skip: 0,
             batch: Vec::new(),
             write: None,
+            received_at: 0,
         }
     }
 
@@ -208,7 +218,18 @@ impl<S: Connection> Driver<S> {
                     self.batch = written;
                 }
             }
-            if self.conn.take_batch(&mut self.batch) {
+            let mut now = 0;
+            let latency = &self.worker.latency;
+            if self.conn.take_batch(&mut self.batch, |stamp| {
+                if now == 0 {
+                    // One clock read per write, and only when it carries measured events.
+                    now = crate::metrics::now_ns();
+                }
+                latency.publish(now, stamp);
+            }) {
+                let bytes: usize = self.batch.iter().map(Bytes::len).sum();
+                WorkerStats::add(&self.worker.stats.messages_sent, self.batch.len() as u64);
+                WorkerStats::add(&self.worker.stats.bytes_sent, bytes as u64);
                 let (io, batch) = (self.io.clone(), std::mem::take(&mut self.batch));
                 self.write = Some(Box::pin(async move { io.write_all_vectored(batch).await }));
                 continue;
@@ -248,7 +269,11 @@ impl<S: Connection> Driver<S> {
                         ConnState::Closing { .. } => End::Closed,
                     });
                 }
-                Ok(_) => self.conn.touch(conn::tick_now()),
+                Ok(n) => {
+                    self.conn.touch(conn::tick_now());
+                    self.received_at = crate::metrics::now_ns();
+                    WorkerStats::add(&self.worker.stats.bytes_received, n as u64);
+                }
                 Err(e) => return Poll::Ready(End::Io(e)),
             }
         }
@@ -278,11 +303,13 @@ impl<S: Connection> Driver<S> {
                 Ok(Some(msg)) => {
                     WorkerStats::add(&worker.stats.messages_received, 1);
                     self.handler.on_message(worker, conn, msg);
+                    worker
+                        .latency
+                        .frame(self.received_at, crate::metrics::now_ns());
                 }
                 Ok(None) => return,
                 Err(e) => {
                     if !closing {
-                        WorkerStats::add(&worker.stats.protocol_errors, 1);
                         tracing::debug!(socket_id = %conn.socket_id, error = %e, "protocol error");
                         conn.close(e.close_code(), &e.to_string());
                     }
@@ -303,5 +330,10 @@ pub async fn sweeper<R: Runtime>(worker: Rc<Worker>) {
         let now = conn::tick_now();
         worker.sweep(now);
         worker.sweep_shared(now);
+        worker.latency.flush(&worker.stats);
+        worker.stats.heartbeat.store(
+            crate::metrics::now_ns(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 }

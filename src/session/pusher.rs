@@ -9,7 +9,7 @@ use super::conn::{tick_now, Conn};
 use super::Handler;
 use crate::app::{App, AppIdx, WebhookEvent};
 use crate::hub::{ChannelKey, ChannelRef, Joined};
-use crate::metrics::WorkerStats;
+use crate::metrics::{Limited, WorkerStats};
 use crate::protocol::channel::{self, ChannelKind};
 use crate::protocol::client::{self, ClientMessage, Subscribe};
 use crate::protocol::{codes, messages};
@@ -108,11 +108,17 @@ impl Pusher {
         }
         let limit = worker.config().limits.max_channels_per_connection;
         if conn.channels.borrow().len() >= limit {
+            worker.stats.limited(Limited::ConnectionChannels);
             return refuse(
                 "LimitReached",
                 &format!("A connection may subscribe to at most {limit} channels"),
                 429,
             );
+        }
+        if let Err(e) = worker.channel_limit(self.app, name) {
+            worker.stats.limited(Limited::Channels);
+            tracing::debug!(channel = name, reason = %e, "subscription refused: channel limit");
+            return refuse("LimitReached", &e, 429);
         }
         let app = worker.app(self.app);
         let member = match kind {
@@ -139,7 +145,7 @@ impl Pusher {
                     );
                 };
                 let to_sign = format!("{}:{name}:{channel_data}", conn.socket_id);
-                if let Err(e) = verify_auth(app, s.auth.as_deref(), &to_sign) {
+                if let Err(e) = verify_auth(&app, s.auth.as_deref(), &to_sign) {
                     return refuse("AuthError", &e, 401);
                 }
                 match parse_member(channel_data, app.max_presence_user_info) {
@@ -149,7 +155,7 @@ impl Pusher {
             }
             _ => {
                 let to_sign = format!("{}:{name}", conn.socket_id);
-                if let Err(e) = verify_auth(app, s.auth.as_deref(), &to_sign) {
+                if let Err(e) = verify_auth(&app, s.auth.as_deref(), &to_sign) {
                     return refuse("AuthError", &e, 401);
                 }
                 None
@@ -171,6 +177,7 @@ impl Pusher {
                     .join(&key, &user, &info, app.max_presence_members)
                 {
                     Joined::Full => {
+                        worker.stats.limited(Limited::PresenceMembers);
                         worker.unsubscribe(conn, self.app, name);
                         return refuse(
                             "LimitReached",
@@ -266,7 +273,7 @@ impl Pusher {
             ));
         }
         if !conn.allow_client_event(tick_now(), app.client_event_rate) {
-            WorkerStats::add(&worker.stats.client_events_rejected, 1);
+            worker.stats.limited(Limited::ClientEvents);
             conn.push(messages::error(
                 Some(codes::CLIENT_EVENT_RATE_LIMIT),
                 &format!(
@@ -301,7 +308,7 @@ impl Pusher {
     fn signin(&self, worker: &Worker, conn: &Rc<Conn>, s: client::Signin) {
         let app = worker.app(self.app);
         let to_sign = format!("{}::user::{}", conn.socket_id, s.user_data);
-        if let Err(e) = verify_auth(app, Some(&s.auth), &to_sign) {
+        if let Err(e) = verify_auth(&app, Some(&s.auth), &to_sign) {
             conn.push(messages::error(
                 Some(codes::CONNECTION_UNAUTHORIZED),
                 &format!("Sign-in refused: {e}"),
@@ -406,7 +413,8 @@ fn parse_member(channel_data: &str, max_info: usize) -> Result<(Arc<str>, Arc<st
         .map_err(|e| format!("channel_data is not valid JSON: {e}"))?;
     let id = user_id(d.user_id, "channel_data.user_id")?;
     let info = d.user_info.map_or("null", RawValue::get);
-    if info.len() > max_info {
+    // An absent user_info (sent as `null`) is not counted against the limit.
+    if d.user_info.is_some() && info.len() > max_info {
         return Err(format!(
             "user_info is {} bytes; at most {max_info} bytes are allowed",
             info.len()

@@ -124,3 +124,19 @@ pub fn node_modules() -> Option<PathBuf> {
     }
     Some(modules)
 }
+
+/// Prometheus's `promtool` (Debian package `prometheus`; `.ci/run` installs it).
+pub fn promtool() -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("promtool"))
+            .find(|p| p.is_file())
+    });
+    match found {
+        Some(p) => Some(p),
+        None => {
+            unavailable("promtool (apt-get install prometheus) to check the metrics exposition")?;
+            None
+        }
+    }
+}

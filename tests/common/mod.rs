@@ -65,6 +65,8 @@ impl Server {
 
     /// Starts the server, or returns its log if it exits before listening.
     pub fn try_start(backend: &'static str, args: &[&str]) -> Result<Server, Vec<String>> {
+        // reqwest is built without a default TLS crypto provider; tests use ring's.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringcast"));
         cmd.args([
             "--port",
@@ -76,6 +78,9 @@ impl Server {
         ]);
         if !args.contains(&"--workers") {
             cmd.args(["--workers", "2"]);
+        }
+        if !args.contains(&"--metrics-port") {
+            cmd.args(["--metrics-port", "0"]);
         }
         cmd.args(args);
         Self::spawn(cmd, backend)
@@ -182,14 +187,41 @@ impl Server {
         }
     }
 
+    /// The metrics listener's address, from the start-up log.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let found = self.log.lock().unwrap().iter().find_map(|l| {
+                if !l.contains("metrics endpoint") {
+                    return None;
+                }
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix("addr="))
+                    .map(|a| a.parse::<SocketAddr>().unwrap())
+            });
+            if let Some(a) = found {
+                return a;
+            }
+            assert!(Instant::now() < deadline, "no metrics endpoint in the log");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A URL on the metrics listener.
+    pub fn metrics_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.metrics_addr())
+    }
+
+    /// The whole `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        let resp = reqwest::get(self.metrics_url("/metrics")).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.text().await.unwrap()
+    }
+
     /// A Prometheus metric, per worker, from `/metrics`.
     pub async fn metrics(&self, name: &str) -> Vec<u64> {
-        let text = reqwest::get(self.http("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = self.metrics_text().await;
         let prefix = format!("{name}{{worker=");
         text.lines()
             .filter(|l| l.starts_with(&prefix))

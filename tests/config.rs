@@ -1,0 +1,205 @@
+//! The configuration file: precedence (command line > environment > file > defaults),
+//! apps from the file, clear errors naming the file and key, and the `config check` /
+//! `config example` tools.
+
+mod common;
+
+use std::process::Command;
+
+use common::{apps_file, Client, Server};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ringcast");
+
+fn config_file(toml: &str) -> std::path::PathBuf {
+    // Same temporary-directory helper as the apps files.
+    let path = apps_file(toml);
+    let renamed = path.with_file_name("ringcast.toml");
+    std::fs::rename(&path, &renamed).unwrap();
+    renamed
+}
+
+fn server_cmd(config: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--port", "0", "--metrics-port", "0", "--workers", "1"])
+        .arg("--config")
+        .arg(config)
+        .args(extra);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+async fn activity_timeout(server: &Server, key: &str) -> u64 {
+    use futures_util::StreamExt;
+    let mut ws = Client::open(&server.ws_url(key)).await;
+    let msg = ws.next().await.unwrap().unwrap().into_text().unwrap();
+    let msg: Value = serde_json::from_str(&msg).unwrap();
+    assert_eq!(msg["event"], "pusher:connection_established", "{msg}");
+    let data: Value = serde_json::from_str(msg["data"].as_str().unwrap()).unwrap();
+    data["activity_timeout"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_line_beats_environment_beats_file() {
+    let file = config_file(
+        "activity_timeout = 41\nlog_level = \"ringcast=debug\"\n\n[[app]]\nid = \"7\"\nkey = \"file-key\"\nsecret = \"file-secret\"\n",
+    );
+    // The file alone.
+    let server = Server::spawn(server_cmd(&file, &[], &[]), "auto").unwrap();
+    assert_eq!(activity_timeout(&server, "file-key").await, 41);
+    drop(server);
+    // The environment over the file.
+    let env = [("RINGCAST_ACTIVITY_TIMEOUT", "42")];
+    let server = Server::spawn(server_cmd(&file, &[], &env), "auto").unwrap();
+    assert_eq!(activity_timeout(&server, "file-key").await, 42);
+    drop(server);
+    // The command line over both.
+    let server = Server::spawn(
+        server_cmd(&file, &["--activity-timeout", "43"], &env),
+        "auto",
+    )
+    .unwrap();
+    assert_eq!(activity_timeout(&server, "file-key").await, 43);
+    drop(server);
+    // Apps on the command line replace the file's.
+    let server = Server::spawn(
+        server_cmd(
+            &file,
+            &[
+                "--app-id",
+                "8",
+                "--app-key",
+                "cli-key",
+                "--app-secret",
+                "cli-secret",
+            ],
+            &[],
+        ),
+        "auto",
+    )
+    .unwrap();
+    assert_eq!(activity_timeout(&server, "cli-key").await, 41);
+    let mut ws = Client::open(&server.ws_url("file-key")).await;
+    assert_eq!(
+        common::close_code(&common::wait_closed(&mut ws).await),
+        4001
+    );
+}
+
+#[test]
+fn invalid_files_fail_at_start_naming_the_file_and_key() {
+    for (toml, key, why) in [
+        ("port = \"six\"\n", "port", "invalid value"),
+        ("max_connectionz = 5\n", "max_connectionz", "unknown key"),
+        ("io = \"kqueue\"\n", "io", "invalid value"),
+        ("[[app]]\nid = \"1\"\nkey = \"k\"\n", "app", "secret"),
+        ("port = [\n", "-", "invalid TOML"),
+    ] {
+        let file = config_file(toml);
+        let out = Command::new(BIN)
+            .arg("--config")
+            .arg(&file)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{toml}: {err}");
+        let want = format!("{}: {key}: ", file.display());
+        assert!(err.contains(&want), "{toml}: want {want:?} in {err}");
+        assert!(err.contains(why), "{toml}: want {why:?} in {err}");
+    }
+}
+
+#[test]
+fn config_check_masks_secrets_and_example_round_trips() {
+    let example = Command::new(BIN)
+        .args(["config", "example"])
+        .output()
+        .unwrap();
+    assert!(example.status.success());
+    let text = String::from_utf8(example.stdout).unwrap();
+    assert!(text.contains("[[app]]"), "{text}");
+
+    // As printed, its placeholder secrets are refused.
+    let placeholder = config_file(&text);
+    let out = Command::new(BIN)
+        .args(["config", "check"])
+        .arg(&placeholder)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("placeholder secret"));
+
+    // With real secrets it is valid, and the check prints the effective values, masked.
+    let real = config_file(&text.replace("CHANGE-ME-", "s3cr3t-value-"));
+    let out = Command::new(BIN)
+        .args(["config", "check"])
+        .arg(&real)
+        .env("RINGCAST_MAX_CONNECTIONS", "777")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !stdout.contains("s3cr3t-value-long-random-secret"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("characters, masked"), "{stdout}");
+    assert!(
+        stdout.contains("max_connections = 777"),
+        "environment wins: {stdout}"
+    );
+    assert!(stdout.contains("host = \"0.0.0.0\""), "{stdout}");
+    let effective: toml::Table = stdout.parse().expect("the check prints TOML");
+    assert_eq!(effective["app"][0]["id"].as_str(), Some("1001"));
+
+    // The shipped example is the one the binary prints.
+    let shipped = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/ringcast.toml.example"),
+    )
+    .unwrap();
+    assert_eq!(shipped, text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_apps_without_dropping_the_others() {
+    let apps = apps_file(
+        "[[app]]\nid = \"1\"\nkey = \"stays\"\nsecret = \"s1\"\n\n[[app]]\nid = \"2\"\nkey = \"goes\"\nsecret = \"s2\"\n",
+    );
+    let server = Server::start("auto", &["--apps-file", apps.to_str().unwrap()]);
+    let mut stays = Client::connect_url(&server.ws_url("stays")).await;
+    stays.subscribe("news").await;
+    let mut goes = Client::connect_url(&server.ws_url("goes")).await;
+
+    // A broken file changes nothing.
+    std::fs::write(&apps, "[[app]]\nid = \"1\"\n").unwrap();
+    server.signal(libc::SIGHUP);
+    server.wait_for_log("apps not reloaded").await;
+    Client::connect_url(&server.ws_url("goes")).await;
+
+    std::fs::write(
+        &apps,
+        "[[app]]\nid = \"1\"\nkey = \"stays\"\nsecret = \"s1\"\n\n[[app]]\nid = \"3\"\nkey = \"new\"\nsecret = \"s3\"\n",
+    )
+    .unwrap();
+    server.signal(libc::SIGHUP);
+    server.wait_for_log("apps reloaded").await;
+    // The removed app's connection is closed with 4003, new ones are refused (4001)…
+    assert_eq!(common::close_code(&goes.closed().await), 4003);
+    let mut ws = Client::open(&server.ws_url("goes")).await;
+    assert_eq!(
+        common::close_code(&common::wait_closed(&mut ws).await),
+        4001
+    );
+    // …the new app works, and the one that stayed was never disturbed.
+    Client::connect_url(&server.ws_url("new")).await;
+    stays
+        .send(serde_json::json!({"event": "pusher:ping"}))
+        .await;
+    assert_eq!(stays.recv().await["event"], "pusher:pong");
+}
