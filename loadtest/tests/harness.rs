@@ -38,7 +38,16 @@ struct Server {
 impl Server {
     fn start(extra: &[&str]) -> Server {
         let mut child = Command::new(server_binary())
-            .args(["--port", "0", "--metrics-port", "0", "--workers", "2", "--io", "auto"])
+            .args([
+                "--port",
+                "0",
+                "--metrics-port",
+                "0",
+                "--workers",
+                "2",
+                "--io",
+                "auto",
+            ])
             .args(extra)
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
