@@ -17,6 +17,11 @@ use ringcast::session::conn::{Conn, Protocol};
 fn fanout(c: &mut Criterion) {
     run(c, "fanout_one_frame", false);
     run(c, "fanout_one_frame_measured", true);
+    let recorder = LatencyRecorder::default();
+    c.bench_function("latency_clock_read", |b| b.iter(now_ns));
+    c.bench_function("latency_record", |b| {
+        b.iter(|| recorder.publish(std::hint::black_box(1_000_000), 1_000))
+    });
 }
 
 fn run(c: &mut Criterion, group: &str, measured: bool) {

@@ -22,8 +22,8 @@
 //!   current-thread tokio runtime), binds the listeners, starts and pins the workers. The
 //!   [`runtime::Connection`] trait is the owned-buffer IO seam; everything above it is generic
 //!   and monomorphised per backend.
-//! * [`http`] — every accepted socket starts in hyper (HTTP/1.1): the events API, health,
-//!   metrics and the WebSocket upgrade. After the `101` the socket leaves hyper for the native
+//! * [`http`] — every accepted socket starts in hyper (HTTP/1.1), after TLS if enabled: the
+//!   events API, health and the WebSocket upgrade. After the `101` the socket leaves hyper for the native
 //!   framing path.
 //! * [`ws`] — a sans-IO RFC 6455 codec (decode from a byte buffer, encode into `Bytes`) and the
 //!   opening handshake.
@@ -39,6 +39,10 @@
 //!   `users`).
 //! * [`webhooks`] — a dedicated sender thread that debounces, signs, batches and retries
 //!   webhook requests, so no worker ever waits on an app's backend.
+//! * [`metrics`] and [`metrics_server`] — per-worker counters and latency histograms, and
+//!   the metrics listener's own thread (`/metrics`, `/metrics/latency.hgrm`, health).
+//! * [`config`], [`config_file`], [`app`] — flags, environment and the TOML file; apps
+//!   and their live counters (reloaded on SIGHUP). [`tls`] — certificates for `wss://`.
 //!
 //! # The path of one event
 //!
