@@ -44,7 +44,13 @@ fn serve(cli: Cli) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
-            ExitCode::FAILURE
+            // Unusable certificate files are configuration errors, like a bad flag: 2
+            // (so `RestartPreventExitStatus=2` does not restart into the same error).
+            if e.downcast_ref::<ringcast::tls::TlsError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
