@@ -229,6 +229,38 @@ fn default_cache_ttl() -> u64 {
     30 * 60
 }
 
+/// Longest `cache_ttl`: 7 days, in seconds.
+pub const MAX_CACHE_TTL: u64 = 7 * 86_400;
+/// Longest `authorized_connections_timeout`: 1 day, in seconds.
+pub const MAX_AUTHORIZED_CONNECTIONS_TIMEOUT: u64 = 86_400;
+
+/// A TOML error in `text` as "line L, column C: what is wrong". Unlike the error's own
+/// Display it never quotes the source line, and it leaves out the value serde's messages
+/// quote: either may be a secret (an unquoted `secret = 9f86…` is a TOML error).
+pub fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = without_value(e.message());
+    let Some(before) = e.span().and_then(|span| text.get(..span.start)) else {
+        return message;
+    };
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    format!("line {line}, column {column}: {message}")
+}
+
+/// serde's "invalid type: integer `123`, expected a string" without the `123`.
+fn without_value(message: &str) -> String {
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some((found, expected)) = message
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.rsplit_once(", expected "))
+        {
+            let kind = found.split(['`', '"']).next().unwrap_or(found).trim_end();
+            return format!("{prefix}{kind}, expected {expected}");
+        }
+    }
+    message.to_string()
+}
+
 /// Errors in the app configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum AppsError {
@@ -241,12 +273,12 @@ pub enum AppsError {
         source: std::io::Error,
     },
     /// The apps file is not valid TOML for the expected shape.
-    #[error("invalid apps file {path}: {source}")]
+    #[error("invalid apps file {path}: {reason}")]
     Parse {
         /// The file.
         path: String,
-        /// Why.
-        source: toml::de::Error,
+        /// Why, from [`toml_error`] (never the offending text).
+        reason: String,
     },
     /// Two apps share an id or a key, or a field is empty.
     #[error("invalid app configuration: {0}")]
@@ -305,6 +337,21 @@ impl Apps {
                         "app {:?}: webhook URL {:?} must start with http:// (terminate TLS in \
                          a proxy in front of the receiver)",
                         app.id, w.url
+                    )));
+                }
+            }
+            for (key, value, max) in [
+                ("cache_ttl", app.cache_ttl, MAX_CACHE_TTL),
+                (
+                    "authorized_connections_timeout",
+                    app.authorized_connections_timeout,
+                    MAX_AUTHORIZED_CONNECTIONS_TIMEOUT,
+                ),
+            ] {
+                if value > max {
+                    return Err(AppsError::Invalid(format!(
+                        "app {:?}: {key} is {value} seconds; at most {max} are allowed",
+                        app.id
                     )));
                 }
             }
@@ -370,9 +417,9 @@ impl Apps {
             path: path.display().to_string(),
             source,
         })?;
-        let file: AppsFile = toml::from_str(&text).map_err(|source| AppsError::Parse {
+        let file: AppsFile = toml::from_str(&text).map_err(|e| AppsError::Parse {
             path: path.display().to_string(),
-            source,
+            reason: toml_error(&text, &e),
         })?;
         Ok(file.apps)
     }
@@ -451,6 +498,24 @@ mod tests {
     }
 
     #[test]
+    fn durations_too_long_are_refused() {
+        let mut a = app("1", "a");
+        a.cache_ttl = MAX_CACHE_TTL;
+        a.authorized_connections_timeout = MAX_AUTHORIZED_CONNECTIONS_TIMEOUT;
+        Apps::new(vec![a.clone()]).unwrap();
+        let mut long_ttl = a.clone();
+        long_ttl.cache_ttl = i64::MAX as u64;
+        let err = Apps::new(vec![long_ttl]).unwrap_err().to_string();
+        assert!(err.contains("app \"1\": cache_ttl"), "{err}");
+        a.authorized_connections_timeout += 1;
+        let err = Apps::new(vec![a]).unwrap_err().to_string();
+        assert!(
+            err.contains("app \"1\": authorized_connections_timeout"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn duplicate_keys_are_refused() {
         let err = Apps::new(vec![app("1", "k"), app("2", "k")]).unwrap_err();
         assert!(err.to_string().contains("duplicate app key"));
@@ -462,6 +527,30 @@ mod tests {
         assert_eq!(apps.by_key("b"), Some(1));
         assert_eq!(apps.by_id("1"), Some(0));
         assert_eq!(apps.by_key("zz"), None);
+    }
+
+    #[test]
+    fn toml_errors_give_the_place_not_the_text() {
+        for (text, want) in [
+            (
+                "[[app]]\nid = \"1\"\nkey = \"k\"\nsecret = 9f86d081884c7d65\n",
+                "line 4, column 10: ",
+            ),
+            (
+                "[[app]]\nid = \"1\"\nkey = \"k\"\nsecret = 9086081884\n",
+                "line 4, column 10: invalid type: integer, expected a string",
+            ),
+            (
+                "[[app]]\nid = \"é\"\nkey = \"k\"\nsecret = \"s\"\ncache_ttl = \"9086081884\"\n",
+                "line 5, column 13: invalid type: string, expected u64",
+            ),
+        ] {
+            let e = toml::from_str::<AppsFile>(text).err().unwrap();
+            let shown = toml_error(text, &e);
+            assert!(shown.starts_with(want), "{shown}");
+            assert!(!shown.contains("9f86d081884c7d65"), "{shown}");
+            assert!(!shown.contains("9086081884"), "{shown}");
+        }
     }
 
     #[test]

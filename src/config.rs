@@ -164,7 +164,8 @@ pub struct Cli {
     #[arg(long, env = "RINGCAST_MAX_CHANNELS", default_value_t = 1_000_000)]
     pub max_channels: usize,
 
-    /// New connections one IP address may open per second (HTTP 429 beyond); 0: no limit.
+    /// New connections one IP address (IPv6: one /64) may open per second (HTTP 429
+    /// beyond); 0: no limit.
     #[arg(
         long,
         env = "RINGCAST_MAX_CONNECTIONS_PER_IP_PER_SECOND",
@@ -182,11 +183,11 @@ pub struct Cli {
     pub timestamp_window: u64,
 
     /// Seconds an idle HTTP keep-alive connection stays open.
-    #[arg(long, env = "RINGCAST_HTTP_IDLE_TIMEOUT", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "RINGCAST_HTTP_IDLE_TIMEOUT", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub http_idle_timeout: u64,
 
     /// Seconds to drain queued writes on SIGTERM/SIGINT before closing what is left.
-    #[arg(long, env = "RINGCAST_SHUTDOWN_TIMEOUT", default_value_t = 10)]
+    #[arg(long, env = "RINGCAST_SHUTDOWN_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(..=3600))]
     pub shutdown_timeout: u64,
 
     /// Serve a plain RFC 6455 echo endpoint at this path (for conformance testing).
@@ -568,5 +569,27 @@ mod tests {
     #[test]
     fn app_flags_must_come_together() {
         assert!(Cli::try_parse_from(["ringcast", "--app-id", "1"]).is_err());
+    }
+
+    #[test]
+    fn timeouts_are_bounded() {
+        for (flag, max) in [("--shutdown-timeout", 3600), ("--http-idle-timeout", 86400)] {
+            let ok = max.to_string();
+            assert!(
+                Cli::try_parse_from(["ringcast", flag, &ok]).is_ok(),
+                "{flag}"
+            );
+            let over = (max + 1).to_string();
+            assert!(
+                Cli::try_parse_from(["ringcast", flag, &over]).is_err(),
+                "{flag}"
+            );
+            let huge = u64::MAX.to_string();
+            assert!(
+                Cli::try_parse_from(["ringcast", flag, &huge]).is_err(),
+                "{flag}"
+            );
+        }
+        assert!(Cli::try_parse_from(["ringcast", "--shutdown-timeout", "0"]).is_ok());
     }
 }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches};
 
-use crate::app::App;
+use crate::app::{toml_error, App};
 use crate::config::{Cli, ConfigError};
 
 /// The commented example printed by `ringcast config example`.
@@ -62,18 +62,13 @@ fn file_args(
         reason,
     };
     let text = std::fs::read_to_string(path).map_err(|e| file("-", format!("cannot read: {e}")))?;
-    let mut table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| file("-", format!("invalid TOML: {e}")))?;
+    let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        file("-", format!("invalid TOML: {}", toml_error(&text, &e)))
+    })?;
 
     let apps = match table.remove("app") {
         None => None,
-        Some(v) => {
-            let apps: Vec<App> = v
-                .try_into()
-                .map_err(|e: toml::de::Error| file("app", e.to_string()))?;
-            Some(apps)
-        }
+        Some(_) => Some(file_apps(&text).map_err(|reason| file("app", reason))?),
     };
 
     let command = Cli::command();
@@ -138,15 +133,26 @@ pub fn apps_of(path: &Path) -> Result<Vec<App>, ConfigError> {
         reason,
     };
     let text = std::fs::read_to_string(path).map_err(|e| file("-", format!("cannot read: {e}")))?;
-    let mut table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| file("-", format!("invalid TOML: {e}")))?;
-    match table.remove("app") {
-        None => Err(file("app", "no [[app]] table".into())),
-        Some(v) => v
-            .try_into()
-            .map_err(|e: toml::de::Error| file("app", e.to_string())),
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        file("-", format!("invalid TOML: {}", toml_error(&text, &e)))
+    })?;
+    if !table.contains_key("app") {
+        return Err(file("app", "no [[app]] table".into()));
     }
+    file_apps(&text).map_err(|reason| file("app", reason))
+}
+
+/// The `[[app]]` tables of a file's `text`, read from the text itself so that errors carry
+/// a line and column (and, from [`toml_error`], never the offending text).
+fn file_apps(text: &str) -> Result<Vec<App>, String> {
+    #[derive(serde::Deserialize)]
+    struct FileApps {
+        #[serde(default)]
+        app: Vec<App>,
+    }
+    toml::from_str::<FileApps>(text)
+        .map(|f| f.app)
+        .map_err(|e| toml_error(text, &e))
 }
 
 /// Turns a clap error caused by a file value into one naming the file and key.

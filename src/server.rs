@@ -359,7 +359,10 @@ async fn worker_main<R: Runtime>(start: WorkerStart) {
     // Drain: queued frames, then pusher:error + close 4200, within the shutdown timeout.
     // HTTP connections keep answering (readiness 503) until the WebSockets are gone.
     worker.close_all_for_shutdown();
-    let deadline = Instant::now() + shared.config.shutdown_timeout;
+    let now = Instant::now();
+    let deadline = now
+        .checked_add(shared.config.shutdown_timeout)
+        .unwrap_or(now + Duration::from_secs(3600));
     while worker.conn_count() > 0 && Instant::now() < deadline {
         R::sleep(Duration::from_millis(10)).await;
     }

@@ -23,6 +23,7 @@ on_both_backends!(
     events_reply_with_requested_info,
     health_readiness_and_metrics,
     disabled_app_api_gets_403,
+    a_slow_request_is_judged_by_the_apps_when_its_body_arrives,
 );
 
 fn events_path() -> String {
@@ -518,4 +519,50 @@ async fn disabled_app_api_gets_403(backend: &'static str) {
     );
     let (status, reply) = send_raw("POST", &url, body).await;
     assert_eq!(status, 403, "{reply}");
+}
+
+async fn a_slow_request_is_judged_by_the_apps_when_its_body_arrives(backend: &'static str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let apps = common::apps_file("[[app]]\nid = \"9\"\nkey = \"k9\"\nsecret = \"s9\"\n");
+    let server = Server::start(backend, &["--apps-file", apps.to_str().unwrap()]);
+    let body = json!({"name": "e", "channel": "c", "data": "d"})
+        .to_string()
+        .into_bytes();
+    let url = signed_url_with(
+        &server,
+        "k9",
+        "s9",
+        "POST",
+        "/apps/9/events",
+        &[],
+        &body,
+        now_secs(),
+    );
+    let target = url.strip_prefix(&server.http("")).unwrap();
+    // Headers and half the body, signed with the secret of now…
+    let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "POST {target} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n",
+        server.addr,
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&body[..body.len() / 2]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // …then the app is disabled by a reload before the rest arrives.
+    std::fs::write(
+        &apps,
+        "[[app]]\nid = \"9\"\nkey = \"k9\"\nsecret = \"s9\"\nenabled = false\n",
+    )
+    .unwrap();
+    server.signal(libc::SIGHUP);
+    server.wait_for_log("apps reloaded").await;
+    s.write_all(&body[body.len() / 2..]).await.unwrap();
+    let mut reply = String::new();
+    tokio::time::timeout(common::WAIT, s.read_to_string(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(reply.starts_with("HTTP/1.1 403"), "{reply}");
 }

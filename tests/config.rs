@@ -203,3 +203,113 @@ async fn sighup_reloads_apps_without_dropping_the_others() {
         .await;
     assert_eq!(stays.recv().await["event"], "pusher:pong");
 }
+
+/// Runs `cmd` until it exits (killing it after `common::WAIT`); its exit code (None if it
+/// had to be killed) and what it wrote to stderr.
+fn exit_of(mut cmd: Command) -> (Option<i32>, String) {
+    use std::io::Read;
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + common::WAIT;
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (code, err)
+}
+
+#[test]
+fn durations_too_long_are_refused_at_start() {
+    for (setting, key) in [
+        ("cache_ttl = 9223372036854775807", "cache_ttl"),
+        ("cache_ttl = 604801", "cache_ttl"),
+        (
+            "authorized_connections_timeout = 86401",
+            "authorized_connections_timeout",
+        ),
+    ] {
+        let apps = apps_file(&format!(
+            "[[app]]\nid = \"1001\"\nkey = \"k\"\nsecret = \"a-real-secret\"\n{setting}\n"
+        ));
+        let mut cmd = Command::new(BIN);
+        cmd.args(["--port", "0", "--metrics-port", "0", "--workers", "1"])
+            .arg("--apps-file")
+            .arg(&apps);
+        let (code, err) = exit_of(cmd);
+        assert_eq!(code, Some(2), "{setting}: {err}");
+        assert!(
+            err.contains(&format!("app \"1001\": {key}")),
+            "{setting}: {err}"
+        );
+    }
+    for args in [
+        ["--shutdown-timeout", "3601"],
+        ["--shutdown-timeout", "18446744073709551615"],
+        ["--http-idle-timeout", "86401"],
+    ] {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["--port", "0", "--metrics-port", "0", "--workers", "1"])
+            .args(args);
+        let (code, err) = exit_of(cmd);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains(args[0]), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn toml_errors_name_the_line_but_never_print_the_secret() {
+    const SECRET: &str = "9f86d081884c7d65";
+    for (secret, line) in [(SECRET, 4), ("9086081884", 4)] {
+        let text = format!("[[app]]\nid = \"1001\"\nkey = \"k\"\nsecret = {secret}\n");
+        // As --apps-file, and as the [[app]] tables of --config.
+        let apps = apps_file(&text);
+        let config = config_file(&text);
+        for (flag, file) in [("--apps-file", &apps), ("--config", &config)] {
+            let mut cmd = Command::new(BIN);
+            cmd.args(["--port", "0", "--metrics-port", "0", "--workers", "1"])
+                .arg(flag)
+                .arg(file);
+            let (code, err) = exit_of(cmd);
+            assert_eq!(code, Some(2), "{flag}: {err}");
+            assert!(err.contains(&file.display().to_string()), "{flag}: {err}");
+            assert!(
+                err.contains(&format!("line {line}, column 10")),
+                "{flag}: {err}"
+            );
+            assert!(!err.contains(secret), "{flag} printed the secret: {err}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_with_a_broken_apps_file_does_not_log_the_secret() {
+    let apps = apps_file("[[app]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s1\"\n");
+    let server = Server::start("auto", &["--apps-file", apps.to_str().unwrap()]);
+    std::fs::write(
+        &apps,
+        "[[app]]\nid = \"1\"\nkey = \"k\"\nsecret = 9f86d081884c7d65\n",
+    )
+    .unwrap();
+    server.signal(libc::SIGHUP);
+    let line = server.wait_for_log("apps not reloaded").await;
+    assert!(line.contains("line 4, column 10"), "{line}");
+    let log = server.log().join("\n");
+    assert!(!log.contains("9f86d081884c7d65"), "{log}");
+}

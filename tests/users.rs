@@ -17,6 +17,7 @@ on_both_backends!(
     server_to_user_events_reach_every_connection_of_the_user,
     terminate_connections_closes_only_that_users_signed_in_connections,
     watchlist_reports_online_and_offline,
+    duplicate_watchlist_entries_count_once,
     unauthorized_connections_are_closed_after_the_apps_timeout,
 );
 
@@ -224,6 +225,55 @@ async fn watchlist_reports_online_and_offline(backend: &'static str) {
     assert_eq!(events[0]["event"], "pusher:error", "{events:?}");
     assert_eq!(events[0]["data"]["code"], 4302, "{events:?}");
     assert_eq!(events[1]["event"], "pusher:signin_success", "{events:?}");
+}
+
+async fn duplicate_watchlist_entries_count_once(backend: &'static str) {
+    let server = Server::start(backend, &[]);
+    let user_ids = |msg: &Value| -> (String, Value) {
+        assert_eq!(msg["event"], "pusher_internal:watchlist_events", "{msg}");
+        let d: Value = serde_json::from_str(msg["data"].as_str().unwrap()).unwrap();
+        assert_eq!(d["events"].as_array().unwrap().len(), 1, "{msg}");
+        let e = &d["events"][0];
+        (
+            e["name"].as_str().unwrap().to_string(),
+            e["user_ids"].clone(),
+        )
+    };
+    let mut watcher = Client::connect(&server).await;
+    watcher
+        .send_signin(&json!({"id": "me", "watchlist": ["a", "a", "a"]}))
+        .await;
+    assert_eq!(watcher.recv().await["event"], "pusher:signin_success");
+
+    let mut a = Client::connect(&server).await;
+    signed_in(&mut a, "a").await;
+    assert_eq!(
+        user_ids(&watcher.recv().await),
+        ("online".to_string(), json!(["a"]))
+    );
+    let extra = watcher.try_recv(Duration::from_millis(500)).await;
+    assert!(extra.is_none(), "one frame per transition: {extra:?}");
+
+    // Who is online already, listed once.
+    let mut late = Client::connect(&server).await;
+    late.send_signin(&json!({"id": "late", "watchlist": ["a", "b", "a"]}))
+        .await;
+    let mut got = vec![late.recv().await, late.recv().await];
+    got.sort_by_key(|m| m["event"].to_string());
+    assert_eq!(got[0]["event"], "pusher:signin_success", "{got:?}");
+    assert_eq!(user_ids(&got[1]), ("online".to_string(), json!(["a"])));
+    let extra = late.try_recv(Duration::from_millis(300)).await;
+    assert!(extra.is_none(), "{extra:?}");
+
+    drop(a);
+    for c in [&mut watcher, &mut late] {
+        assert_eq!(
+            user_ids(&c.recv().await),
+            ("offline".to_string(), json!(["a"]))
+        );
+        let extra = c.try_recv(Duration::from_millis(300)).await;
+        assert!(extra.is_none(), "{extra:?}");
+    }
 }
 
 async fn unauthorized_connections_are_closed_after_the_apps_timeout(backend: &'static str) {

@@ -19,6 +19,7 @@ on_both_backends!(
     batching_gathers_events_into_one_request,
     failed_deliveries_are_retried_until_accepted,
     a_hanging_receiver_does_not_stall_the_server,
+    a_reload_while_events_are_batched_drops_them_cleanly,
 );
 
 /// One request the receiver got.
@@ -383,24 +384,44 @@ async fn failed_deliveries_are_retried_until_accepted(backend: &'static str) {
 }
 
 async fn a_hanging_receiver_does_not_stall_the_server(backend: &'static str) {
-    let rx = Receiver::start(vec![Answer::Hang; 1000]).await;
+    let hanging = Receiver::start(vec![Answer::Hang; 1000]).await;
+    let healthy = Receiver::start(vec![]).await;
     // And a URL nobody listens on.
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://{}/", l.local_addr().unwrap())
     };
-    let server = Server::start(
-        backend,
-        &["--webhook-url", &rx.url, "--webhook-url", &closed],
-    );
+    // Two apps: one whose receivers hang or refuse, one with a healthy receiver.
+    let apps = apps_file(&format!(
+        "[[app]]\nid = \"{APP_ID}\"\nkey = \"{APP_KEY}\"\nsecret = \"{APP_SECRET}\"\n\n\
+         [[app.webhook]]\nurl = \"{}\"\n\n[[app.webhook]]\nurl = \"{closed}\"\n\n\
+         [[app]]\nid = \"2\"\nkey = \"other-key\"\nsecret = \"other-secret\"\n\n\
+         [[app.webhook]]\nurl = \"{}\"\nevents = [\"channel_occupied\"]\n",
+        hanging.url, healthy.url
+    ));
+    let server = Server::start(backend, &["--apps-file", apps.to_str().unwrap()]);
     let mut clients = Vec::new();
     for i in 0..50 {
         let mut c = Client::connect(&server).await;
         c.subscribe(&format!("busy-{i}")).await;
         clients.push(c);
     }
-    rx.wait_for(50).await;
-    // Everything else keeps working while 50 requests hang.
+    // More hanging requests than any shared pool of connections would hold…
+    let mut many = Client::connect(&server).await;
+    for i in 0..80 {
+        many.subscribe(&format!("hang-{i}")).await;
+    }
+    // …are held against the hanging URL's own limit…
+    hanging.wait_for(8).await;
+    // …and the other app's webhooks are not held up behind them.
+    let mut other = Client::connect_url(&server.ws_url("other-key")).await;
+    other.subscribe("elsewhere").await;
+    let (r, _) = healthy
+        .wait_for_event(|e| e["channel"] == "elsewhere")
+        .await;
+    assert_eq!(r.key, "other-key");
+    assert_eq!(r.signature, hmac_hex("other-secret", &r.body));
+    // Everything else keeps working while requests hang.
     for (i, c) in clients.iter_mut().enumerate() {
         publish(&server, &[&format!("busy-{i}")], "e", "x").await;
         assert_eq!(c.recv().await["event"], "e");
@@ -408,4 +429,42 @@ async fn a_hanging_receiver_does_not_stall_the_server(backend: &'static str) {
     let mut c = Client::connect(&server).await;
     c.send(json!({"event": "pusher:ping"})).await;
     assert_eq!(c.recv().await["event"], "pusher:pong");
+}
+
+async fn a_reload_while_events_are_batched_drops_them_cleanly(backend: &'static str) {
+    let first = Receiver::start(vec![]).await;
+    let second = Receiver::start(vec![]).await;
+    let with_two = format!(
+        "[[app]]\nid = \"{APP_ID}\"\nkey = \"{APP_KEY}\"\nsecret = \"{APP_SECRET}\"\nwebhook_batching = true\n\n\
+         [[app.webhook]]\nurl = \"{}\"\n\n[[app.webhook]]\nurl = \"{}\"\n",
+        first.url, second.url
+    );
+    let apps = apps_file(&with_two);
+    let server = Server::start(backend, &["--apps-file", apps.to_str().unwrap()]);
+    let mut c = Client::connect(&server).await;
+    c.subscribe("before").await;
+    // Within the batch window, drop the second URL.
+    let with_one = format!(
+        "[[app]]\nid = \"{APP_ID}\"\nkey = \"{APP_KEY}\"\nsecret = \"{APP_SECRET}\"\nwebhook_batching = true\n\n\
+         [[app.webhook]]\nurl = \"{}\"\n",
+        first.url
+    );
+    std::fs::write(&apps, with_one).unwrap();
+    server.signal(libc::SIGHUP);
+    server.wait_for_log("apps reloaded").await;
+    first.wait_for_event(|e| e["channel"] == "before").await;
+    // Webhooks keep flowing after the reload, to the URL that is still configured.
+    c.subscribe("after").await;
+    first.wait_for_event(|e| e["channel"] == "after").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        second.event_names().is_empty(),
+        "the removed URL got {:?}",
+        second.all()
+    );
+    assert!(
+        !server.log().iter().any(|l| l.contains("panic")),
+        "{:?}",
+        server.log()
+    );
 }

@@ -103,6 +103,9 @@ async fn handle_inner<R: Runtime>(
     }
     let config = worker.config();
     let query = req.uri().query().map(str::to_string);
+    // The body first (it may take up to BODY_READ_TIMEOUT), then the apps as they are now:
+    // a request that began before a reload is judged by the apps after it.
+    let body = read_body::<R>(req, config.limits.max_request_body).await?;
     let apps = worker.shared.apps.load();
     let app = if path.starts_with("/apps/") {
         apps.by_id(app_id).ok_or_else(|| {
@@ -124,7 +127,6 @@ async fn handle_inner<R: Runtime>(
             )
         })?
     };
-    let body = read_body::<R>(req, config.limits.max_request_body).await?;
 
     let params = auth::parse_query(query.as_deref())
         .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()))?;

@@ -1,7 +1,6 @@
 //! Cache channels: the last event published to each, kept for the app's TTL and sent to
 //! new subscribers right after `subscription_succeeded`.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,8 +28,9 @@ pub struct Cached {
 
 /// The last event of every cache channel, shared by all workers (lock-free).
 pub struct EventCache {
+    /// Its size is papaya's own count of what was inserted and removed (never negative),
+    /// so concurrent puts and sweeps cannot make it drift.
     map: papaya::HashMap<ChannelKey, Cached, FastState>,
-    len: AtomicUsize,
     max: usize,
     /// Channels whose cache miss was reported (the `cache_miss` webhook is sent once until
     /// the channel gets an event), with when the report expires.
@@ -45,7 +45,6 @@ impl EventCache {
                 .hasher(FastState::default())
                 .resize_mode(papaya::ResizeMode::Blocking)
                 .build(),
-            len: AtomicUsize::new(0),
             max,
             missed: papaya::HashMap::builder()
                 .hasher(FastState::default())
@@ -74,7 +73,8 @@ impl EventCache {
     }
 
     /// Keeps `event` as the channel's last. Returns false (and keeps nothing) when the cache
-    /// is full and this channel has no entry yet.
+    /// is full and this channel has no entry yet. (Puts racing for the last free places
+    /// may overshoot `max` by a few entries; the count itself stays exact.)
     pub fn put(
         &self,
         key: ChannelKey,
@@ -89,22 +89,16 @@ impl EventCache {
             name: &key.name,
         };
         self.missed.pin().remove(&r);
-        if map.get(&r).is_none() {
-            if self.len.load(Ordering::Relaxed) >= self.max {
-                return false;
-            }
-            self.len.fetch_add(1, Ordering::Relaxed);
+        if map.get(&r).is_none() && map.len() >= self.max {
+            return false;
         }
         let cached = Cached {
             frame,
             event: Arc::from(event),
             data: Arc::from(data),
-            expires: Instant::now() + ttl,
+            expires: deadline(ttl),
         };
-        if map.insert(key, cached).is_some() {
-            // Raced with another insert of a new channel: counted twice above.
-            // (insert returns the old value only when one existed, whose count is kept.)
-        }
+        map.insert(key, cached);
         true
     }
 
@@ -131,16 +125,17 @@ impl EventCache {
                 app: k.app,
                 name: &k.name,
             };
-            if map
-                .remove_if(&r, |_, c| c.expires <= now)
-                .ok()
-                .flatten()
-                .is_some()
-            {
-                self.len.fetch_sub(1, Ordering::Relaxed);
-            }
+            let _ = map.remove_if(&r, |_, c| c.expires <= now);
         }
     }
+}
+
+/// `ttl` from now; a TTL too long for the clock means "never" (a century).
+fn deadline(ttl: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(ttl)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(now)
 }
 
 #[cfg(test)]
@@ -174,7 +169,55 @@ mod tests {
         assert!(c.put(key, Bytes::new(), "e", "gone", Duration::ZERO));
         assert!(c.get(r).is_none());
         c.sweep();
-        assert_eq!(c.len.load(Ordering::Relaxed), 0);
+        assert_eq!(c.map.len(), 0);
+    }
+
+    #[test]
+    fn concurrent_puts_and_sweeps_leave_an_emptied_cache_accepting_max_channels() {
+        const MAX: usize = 32;
+        let c = EventCache::new(MAX);
+        let put = |name: &str, ttl| c.put(ChannelKey::new(0, name), Bytes::new(), "e", "d", ttl);
+        for round in 0..200 {
+            std::thread::scope(|s| {
+                for t in 0..4 {
+                    s.spawn(move || {
+                        for i in 0..MAX {
+                            // The same new channel from every thread, and one of its own;
+                            // both expire at once, so they race the sweeps.
+                            put(&format!("cache-{round}-{i}"), Duration::ZERO);
+                            put(&format!("cache-{round}-{t}-{i}"), Duration::ZERO);
+                        }
+                    });
+                }
+                s.spawn(|| {
+                    for _ in 0..MAX {
+                        c.sweep();
+                    }
+                });
+            });
+        }
+        c.sweep();
+        assert_eq!(c.map.len(), 0);
+        for i in 0..MAX {
+            assert!(
+                put(&format!("cache-fresh-{i}"), Duration::from_secs(60)),
+                "new channel {i} refused by an emptied cache"
+            );
+        }
+        assert!(!put("cache-one-too-many", Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn a_ttl_too_long_for_the_clock_never_expires() {
+        let c = EventCache::new(1);
+        let key = ChannelKey::new(0, "cache-a");
+        assert!(c.put(key.clone(), Bytes::new(), "e", "d", Duration::MAX));
+        assert!(c
+            .get(ChannelRef {
+                app: 0,
+                name: &key.name
+            })
+            .is_some());
     }
 
     #[test]

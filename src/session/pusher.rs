@@ -346,9 +346,13 @@ impl Pusher {
         }
         conn.authorized.set(true);
         conn.push(success);
+        // Each watched user once (in the order given): a repeated id would otherwise get
+        // one identical frame per repetition at every transition.
+        let mut seen = std::collections::HashSet::with_capacity(user.watchlist.len());
         let mut watchlist: Vec<Arc<str>> = user
             .watchlist
             .iter()
+            .filter(|w| seen.insert(w.as_str()))
             .map(|w| Arc::from(w.as_str()))
             .collect();
         if watchlist.len() > MAX_WATCHLIST {
