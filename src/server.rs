@@ -347,6 +347,7 @@ async fn worker_main<R: Runtime>(start: WorkerStart) {
                     worker.clone(),
                     Rc::new(conn),
                     peer,
+                    Instant::now(),
                 )),
             },
         )

@@ -192,6 +192,7 @@ pub async fn serve<R: Runtime>(
     peer: SocketAddr,
     config: Arc<ServerConfig>,
 ) {
+    let accepted = std::time::Instant::now();
     let tls = match TlsConn::new(conn, config) {
         Ok(tls) => Rc::new(tls),
         Err(e) => {
@@ -208,10 +209,15 @@ pub async fn serve<R: Runtime>(
         )),
     };
     if let Err(e) = handshake {
+        if e.kind() == std::io::ErrorKind::TimedOut {
+            worker
+                .stats
+                .rejected(crate::metrics::Rejected::HandshakeTimeout);
+        }
         tracing::debug!(%peer, error = %e, "TLS handshake failed");
         return;
     }
-    crate::http::serve::<R, _>(worker, tls.clone(), peer).await;
+    crate::http::serve::<R, _>(worker, tls.clone(), peer, accepted).await;
     // The WebSocket session, if there is one, holds the connection and closes it itself.
     if Rc::strong_count(&tls) == 1 {
         use crate::runtime::Connection;

@@ -48,7 +48,15 @@ const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
 /// Serves one accepted connection: HTTP requests until it closes or upgrades, then the
 /// WebSocket session. `io` is the backend's connection, or TLS over it ([`crate::tls`]).
-pub async fn serve<R: Runtime, C: Connection>(worker: Rc<Worker>, io: Rc<C>, peer: SocketAddr) {
+///
+/// `accepted` is when the socket was accepted: the first request must be complete within
+/// `--handshake-timeout` of it, a TLS handshake included.
+pub async fn serve<R: Runtime, C: Connection>(
+    worker: Rc<Worker>,
+    io: Rc<C>,
+    peer: SocketAddr,
+    accepted: Instant,
+) {
     worker.http_conn_delta(true);
     let activity = Rc::new(Cell::new(Instant::now()));
     let upgrade: Rc<RefCell<Option<Session>>> = Rc::new(RefCell::new(None));
@@ -81,7 +89,12 @@ pub async fn serve<R: Runtime, C: Connection>(worker: Rc<Worker>, io: Rc<C>, pee
     let mut stopping = pin!(worker.http_stop.clone().cancelled_owned());
     let mut idle = pin!(R::sleep(idle_timeout));
     let mut closing = false;
-    let mut first_request = pin!(R::sleep(worker.config().handshake_timeout));
+    let mut first_request = pin!(R::sleep(
+        worker
+            .config()
+            .handshake_timeout
+            .saturating_sub(accepted.elapsed())
+    ));
     let mut timed_out = false;
     let res = poll_fn(|cx| {
         if !requested.get() && first_request.as_mut().poll(cx).is_ready() {
