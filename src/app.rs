@@ -444,11 +444,6 @@ impl Apps {
     pub fn iter(&self) -> impl Iterator<Item = &App> {
         self.apps.iter().map(|a| &**a)
     }
-
-    /// Whether any app still uses the public demo secret.
-    pub fn uses_demo_secret(&self) -> bool {
-        self.apps.iter().any(|a| a.secret == DEMO_APP_SECRET)
-    }
 }
 
 #[cfg(test)]

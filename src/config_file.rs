@@ -56,15 +56,8 @@ fn file_args(
     path: &Path,
     matches: &clap::ArgMatches,
 ) -> Result<(FileArgs, Option<Vec<App>>), ConfigError> {
-    let file = |key: &str, reason: String| ConfigError::File {
-        path: path.display().to_string(),
-        key: key.to_string(),
-        reason,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| file("-", format!("cannot read: {e}")))?;
-    let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-        file("-", format!("invalid TOML: {}", toml_error(&text, &e)))
-    })?;
+    let file = |key: &str, reason: String| file_error(path, key, reason);
+    let (text, mut table) = read_table(path)?;
 
     let apps = match table.remove("app") {
         None => None,
@@ -127,19 +120,35 @@ fn file_args(
 
 /// The `[[app]]` tables of a configuration file (for reloads).
 pub fn apps_of(path: &Path) -> Result<Vec<App>, ConfigError> {
-    let file = |key: &str, reason: String| ConfigError::File {
-        path: path.display().to_string(),
-        key: key.to_string(),
-        reason,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| file("-", format!("cannot read: {e}")))?;
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-        file("-", format!("invalid TOML: {}", toml_error(&text, &e)))
-    })?;
+    let file = |key: &str, reason: String| file_error(path, key, reason);
+    let (text, table) = read_table(path)?;
     if !table.contains_key("app") {
         return Err(file("app", "no [[app]] table".into()));
     }
     file_apps(&text).map_err(|reason| file("app", reason))
+}
+
+/// An error in the configuration file at `path`, at `key` (`-`: the file as a whole).
+fn file_error(path: &Path, key: &str, reason: String) -> ConfigError {
+    ConfigError::File {
+        path: path.display().to_string(),
+        key: key.to_string(),
+        reason,
+    }
+}
+
+/// The file's text and its top-level table.
+fn read_table(path: &Path) -> Result<(String, toml::Table), ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| file_error(path, "-", format!("cannot read: {e}")))?;
+    let table = text.parse().map_err(|e: toml::de::Error| {
+        file_error(
+            path,
+            "-",
+            format!("invalid TOML: {}", toml_error(&text, &e)),
+        )
+    })?;
+    Ok((text, table))
 }
 
 /// The `[[app]]` tables of a file's `text`, read from the text itself so that errors carry
@@ -168,11 +177,7 @@ fn blame_file(path: &Path, extra: &[(String, OsString)], e: clap::Error) -> Conf
         let flag = arg.to_string_lossy();
         let flag = flag.split('=').next().unwrap_or_default();
         if message.contains(&format!("'{flag}")) || message.contains(&format!("{flag} ")) {
-            return ConfigError::File {
-                path: path.display().to_string(),
-                key: key.clone(),
-                reason: first,
-            };
+            return file_error(path, key, first);
         }
     }
     ConfigError::Cli(e)

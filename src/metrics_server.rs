@@ -97,17 +97,9 @@ fn respond<B>(shared: &Arc<Shared>, req: &Request<B>) -> Response<Full<Bytes>> {
                 crate::metrics::hgrm(&h),
             )
         }
-        "/healthz" => {
-            let (_, body) = crate::http::health(shared, shared.shutdown.is_cancelled());
-            text(StatusCode::OK, "application/json", body)
-        }
-        "/readyz" => {
-            let (ready, body) = crate::http::health(shared, shared.shutdown.is_cancelled());
-            let status = if ready {
-                StatusCode::OK
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
+        path @ ("/healthz" | "/readyz") => {
+            let draining = shared.shutdown.is_cancelled();
+            let (status, body) = crate::http::health_reply(shared, path == "/readyz", draining);
             text(status, "application/json", body)
         }
         _ => text(

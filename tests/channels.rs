@@ -6,8 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    api, apps_file, channel_auth, eventually_api, one_per_worker, publish, Client, Server, APP_ID,
-    APP_KEY, APP_SECRET,
+    api, channel_auth, demo_app_with, eventually_api, one_per_worker, publish, Client, Server,
+    APP_ID, APP_KEY, APP_SECRET,
 };
 use serde_json::{json, Value};
 
@@ -28,13 +28,6 @@ fn data(msg: &Value) -> Value {
         Value::String(s) => serde_json::from_str(s).unwrap(),
         other => other.clone(),
     }
-}
-
-/// The demo app's credentials with extra per-app settings.
-fn demo_app_with(settings: &str) -> std::path::PathBuf {
-    apps_file(&format!(
-        "[[app]]\nid = \"{APP_ID}\"\nkey = \"{APP_KEY}\"\nsecret = \"{APP_SECRET}\"\n{settings}\n"
-    ))
 }
 
 async fn expect_subscription_error(c: &mut Client, channel: &str, status: u64) -> Value {

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{apps_file, one_per_worker, publish, Client, Server, APP_ID, APP_KEY, APP_SECRET};
+use common::{demo_app_with, one_per_worker, publish, Client, Server, APP_KEY};
 use serde_json::{json, Value};
 
 on_both_backends!(
@@ -15,12 +15,6 @@ on_both_backends!(
     client_events_need_the_app_to_enable_them,
     client_events_beyond_the_rate_get_4301,
 );
-
-fn demo_app_with(settings: &str) -> std::path::PathBuf {
-    apps_file(&format!(
-        "[[app]]\nid = \"{APP_ID}\"\nkey = \"{APP_KEY}\"\nsecret = \"{APP_SECRET}\"\n{settings}\n"
-    ))
-}
 
 async fn join_private(c: &mut Client, channel: &str) {
     c.send_private_subscribe(channel).await;

@@ -6,8 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    api, apps_file, close_code, send_raw, wait_closed, Client, Server, APP_ID, APP_KEY, APP_SECRET,
-    WAIT,
+    api, close_code, demo_app_with, send_raw, wait_closed, Client, Server, APP_ID, APP_KEY, WAIT,
 };
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,24 +19,6 @@ on_both_backends!(
     connections_per_ip_per_second_get_429,
 );
 
-fn demo_app_with(settings: &str) -> std::path::PathBuf {
-    apps_file(&format!(
-        "[[app]]\nid = \"{APP_ID}\"\nkey = \"{APP_KEY}\"\nsecret = \"{APP_SECRET}\"\n{settings}\n"
-    ))
-}
-
-/// The sum over workers of `name{…label="value"…}` in `/metrics`.
-async fn counted(server: &Server, name: &str, label: (&str, &str)) -> u64 {
-    let needle = format!("{}=\"{}\"", label.0, label.1);
-    server
-        .metrics_text()
-        .await
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(&needle))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum()
-}
-
 async fn app_connection_quota_closes_with_4004(backend: &'static str) {
     let apps = demo_app_with("max_connections = 2");
     let server = Server::start(backend, &["--apps-file", apps.to_str().unwrap()]);
@@ -46,12 +27,12 @@ async fn app_connection_quota_closes_with_4004(backend: &'static str) {
     let mut ws = Client::open(&server.ws_url(APP_KEY)).await;
     assert_eq!(close_code(&wait_closed(&mut ws).await), 4004);
     assert_eq!(
-        counted(
-            &server,
-            "ringcast_connections_rejected_total",
-            ("reason", "app_over_quota")
-        )
-        .await,
+        server
+            .metric_sum(
+                "ringcast_connections_rejected_total",
+                &[("reason", "app_over_quota")]
+            )
+            .await,
         1
     );
     // A slot freed is a slot to take.
@@ -108,12 +89,9 @@ async fn channel_limits_refuse_new_channels_only(backend: &'static str) {
         assert!(Instant::now() < deadline, "{msg}");
     }
     assert!(
-        counted(
-            &server,
-            "ringcast_rate_limited_total",
-            ("limit", "channels")
-        )
-        .await
+        server
+            .metric_sum("ringcast_rate_limited_total", &[("limit", "channels")])
+            .await
             >= 1
     );
 }
@@ -146,16 +124,15 @@ async fn api_request_rate_gets_429(backend: &'static str) {
     // Whatever second boundary the ten straddle, at most six pass.
     assert!(refused >= 4, "only {refused} refused");
     assert_eq!(
-        counted(
-            &server,
-            "ringcast_rate_limited_total",
-            ("limit", "api_requests")
-        )
-        .await,
+        server
+            .metric_sum("ringcast_rate_limited_total", &[("limit", "api_requests")])
+            .await,
         refused
     );
     assert_eq!(
-        counted(&server, "ringcast_http_requests_total", ("status", "429")).await,
+        server
+            .metric_sum("ringcast_http_requests_total", &[("status", "429")])
+            .await,
         refused
     );
 }
@@ -179,12 +156,12 @@ async fn silent_and_slow_clients_are_cut_off_at_the_handshake_timeout(backend: &
         assert!(!text.contains("101"), "{text}");
     }
     assert!(
-        counted(
-            &server,
-            "ringcast_connections_rejected_total",
-            ("reason", "handshake_timeout")
-        )
-        .await
+        server
+            .metric_sum(
+                "ringcast_connections_rejected_total",
+                &[("reason", "handshake_timeout")]
+            )
+            .await
             >= 1
     );
     // Prompt clients are unaffected.
@@ -208,12 +185,12 @@ async fn connections_per_ip_per_second_get_429(backend: &'static str) {
     }
     assert!(refused >= 4, "only {refused} refused");
     assert_eq!(
-        counted(
-            &server,
-            "ringcast_connections_rejected_total",
-            ("reason", "ip_rate")
-        )
-        .await,
+        server
+            .metric_sum(
+                "ringcast_connections_rejected_total",
+                &[("reason", "ip_rate")]
+            )
+            .await,
         refused
     );
     // The API is not counted against it.

@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{api, publish, send_raw, Client, Server, APP_ID, WAIT};
+use common::{api, publish, sample_sum as sum, send_raw, Client, Server, APP_ID, WAIT};
 use futures_util::SinkExt;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
@@ -19,40 +19,11 @@ on_both_backends!(
     readiness_flips_during_a_drain,
 );
 
-/// Every sample of `/metrics`: `name{labels}` → value.
-async fn samples(server: &Server) -> HashMap<String, f64> {
-    server
-        .metrics_text()
-        .await
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| {
-            let (k, v) = l.rsplit_once(' ').unwrap();
-            (k.to_string(), v.parse::<f64>().unwrap())
-        })
-        .collect()
-}
-
-/// The sum of every sample of `name` whose labels include all of `labels`.
-fn sum(samples: &HashMap<String, f64>, name: &str, labels: &[(&str, &str)]) -> f64 {
-    samples
-        .iter()
-        .filter(|(k, _)| {
-            let (n, rest) = k.split_once('{').unwrap_or((k, ""));
-            n == name
-                && labels
-                    .iter()
-                    .all(|(l, v)| rest.contains(&format!("{l}=\"{v}\"")))
-        })
-        .map(|(_, v)| v)
-        .sum()
-}
-
 /// Waits until `check` holds for the scraped samples.
 async fn eventually(server: &Server, what: &str, check: impl Fn(&HashMap<String, f64>) -> bool) {
     let deadline = Instant::now() + WAIT;
     loop {
-        let s = samples(server).await;
+        let s = server.metric_samples().await;
         if check(&s) {
             return;
         }
@@ -115,7 +86,7 @@ async fn a_scripted_scenario_shows_in_the_counts(backend: &'static str) {
             && sum(s, "ringcast_channels", &[("type", "private")]) == 1.0
     })
     .await;
-    let s = samples(&server).await;
+    let s = server.metric_samples().await;
     let http = |endpoint, status| {
         sum(
             &s,
@@ -230,7 +201,7 @@ async fn latency_histograms_fill_and_export_hgrm(backend: &'static str) {
             && sum(s, "ringcast_frame_processing_seconds_count", &[]) >= 8.0
     })
     .await;
-    let s = samples(&server).await;
+    let s = server.metric_samples().await;
     assert_eq!(
         sum(
             &s,

@@ -451,16 +451,12 @@ async fn silent_clients_are_cut_at_the_handshake_timeout(backend: &'static str) 
     server
         .wait_for_log("TLS handshake not completed in time")
         .await;
-    let rejected: u64 = server
-        .metrics_text()
-        .await
-        .lines()
-        .filter(|l| {
-            l.starts_with("ringcast_connections_rejected_total")
-                && l.contains("reason=\"handshake_timeout\"")
-        })
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum();
+    let rejected = server
+        .metric_sum(
+            "ringcast_connections_rejected_total",
+            &[("reason", "handshake_timeout")],
+        )
+        .await;
     assert_eq!(rejected, 2, "both stalled handshakes are counted");
 
     // A client that completes its handshake in time stays, past the timeout.

@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    api, apps_file, close_code, hmac_hex, one_per_worker, publish, Client, Server, APP_ID, APP_KEY,
-    APP_SECRET,
+    api, close_code, demo_app_with, hmac_hex, one_per_worker, publish, Client, Server, APP_ID,
+    APP_KEY, APP_SECRET,
 };
 use serde_json::{json, Value};
 
@@ -277,9 +277,7 @@ async fn duplicate_watchlist_entries_count_once(backend: &'static str) {
 }
 
 async fn unauthorized_connections_are_closed_after_the_apps_timeout(backend: &'static str) {
-    let apps = apps_file(&format!(
-        "[[app]]\nid = \"{APP_ID}\"\nkey = \"{APP_KEY}\"\nsecret = \"{APP_SECRET}\"\nauthorized_connections_timeout = 2\n"
-    ));
+    let apps = demo_app_with("authorized_connections_timeout = 2");
     let server = Server::start(backend, &["--apps-file", apps.to_str().unwrap()]);
     let mut anonymous = Client::connect(&server).await;
     let mut public_only = Client::connect(&server).await;

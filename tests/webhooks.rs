@@ -7,7 +7,9 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{apps_file, hmac_hex, publish, Client, Server, APP_ID, APP_KEY, APP_SECRET, WAIT};
+use common::{
+    apps_file, demo_app_with, hmac_hex, publish, Client, Server, APP_ID, APP_KEY, APP_SECRET, WAIT,
+};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -181,12 +183,6 @@ async fn read_request(s: &mut tokio::net::TcpStream) -> Option<Received> {
     })
 }
 
-fn demo_app_with(settings: &str) -> std::path::PathBuf {
-    apps_file(&format!(
-        "[[app]]\nid = \"{APP_ID}\"\nkey = \"{APP_KEY}\"\nsecret = \"{APP_SECRET}\"\nclient_events = true\n{settings}\n"
-    ))
-}
-
 fn unsubscribe(channel: &str) -> Value {
     json!({"event": "pusher:unsubscribe", "data": {"channel": channel}})
 }
@@ -250,7 +246,7 @@ async fn presence_client_event_and_cache_webhooks_respect_filters(backend: &'sta
     let all = Receiver::start(vec![]).await;
     let members_only = Receiver::start(vec![]).await;
     let apps = demo_app_with(&format!(
-        "subscription_count = true\n\n[[app.webhook]]\nurl = \"{}\"\n\n[[app.webhook]]\nurl = \"{}\"\nevents = [\"member_added\", \"member_removed\"]\n",
+        "client_events = true\nsubscription_count = true\n\n[[app.webhook]]\nurl = \"{}\"\n\n[[app.webhook]]\nurl = \"{}\"\nevents = [\"member_added\", \"member_removed\"]\n",
         all.url, members_only.url
     ));
     let server = Server::start(backend, &["--apps-file", apps.to_str().unwrap()]);
@@ -357,28 +353,20 @@ async fn failed_deliveries_are_retried_until_accepted(backend: &'static str) {
         vec![json!({"name": "channel_occupied", "channel": "flaky"})]
     );
     assert!(got[2].at.duration_since(got[1].at) > got[1].at.duration_since(got[0].at));
-    let text = reqwest::get(server.metrics_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let requests = |result: &'static str| {
+        let server = &server;
+        async move {
+            server
+                .metric_sum("ringcast_webhook_requests_total", &[("result", result)])
+                .await
+        }
+    };
     let deadline = Instant::now() + WAIT;
-    let mut text = text;
-    while !text.contains("ringcast_webhook_requests_total{result=\"delivered\"} 1") {
-        assert!(Instant::now() < deadline, "{text}");
+    while requests("delivered").await != 1 {
+        assert!(Instant::now() < deadline, "{}", server.metrics_text().await);
         tokio::time::sleep(Duration::from_millis(50)).await;
-        text = reqwest::get(server.metrics_url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
     }
-    assert!(
-        text.contains("ringcast_webhook_requests_total{result=\"failed\"} 2"),
-        "{text}"
-    );
+    assert_eq!(requests("failed").await, 2);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(rx.all().len(), 3, "nothing sent again once accepted");
 }

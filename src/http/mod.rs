@@ -211,16 +211,8 @@ async fn respond<R: Runtime>(
     }
     let get = req.method() == Method::GET || req.method() == Method::HEAD;
     match path {
-        "/healthz" if get => {
-            let (_, body) = health(&worker.shared, draining);
-            json(StatusCode::OK, body)
-        }
-        "/readyz" if get => {
-            let (ready, body) = health(&worker.shared, draining);
-            let status = match ready {
-                true => StatusCode::OK,
-                false => StatusCode::SERVICE_UNAVAILABLE,
-            };
+        "/healthz" | "/readyz" if get => {
+            let (status, body) = health_reply(&worker.shared, path == "/readyz", draining);
             json(status, body)
         }
         "/metrics" if get => error(
@@ -330,6 +322,21 @@ fn allow_ip(worker: &Worker, ip: std::net::IpAddr) -> bool {
 
 /// How long a worker may go without its once-a-second sweep before it counts as stuck.
 pub const STUCK_AFTER_SECS: f64 = 5.0;
+
+/// The status and body of `/healthz` (`readiness: false`: 200 while the process answers)
+/// or `/readyz` (503 unless ready), on either listener.
+pub fn health_reply(
+    shared: &crate::worker::Shared,
+    readiness: bool,
+    draining: bool,
+) -> (StatusCode, String) {
+    let (ready, body) = health(shared, draining);
+    let status = match ready || !readiness {
+        true => StatusCode::OK,
+        false => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    (status, body)
+}
 
 /// Readiness and the per-worker report behind `/healthz` and `/readyz`: ready unless
 /// shutting down or a worker has not swept for [`STUCK_AFTER_SECS`].

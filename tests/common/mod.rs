@@ -219,6 +219,24 @@ impl Server {
         resp.text().await.unwrap()
     }
 
+    /// Every sample of `/metrics`: `name{labels}` → value.
+    pub async fn metric_samples(&self) -> std::collections::HashMap<String, f64> {
+        self.metrics_text()
+            .await
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(|l| {
+                let (k, v) = l.rsplit_once(' ').unwrap();
+                (k.to_string(), v.parse::<f64>().unwrap())
+            })
+            .collect()
+    }
+
+    /// The sum of every sample of `name` in `/metrics` whose labels include `labels`.
+    pub async fn metric_sum(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        sample_sum(&self.metric_samples().await, name, labels) as u64
+    }
+
     /// A Prometheus metric, per worker, from `/metrics`.
     pub async fn metrics(&self, name: &str) -> Vec<u64> {
         let text = self.metrics_text().await;
@@ -538,6 +556,14 @@ pub fn channel_auth(
     format!("{key}:{}", hmac_hex(secret, &text))
 }
 
+/// An apps file with the demo app's credentials and `settings` (more keys of its
+/// `[[app]]` table, then any further tables).
+pub fn demo_app_with(settings: &str) -> std::path::PathBuf {
+    apps_file(&format!(
+        "[[app]]\nid = \"{APP_ID}\"\nkey = \"{APP_KEY}\"\nsecret = \"{APP_SECRET}\"\n{settings}\n"
+    ))
+}
+
 /// Writes an apps file into a fresh temporary directory and returns its path.
 pub fn apps_file(toml: &str) -> std::path::PathBuf {
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -622,4 +648,23 @@ pub async fn one_per_worker(server: &Server, key: &str, workers: u64) -> Vec<Cli
         }
     }
     panic!("connections did not spread over {workers} workers");
+}
+
+/// The sum of every sample of `name` whose labels include all of `labels`.
+pub fn sample_sum(
+    samples: &std::collections::HashMap<String, f64>,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> f64 {
+    samples
+        .iter()
+        .filter(|(k, _)| {
+            let (n, rest) = k.split_once('{').unwrap_or((k, ""));
+            n == name
+                && labels
+                    .iter()
+                    .all(|(l, v)| rest.contains(&format!("{l}=\"{v}\"")))
+        })
+        .map(|(_, v)| v)
+        .sum()
 }
