@@ -15,7 +15,7 @@ use hdrhistogram::Histogram;
 use crate::cli::{ConnectArgs, Target};
 use crate::machine::{self, Sockstat};
 use crate::pool;
-use crate::progress::{Coordinator, Tick};
+use crate::progress::{Coordinator, IntervalMeter, Tick};
 use crate::pusher::{self, Incoming};
 use crate::report::{self, Harness, Server, Summary, Verdict};
 use crate::stats::{self, now_ns, record, Percentiles};
@@ -287,8 +287,7 @@ async fn thread_main(plan: Arc<Plan>, me: usize) -> anyhow::Result<Histogram<u64
     for i in (me..plan.n).step_by(plan.threads) {
         tokio::task::spawn_local(connection(plan.clone(), state.clone(), i));
     }
-    let mut cpu = pool::thread_cpu_ns();
-    let mut last = plan.start_ns;
+    let mut meter = IntervalMeter::new(me, plan.start_ns);
     for index in 0u64.. {
         let at = plan.start_ns + (index + 1) * 1_000_000_000;
         while now_ns() < at {
@@ -299,20 +298,16 @@ async fn thread_main(plan: Arc<Plan>, me: usize) -> anyhow::Result<Histogram<u64
             tokio::time::sleep(Duration::from_millis(20).min(Duration::from_nanos(at - now_ns())))
                 .await;
         }
-        let (now, now_cpu) = (now_ns(), pool::thread_cpu_ns());
         let tick = {
             let mut st = state.borrow_mut();
-            Tick {
-                thread: me,
+            let hist = std::mem::replace(&mut st.interval, stats::histogram());
+            meter.tick(
                 index,
-                hist: std::mem::replace(&mut st.interval, stats::histogram()),
-                received: std::mem::take(&mut st.opened_interval),
-                connections: st.open,
-                cpu_ns: now_cpu - cpu,
-                wall_ns: now - last,
-            }
+                hist,
+                std::mem::take(&mut st.opened_interval),
+                st.open,
+            )
         };
-        (cpu, last) = (now_cpu, now);
         let _ = plan.ticks.lock().expect("not poisoned").send(tick);
     }
     unreachable!("the loop returns")

@@ -23,7 +23,7 @@ use crate::cli::{Distribution, FanoutArgs, Target, Via};
 use crate::http::ApiClient;
 use crate::machine;
 use crate::pool;
-use crate::progress::{Coordinator, Tick};
+use crate::progress::{Coordinator, IntervalMeter, Tick};
 use crate::pusher::{self, Incoming};
 use crate::report::{self, Harness, Server, Summary, Verdict};
 use crate::stats::{self, latency_us, now_ns, record, Percentiles, SeqTracker};
@@ -584,31 +584,23 @@ async fn ticker(plan: Arc<Plan>, state: Rc<RefCell<ThreadState>>, me: usize) {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let mut cpu = pool::thread_cpu_ns();
-    let mut last = plan.t0();
+    let mut meter = IntervalMeter::new(me, plan.t0());
     for index in 0u64.. {
         let at = plan.t0() + (index + 1) * 1_000_000_000;
         tokio::time::sleep(Duration::from_nanos(at.saturating_sub(now_ns()))).await;
         if plan.stop.load(Relaxed) {
             return;
         }
-        let now_cpu = pool::thread_cpu_ns();
-        let now = now_ns();
         let tick = {
             let mut st = state.borrow_mut();
             let hist = std::mem::replace(&mut st.interval, stats::histogram());
-            Tick {
-                thread: me,
+            meter.tick(
                 index,
                 hist,
-                received: std::mem::take(&mut st.received_interval),
-                connections: st.connections,
-                cpu_ns: now_cpu - cpu,
-                wall_ns: now - last,
-            }
+                std::mem::take(&mut st.received_interval),
+                st.connections,
+            )
         };
-        cpu = now_cpu;
-        last = now;
         if plan.ticks.lock().expect("not poisoned").send(tick).is_err() {
             return;
         }

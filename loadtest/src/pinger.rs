@@ -15,7 +15,7 @@ use hdrhistogram::Histogram;
 use crate::cli::{PingArgs, Target};
 use crate::machine;
 use crate::pool;
-use crate::progress::{Coordinator, Tick};
+use crate::progress::{Coordinator, IntervalMeter, Tick};
 use crate::pusher::{self, Incoming};
 use crate::report::{self, Harness, Server, Summary, Verdict};
 use crate::stats::{self, latency_us, now_ns, record, Percentiles};
@@ -249,7 +249,7 @@ async fn thread_main(plan: Arc<Plan>, me: usize) -> anyhow::Result<(Histogram<u6
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let t0 = plan.t0_ns.load(Relaxed);
-    let (mut cpu, mut last) = (pool::thread_cpu_ns(), t0);
+    let mut meter = IntervalMeter::new(me, t0);
     for index in 0u64.. {
         let at = t0 + (index + 1) * 1_000_000_000;
         while now_ns() < at {
@@ -260,20 +260,11 @@ async fn thread_main(plan: Arc<Plan>, me: usize) -> anyhow::Result<(Histogram<u6
             tokio::time::sleep(Duration::from_millis(20).min(Duration::from_nanos(at - now_ns())))
                 .await;
         }
-        let (now, now_cpu) = (now_ns(), pool::thread_cpu_ns());
         let tick = {
             let mut st = state.borrow_mut();
-            Tick {
-                thread: me,
-                index,
-                hist: std::mem::replace(&mut st.interval, stats::histogram()),
-                received: std::mem::take(&mut st.pongs_interval),
-                connections: st.open,
-                cpu_ns: now_cpu - cpu,
-                wall_ns: now - last,
-            }
+            let hist = std::mem::replace(&mut st.interval, stats::histogram());
+            meter.tick(index, hist, std::mem::take(&mut st.pongs_interval), st.open)
         };
-        (cpu, last) = (now_cpu, now);
         let _ = plan.ticks.lock().expect("not poisoned").send(tick);
     }
     unreachable!("the loop returns")

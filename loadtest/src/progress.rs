@@ -32,6 +32,47 @@ pub struct Tick {
     pub wall_ns: u64,
 }
 
+/// A harness thread's interval clock: turns what the thread counted in an interval into
+/// its [`Tick`], with the thread's CPU and wall time since the previous one.
+pub struct IntervalMeter {
+    thread: usize,
+    cpu: u64,
+    last: u64,
+}
+
+impl IntervalMeter {
+    /// Starts measuring thread `thread` at `start` ([`stats::now_ns`] time).
+    pub fn new(thread: usize, start: u64) -> Self {
+        Self {
+            thread,
+            cpu: crate::pool::thread_cpu_ns(),
+            last: start,
+        }
+    }
+
+    /// The tick for interval `index`, ending now.
+    pub fn tick(
+        &mut self,
+        index: u64,
+        hist: Histogram<u64>,
+        received: u64,
+        connections: u64,
+    ) -> Tick {
+        let (now, now_cpu) = (stats::now_ns(), crate::pool::thread_cpu_ns());
+        let tick = Tick {
+            thread: self.thread,
+            index,
+            hist,
+            received,
+            connections,
+            cpu_ns: now_cpu - self.cpu,
+            wall_ns: now - self.last,
+        };
+        (self.cpu, self.last) = (now_cpu, now);
+        tick
+    }
+}
+
 #[derive(Default)]
 struct Agg {
     threads: usize,

@@ -24,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::cli::{SelftestArgs, Target};
 use crate::pool;
-use crate::progress::{Coordinator, Tick};
+use crate::progress::{Coordinator, IntervalMeter, Tick};
 use crate::pusher::{self, Incoming};
 use crate::report::{self, Harness, Summary, Verdict};
 use crate::stats::{self, latency_us, now_ns, record, Percentiles, SeqTracker};
@@ -348,7 +348,7 @@ async fn receiver_thread(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let t0 = shared.t0.load(Relaxed);
-    let (mut cpu, mut last) = (pool::thread_cpu_ns(), t0);
+    let mut meter = IntervalMeter::new(me, t0);
     for index in 0u64.. {
         let at = t0 + (index + 1) * 1_000_000_000;
         while now_ns() < at && !shared.stop.load(Relaxed) {
@@ -360,20 +360,16 @@ async fn receiver_thread(
         // On stop, the last (partial) interval is still reported, so that short runs count
         // their CPU time too.
         let stopping = shared.stop.load(Relaxed);
-        let (now, now_cpu) = (now_ns(), pool::thread_cpu_ns());
         let tick = {
             let mut st = state.borrow_mut();
-            Tick {
-                thread: me,
+            let hist = std::mem::replace(&mut st.interval, stats::histogram());
+            meter.tick(
                 index,
-                hist: std::mem::replace(&mut st.interval, stats::histogram()),
-                received: std::mem::take(&mut st.received_interval),
-                connections: st.open,
-                cpu_ns: now_cpu - cpu,
-                wall_ns: now - last,
-            }
+                hist,
+                std::mem::take(&mut st.received_interval),
+                st.open,
+            )
         };
-        (cpu, last) = (now_cpu, now);
         let _ = shared.ticks.lock().expect("not poisoned").send(tick);
         if stopping {
             break;
