@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use crate::cli::CompareArgs;
-use crate::report::{fmt_num, Summary, Verdict};
+use crate::numfmt::fmt_num;
+use crate::report::{Summary, Verdict};
 
 fn load(path: &Path) -> anyhow::Result<Summary> {
     let file: PathBuf = if path.is_dir() {

@@ -21,6 +21,7 @@ mod connect;
 mod fanout;
 mod http;
 mod machine;
+mod numfmt;
 mod pinger;
 mod pool;
 mod progress;

@@ -9,8 +9,10 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::machine::Machine;
+use crate::numfmt::fmt_num;
 use crate::progress::IntervalPoint;
 use crate::stats::Percentiles;
+use crate::svg;
 
 /// Whether the run found errors (loss, duplicates, reordering, failed publishes…).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,7 +161,7 @@ pub fn write(out: &Path, summary: &Summary, hist: &Histogram<u64>) -> anyhow::Re
     std::fs::write(out.join("latency.hgrm"), hgrm(hist))?;
     std::fs::write(
         out.join("latency.svg"),
-        crate::svg::percentile_plot(&[(summary.label.as_str(), &summary.distribution)]),
+        svg::percentile_plot(&[(summary.label.as_str(), &summary.distribution)]),
     )?;
     print(summary);
     eprintln!("results in {}", out.display());
@@ -222,15 +224,6 @@ fn print(s: &Summary) {
         }
     );
     eprint!("{t}");
-}
-
-/// A figure for humans: integers without decimals, others with three.
-pub fn fmt_num(v: f64) -> String {
-    if v.fract() == 0.0 && v.abs() < 1e15 {
-        format!("{}", v as i64)
-    } else {
-        format!("{v:.3}")
-    }
 }
 
 /// The command line that started this run.

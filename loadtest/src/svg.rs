@@ -3,6 +3,8 @@
 
 use std::fmt::Write as _;
 
+use crate::numfmt::fmt_num;
+
 const W: f64 = 900.0;
 const H: f64 = 520.0;
 const LEFT: f64 = 80.0;
@@ -92,7 +94,7 @@ pub fn percentile_plot(series: &[(&str, &Vec<[f64; 2]>)]) -> String {
             r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
             LEFT - 6.0,
             y + 4.0,
-            crate::report::fmt_num((ms * 1000.0).round() / 1000.0)
+            fmt_num((ms * 1000.0).round() / 1000.0)
         );
     }
     let _ = writeln!(

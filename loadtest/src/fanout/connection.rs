@@ -1,0 +1,70 @@
+//! Opening a Pusher connection for a subscriber or a client-event publisher: connect from
+//! the planned source address, wait for the socket id, subscribe to channels.
+
+use std::time::Duration;
+
+use anyhow::bail;
+
+use crate::pusher::{self, Incoming};
+use crate::wsclient::{self, WsConn};
+
+use super::schedule::Plan;
+
+/// Reads until `want` matches a message; fails on errors or after 10 s.
+async fn wait_for<T>(
+    conn: &mut WsConn,
+    mut want: impl FnMut(Incoming<'_>) -> Option<anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut found = None;
+        let open = tokio::time::timeout_at(
+            deadline,
+            conn.recv_frames(|op, p| {
+                if op == 1 && found.is_none() {
+                    found = want(pusher::classify(p));
+                }
+            }),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within 10 s"))??;
+        if let Some(r) = found {
+            return r;
+        }
+        if !open {
+            bail!("connection closed");
+        }
+    }
+}
+
+/// Connects, waits for the socket id, subscribes to `channels`.
+pub(super) async fn connect_subscribed(
+    plan: &Plan,
+    global: usize,
+    channels: &[&str],
+) -> anyhow::Result<(WsConn, String)> {
+    let source = plan.source_ips.as_ref().map(|ips| ips[global % ips.len()]);
+    let stream = wsclient::tcp_connect(plan.target.ws_addr, source).await?;
+    let mut conn =
+        wsclient::handshake(stream, &plan.target, &pusher::ws_path(&plan.target)).await?;
+    let socket_id = wait_for(&mut conn, |m| match m {
+        Incoming::Established(id) => Some(Ok(id)),
+        Incoming::Error(e) => Some(Err(anyhow::anyhow!("{}", String::from_utf8_lossy(e)))),
+        _ => None,
+    })
+    .await?;
+    for ch in channels {
+        conn.send(&pusher::subscribe(&plan.target, &socket_id, ch))
+            .await?;
+        wait_for(&mut conn, |m| match m {
+            Incoming::Subscribed => Some(Ok(())),
+            Incoming::Error(e) => Some(Err(anyhow::anyhow!(
+                "subscribing to {ch}: {}",
+                String::from_utf8_lossy(e)
+            ))),
+            _ => None,
+        })
+        .await?;
+    }
+    Ok((conn, socket_id))
+}
