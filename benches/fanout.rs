@@ -9,10 +9,11 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ringcast::hub::{ChannelKey, ChannelRef, LocalChannels};
-use ringcast::metrics::{now_ns, LatencyRecorder};
+use ringcast::app::{ChannelKey, ChannelRef};
+use ringcast::clock::now_ns;
+use ringcast::hub::{Conn, LocalChannels};
+use ringcast::metrics::LatencyRecorder;
 use ringcast::protocol::{messages, SocketId};
-use ringcast::session::conn::{Conn, Protocol};
 
 fn fanout(c: &mut Criterion) {
     run(c, "fanout_one_frame", false);
@@ -39,7 +40,7 @@ fn run(c: &mut Criterion, group: &str, measured: bool) {
                         seq: i as u64,
                     },
                     Some(0),
-                    Protocol::Pusher,
+                    true,
                     1 << 20,
                 ));
                 channels.add(&key, &conn);

@@ -1,6 +1,6 @@
 //! serde_json against simd-json, by document size, for the two JSON paths: client control
 //! messages (tiny) and API request bodies (up to ~100 KB). The crossover sets
-//! `ringcast::api::json::SIMD_JSON_THRESHOLD`.
+//! `ringcast::api::json::SIMD_JSON_BATCH_MAX`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use serde::Deserialize;

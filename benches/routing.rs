@@ -5,9 +5,9 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
-use ringcast::hub::{ChannelIndex, ChannelKey, ChannelRef, LocalChannels};
+use ringcast::app::{ChannelKey, ChannelRef};
+use ringcast::hub::{ChannelIndex, Conn, LocalChannels};
 use ringcast::protocol::SocketId;
-use ringcast::session::conn::{Conn, Protocol};
 
 const CHANNELS: usize = 1_000_000;
 
@@ -24,7 +24,7 @@ fn routing(c: &mut Criterion) {
                 seq: i as u64,
             },
             Some(0),
-            Protocol::Pusher,
+            true,
             1 << 20,
         ));
         local.add(&ChannelKey::new(0, name), &conn);

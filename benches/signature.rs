@@ -2,7 +2,7 @@
 //! constant time), with the official example from Pusher's documentation.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use ringcast::api::auth;
+use ringcast::protocol::signature as auth;
 
 fn signature(c: &mut Criterion) {
     let body = br#"{"name":"foo","channels":["project-3"],"data":"{\"some\":\"data\"}"}"#;

@@ -58,15 +58,14 @@
 
 pub mod api;
 pub mod app;
+pub mod clock;
 pub mod config;
-pub mod config_file;
 pub mod http;
 pub mod hub;
-pub mod limits;
 pub mod logging;
 pub mod metrics;
-pub mod metrics_server;
 pub mod protocol;
+pub mod pusher;
 pub mod runtime;
 pub mod server;
 pub mod session;

@@ -4,8 +4,7 @@
 
 use std::process::ExitCode;
 
-use ringcast::config::{Cli, Command, Config, ConfigCommand, ConfigError};
-use ringcast::config_file;
+use ringcast::config::{file as config_file, Cli, Command, Config, ConfigCommand, ConfigError};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -33,14 +32,14 @@ fn serve(cli: Cli) -> ExitCode {
     }
     ringcast::logging::log_panics();
     ringcast::runtime::affinity::raise_open_files_limit();
-    let config = match Config::from_cli(&cli) {
-        Ok(c) => c,
+    let resolved = match Config::from_cli(&cli) {
+        Ok(r) => r,
         Err(e) => {
             tracing::error!("{e}");
             return ExitCode::from(2);
         }
     };
-    match ringcast::server::run(config) {
+    match ringcast::server::run(resolved.config, resolved.apps) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -62,8 +61,8 @@ fn check(file: &std::path::Path) -> ExitCode {
         Err(e) => return config_error(e),
     };
     match Config::from_cli(&cli) {
-        Ok(config) => {
-            print!("{}", config_file::describe(&cli, &config));
+        Ok(resolved) => {
+            print!("{}", config_file::describe(&cli, &resolved.apps));
             eprintln!("ringcast: {} is valid", file.display());
             ExitCode::SUCCESS
         }

@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context as _};
 use tokio_util::sync::CancellationToken;
 
+use crate::app::Apps;
 use crate::config::Config;
-use crate::hub::{self, ChannelIndex, InboxReceiver};
-use crate::metrics::WorkerStats;
+use crate::hub::{inbox, ChannelIndex, InboxReceiver, LocalBroker};
+use crate::metrics::Telemetry;
 use crate::runtime::{self, affinity, epoll::Epoll, uring::Uring, Backend, Runtime};
 use crate::session;
 use crate::tls::Tls;
@@ -21,8 +22,6 @@ use crate::worker::{Shared, Worker};
 
 /// Messages each worker inbox can hold.
 const INBOX_CAPACITY: usize = 16 * 1024;
-/// Most cache channels whose last event is kept (over all apps).
-const MAX_CACHED_CHANNELS: usize = 100_000;
 
 enum Event {
     Signal(i32),
@@ -30,7 +29,7 @@ enum Event {
 }
 
 /// Runs the server until SIGTERM/SIGINT and a graceful drain, or until a worker fails.
-pub fn run(config: Config) -> anyhow::Result<()> {
+pub fn run(config: Config, apps: Apps) -> anyhow::Result<()> {
     let choice = runtime::select_backend(config.io).map_err(|e| anyhow!(e))?;
     match choice.backend {
         Backend::Uring => {
@@ -60,36 +59,35 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let listeners = runtime::bind_listeners(addr, config.workers)
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listeners[0].local_addr()?;
-    let metrics_listener = crate::metrics_server::bind(config.metrics_addr).with_context(|| {
-        format!(
-            "cannot listen for metrics on {} (change --metrics-host/--metrics-port)",
-            config.metrics_addr
-        )
-    })?;
+    let metrics_listener =
+        crate::metrics::listener::bind(config.metrics_addr).with_context(|| {
+            format!(
+                "cannot listen for metrics on {} (change --metrics-host/--metrics-port)",
+                config.metrics_addr
+            )
+        })?;
 
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..config.workers)
-        .map(|_| hub::inbox(INBOX_CAPACITY))
+        .map(|_| inbox::inbox(INBOX_CAPACITY))
         .unzip();
     let workers = config.workers;
-    let apps = Arc::new(arc_swap::ArcSwap::from_pointee(config.apps.clone()));
-    let webhooks = Webhooks::start(apps.clone()).context("cannot start the webhook sender")?;
+    let apps = Arc::new(arc_swap::ArcSwap::from_pointee(apps));
+    let shutdown = CancellationToken::new();
+    let telemetry = Arc::new(Telemetry::new(workers, choice.backend, shutdown.clone()));
+    let webhooks = Webhooks::start(apps.clone(), telemetry.webhooks.clone())
+        .context("cannot start the webhook sender")?;
+    let index = Arc::new(ChannelIndex::default());
     let shared = Arc::new(Shared {
-        stats: (0..workers)
-            .map(|_| Arc::new(WorkerStats::default()))
-            .collect(),
         config,
-        backend: choice.backend,
-        index: ChannelIndex::default(),
+        apps,
+        telemetry,
+        broker: Arc::new(LocalBroker::new(index.clone())),
+        index,
         inboxes: senders,
         connections: AtomicUsize::new(0),
-        shutdown: CancellationToken::new(),
-        started: Instant::now(),
-        presence: Default::default(),
-        users: Default::default(),
-        cache: hub::EventCache::new(MAX_CACHED_CHANNELS),
+        shutdown,
         webhooks,
         ip_rate: Default::default(),
-        apps,
     });
 
     let (events_tx, events_rx) = crossbeam_channel::unbounded::<Event>();
@@ -159,7 +157,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let signals = spawn_signal_thread(events_tx.clone())?;
     tracing::info!(addr = %local, workers, backend = %choice.backend, "listening");
     let metrics_addr = metrics_listener.local_addr()?;
-    crate::metrics_server::start(metrics_listener, shared.clone())
+    crate::metrics::listener::start(metrics_listener, shared.telemetry.clone())
         .context("cannot start the metrics thread")?;
     tracing::info!(addr = %metrics_addr, "metrics endpoint (/metrics, /metrics/latency.hgrm, /healthz, /readyz)");
     if shared.config.demo_app {
@@ -229,8 +227,14 @@ fn join_all(threads: Vec<std::thread::JoinHandle<()>>) {
 fn reload_apps(shared: &Shared) {
     use crate::config::AppsSource;
     let (path, loaded) = match &shared.config.apps_source {
-        AppsSource::AppsFile(p) => (p, crate::app::Apps::from_file(p).map_err(|e| e.to_string())),
-        AppsSource::ConfigFile(p) => (p, crate::config_file::apps_of(p).map_err(|e| e.to_string())),
+        AppsSource::AppsFile(p) => (
+            p,
+            crate::config::file::apps_file(p).map_err(|e| e.to_string()),
+        ),
+        AppsSource::ConfigFile(p) => (
+            p,
+            crate::config::file::apps_of(p).map_err(|e| e.to_string()),
+        ),
         AppsSource::CommandLine => {
             tracing::info!("SIGHUP: apps come from the command line; nothing to reload");
             return;
@@ -320,15 +324,12 @@ async fn worker_main<R: Runtime>(start: WorkerStart) {
             me.clone(),
         )
     });
-    {
-        let worker = worker.clone();
-        R::spawn(async move { hub::run_inbox(&worker).await });
-    }
+    R::spawn(worker.clone().run_inbox());
     R::spawn(session::sweeper::<R>(worker.clone()));
-    worker.stats.heartbeat.store(
-        crate::metrics::now_ns(),
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    worker
+        .stats
+        .heartbeat
+        .store(crate::clock::now_ns(), std::sync::atomic::Ordering::Relaxed);
     let _ = ready.send((index, Ok(())));
 
     let accepting = {
@@ -336,16 +337,16 @@ async fn worker_main<R: Runtime>(start: WorkerStart) {
         R::accept_loop(
             listener,
             shared.shutdown.clone(),
-            move |conn, peer| match &tls {
-                Some(tls) => R::spawn(crate::tls::serve::<R>(
+            move |socket, peer| match &tls {
+                Some(tls) => R::spawn(crate::http::serve_tls::<R>(
                     worker.clone(),
-                    conn,
+                    socket,
                     peer,
                     tls.clone(),
                 )),
                 None => R::spawn(crate::http::serve::<R, _>(
                     worker.clone(),
-                    Rc::new(conn),
+                    socket,
                     peer,
                     Instant::now(),
                 )),

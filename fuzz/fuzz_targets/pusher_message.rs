@@ -4,8 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ringcast::api::{auth, json};
-use ringcast::protocol::{channel, client, SocketId};
+use ringcast::api::json;
+use ringcast::protocol::{channel, client, signature, SocketId};
 
 #[derive(serde::Deserialize)]
 #[allow(dead_code)]
@@ -24,8 +24,8 @@ fuzz_target!(|input: &[u8]| {
         if let Some(id) = SocketId::parse(text) {
             assert_eq!(SocketId::parse(&id.to_string()), Some(id));
         }
-        if let Ok(params) = auth::parse_query(Some(text)) {
-            let _ = auth::string_to_sign("POST", "/apps/1/events", &params);
+        if let Ok(params) = signature::parse_query(Some(text)) {
+            let _ = signature::string_to_sign("POST", "/apps/1/events", &params);
         }
     }
     let body = bytes::Bytes::copy_from_slice(input);

@@ -4,11 +4,10 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::auth::Params;
-use super::ApiError;
-use crate::app::AppIdx;
-use crate::hub::ChannelRef;
+use super::{unavailable, ApiError};
+use crate::app::{AppIdx, ChannelRef};
 use crate::protocol::channel::{self, ChannelKind};
+use crate::protocol::signature::Params;
 use crate::worker::Worker;
 
 fn info_attrs(params: &Params, allowed: &[&str]) -> Result<Vec<String>, ApiError> {
@@ -33,7 +32,7 @@ fn info_attrs(params: &Params, allowed: &[&str]) -> Result<Vec<String>, ApiError
 }
 
 /// `GET /apps/{id}/channels?filter_by_prefix=…&info=…`: occupied channels.
-pub(super) fn list(worker: &Worker, app: AppIdx, params: &Params) -> Result<Bytes, ApiError> {
+pub(super) async fn list(worker: &Worker, app: AppIdx, params: &Params) -> Result<Bytes, ApiError> {
     let prefix = params.get("filter_by_prefix").map_or("", String::as_str);
     let attrs = info_attrs(params, &["user_count", "subscription_count"])?;
     if attrs.iter().any(|a| a == "user_count") && !prefix.starts_with("presence-") {
@@ -41,21 +40,20 @@ pub(super) fn list(worker: &Worker, app: AppIdx, params: &Params) -> Result<Byte
             "user_count is only available when filter_by_prefix limits the list to presence- channels",
         ));
     }
+    let broker = &worker.shared.broker;
     let mut channels = serde_json::Map::new();
-    let mut found = worker.shared.index.channels(app, prefix);
+    let mut found = broker.channels(app, prefix).await.map_err(unavailable)?;
     found.sort_by(|a, b| a.0.cmp(&b.0));
-    for (name, occupancy) in found {
+    for (name, subscription_count) in found {
         let mut v = serde_json::Map::new();
         for a in &attrs {
             match a.as_str() {
                 "subscription_count" => {
-                    v.insert(a.clone(), occupancy.subscription_count.into());
+                    v.insert(a.clone(), subscription_count.into());
                 }
                 _ => {
-                    let users = worker
-                        .shared
-                        .presence
-                        .user_count(ChannelRef { app, name: &name });
+                    let r = ChannelRef { app, name: &name };
+                    let users = broker.channel(r).await.map_err(unavailable)?.user_count;
                     v.insert(a.clone(), users.into());
                 }
             }
@@ -68,7 +66,7 @@ pub(super) fn list(worker: &Worker, app: AppIdx, params: &Params) -> Result<Byte
 }
 
 /// `GET /apps/{id}/channels/{name}?info=…`.
-pub(super) fn info(
+pub(super) async fn info(
     worker: &Worker,
     app: AppIdx,
     name: &str,
@@ -78,17 +76,17 @@ pub(super) fn info(
         .map_err(|e| ApiError::bad_request(format!("invalid channel {name:?}: {e}")))?;
     let attrs = info_attrs(params, &["user_count", "subscription_count", "cache"])?;
     let key = ChannelRef { app, name };
-    let occupancy = worker.shared.index.get(key);
+    let broker = &worker.shared.broker;
+    let state = broker.channel(key).await.map_err(unavailable)?;
     let mut out = serde_json::Map::new();
-    out.insert("occupied".into(), occupancy.is_some().into());
+    out.insert("occupied".into(), (state.subscription_count > 0).into());
     for a in attrs {
         match a.as_str() {
             "subscription_count" => {
-                out.insert(a, occupancy.map_or(0, |o| o.subscription_count).into());
+                out.insert(a, state.subscription_count.into());
             }
             "user_count" if kind.is_presence() => {
-                let users = worker.shared.presence.user_count(key);
-                out.insert(a, users.into());
+                out.insert(a, state.user_count.into());
             }
             "user_count" => {
                 return Err(ApiError::bad_request(
@@ -96,7 +94,8 @@ pub(super) fn info(
                 ))
             }
             _ if kind.is_cache() => {
-                let cached = worker.shared.cache.get(key).map(|c| {
+                let cached = broker.cached(key).await.map_err(unavailable)?;
+                let cached = cached.map(|c| {
                     let ttl = c
                         .expires
                         .saturating_duration_since(Instant::now())
@@ -116,7 +115,7 @@ pub(super) fn info(
 }
 
 /// `GET /apps/{id}/channels/{name}/users`.
-pub(super) fn users(worker: &Worker, app: AppIdx, name: &str) -> Result<Bytes, ApiError> {
+pub(super) async fn users(worker: &Worker, app: AppIdx, name: &str) -> Result<Bytes, ApiError> {
     let kind = channel::parse(name)
         .map_err(|e| ApiError::bad_request(format!("invalid channel {name:?}: {e}")))?;
     if !matches!(kind, ChannelKind::Presence | ChannelKind::PresenceCache) {
@@ -124,12 +123,15 @@ pub(super) fn users(worker: &Worker, app: AppIdx, name: &str) -> Result<Bytes, A
             "users are only available for presence channels",
         ));
     }
-    let users: Vec<serde_json::Value> = worker
+    let members = worker
         .shared
-        .presence
-        .members(ChannelRef { app, name })
+        .broker
+        .presence(ChannelRef { app, name })
+        .await
+        .map_err(unavailable)?;
+    let users: Vec<serde_json::Value> = members
         .iter()
-        .map(|id| serde_json::json!({ "id": &**id }))
+        .map(|m| serde_json::json!({ "id": &*m.user_id }))
         .collect();
     Ok(serde_json::json!({ "users": users }).to_string().into())
 }

@@ -8,15 +8,13 @@ use serde::Deserialize;
 
 use super::json::{from_body, string_or_json, Shape};
 use super::ApiError;
-use crate::app::AppIdx;
-use crate::hub::{self, ChannelKey, ChannelRef, Delivery};
+use crate::app::{AppIdx, ChannelKey, ChannelRef};
+use crate::config::Limits;
+use crate::hub::Delivery;
 use crate::protocol::channel::{self, ChannelKind};
-use crate::protocol::{messages, SocketId};
+use crate::protocol::{messages, SocketId, MAX_EVENT_NAME_LEN};
 use crate::runtime::Runtime;
 use crate::worker::Worker;
-
-/// Longest event name (Laravel names events after PHP classes, so anything else goes).
-const MAX_EVENT_NAME_LEN: usize = 200;
 
 #[derive(Deserialize)]
 struct EventBody {
@@ -82,8 +80,7 @@ fn parse_info(info: Option<&str>) -> Result<Info, ApiError> {
     Ok(out)
 }
 
-fn check(worker: &Worker, body: EventBody, batch: bool) -> Result<Event, ApiError> {
-    let limits = &worker.config().limits;
+fn check(limits: &Limits, body: EventBody, batch: bool) -> Result<Event, ApiError> {
     let name = body
         .name
         .ok_or_else(|| ApiError::bad_request("missing event name"))?;
@@ -154,19 +151,31 @@ fn check(worker: &Worker, body: EventBody, batch: bool) -> Result<Event, ApiErro
 
 fn deliveries(worker: &Worker, app: AppIdx, events: &[Event]) -> Vec<Delivery> {
     // Accepted now: the publish latency runs from here to each subscriber's write.
-    let published = crate::metrics::now_ns();
+    let published_at = crate::clock::now_ns();
+    let ttl = std::time::Duration::from_secs(worker.app(app).cache_ttl);
     events
         .iter()
         .flat_map(|e| {
             e.channels.iter().map(move |c| {
                 // Encoded once; every subscriber on every worker gets these bytes.
                 let frame = messages::event_frame(&e.name, Some(c), &e.data);
-                worker.remember(app, c, &frame, &e.name, &e.data);
+                let channel = ChannelKey::new(app, c);
+                if channel::parse(c).is_ok_and(ChannelKind::is_cache) {
+                    // Kept before it is published, so a subscriber arriving meanwhile may
+                    // get it twice (cached, then live) but never misses it.
+                    worker.shared.broker.remember(
+                        channel.clone(),
+                        frame.clone(),
+                        &e.name,
+                        &e.data,
+                        ttl,
+                    );
+                }
                 Delivery {
-                    channel: ChannelKey::new(app, c),
+                    channel,
                     frame,
                     except: e.except,
-                    published,
+                    published_at,
                 }
             })
         })
@@ -174,36 +183,30 @@ fn deliveries(worker: &Worker, app: AppIdx, events: &[Event]) -> Vec<Delivery> {
 }
 
 /// `{"name":{"subscription_count":N,…},…}` for the attributes asked for.
-fn channel_info(
+async fn channel_info(
     worker: &Worker,
     app: AppIdx,
     channels: &[String],
     info: Info,
-) -> serde_json::Value {
+) -> Result<serde_json::Value, ApiError> {
     let mut out = serde_json::Map::new();
     for c in channels {
         let mut attrs = serde_json::Map::new();
-        let occupancy = worker
+        let state = worker
             .shared
-            .index
-            .get(ChannelRef { app, name: c })
-            .unwrap_or_default();
+            .broker
+            .channel(ChannelRef { app, name: c })
+            .await
+            .map_err(super::unavailable)?;
         if info.subscription_count {
-            attrs.insert(
-                "subscription_count".into(),
-                occupancy.subscription_count.into(),
-            );
+            attrs.insert("subscription_count".into(), state.subscription_count.into());
         }
         if info.user_count && channel::parse(c).is_ok_and(ChannelKind::is_presence) {
-            let users = worker
-                .shared
-                .presence
-                .user_count(ChannelRef { app, name: c });
-            attrs.insert("user_count".into(), users.into());
+            attrs.insert("user_count".into(), state.user_count.into());
         }
         out.insert(c.clone(), attrs.into());
     }
-    out.into()
+    Ok(out.into())
 }
 
 /// Publishes in a task of its own, so a publisher that disconnects mid-request cannot
@@ -217,10 +220,10 @@ async fn publish<R: Runtime>(
     let deliveries = deliveries(worker, app, events);
     let worker = worker.clone();
     R::spawn(async move {
-        let _ = tx.send(hub::publish(&worker, deliveries).await);
+        let _ = tx.send(worker.publish(deliveries).await);
     });
     match rx.await {
-        Ok(res) => res.map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
+        Ok(res) => res.map_err(ApiError::from),
         // Only when the worker itself is going away.
         Err(_) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -237,12 +240,12 @@ pub(super) async fn trigger<R: Runtime>(
 ) -> Result<Bytes, ApiError> {
     let body: EventBody = from_body(body, Shape::Event)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
-    let event = check(worker, body, false)?;
+    let event = check(&worker.config().limits, body, false)?;
     let events = [event];
     publish::<R>(worker, app, &events).await?;
     let [event] = events;
     if event.info.any() {
-        let channels = channel_info(worker, app, &event.channels, event.info);
+        let channels = channel_info(worker, app, &event.channels, event.info).await?;
         return Ok(serde_json::json!({ "channels": channels })
             .to_string()
             .into());
@@ -271,7 +274,7 @@ pub(super) async fn trigger_batch<R: Runtime>(
         .into_iter()
         .enumerate()
         .map(|(i, e)| {
-            check(worker, e, true).map_err(|mut err| {
+            check(&worker.config().limits, e, true).map_err(|mut err| {
                 err.message = format!("batch[{i}]: {}", err.message);
                 err
             })
@@ -279,13 +282,11 @@ pub(super) async fn trigger_batch<R: Runtime>(
         .collect::<Result<Vec<_>, _>>()?;
     publish::<R>(worker, app, &events).await?;
     if events.iter().any(|e| e.info.any()) {
-        let batch: Vec<serde_json::Value> = events
-            .iter()
-            .map(|e| {
-                let info = channel_info(worker, app, &e.channels, e.info);
-                info.get(&e.channels[0]).cloned().unwrap_or_default()
-            })
-            .collect();
+        let mut batch = Vec::with_capacity(events.len());
+        for e in &events {
+            let info = channel_info(worker, app, &e.channels, e.info).await?;
+            batch.push(info.get(&e.channels[0]).cloned().unwrap_or_default());
+        }
         return Ok(serde_json::json!({ "batch": batch }).to_string().into());
     }
     Ok(Bytes::from_static(b"{}"))

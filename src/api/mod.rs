@@ -1,30 +1,32 @@
-//! The Pusher HTTP API: `/apps/{app_id}/…`, signed as Pusher's server SDKs sign.
+//! The Pusher HTTP API: `/apps/{app_id}/…`, signed as Pusher's server SDKs sign
+//! ([`crate::protocol::signature`]).
 //!
-//! Every error a request can cause is answered here, in one place, with an HTTP status and
-//! a JSON body `{"error": "…"}`.
+//! Every error a request can cause is decided here, in one place, as an [`ApiError`]: an
+//! HTTP status and a message, which [`crate::http`] sends as `{"error": "…"}`.
 
-pub mod auth;
 mod channels;
 mod events;
 pub mod json;
 
 use std::rc::Rc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
 
-use crate::http::{error, HttpResponse};
+use crate::metrics::Limited as LimitedBy;
+use crate::protocol::signature;
 use crate::runtime::Runtime;
-use crate::worker::Worker;
+use crate::worker::{PublishError, Worker};
 
 /// How long a client may take to send a request body.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An API failure: the status and message of the JSON error reply.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{status}: {message}")]
 pub struct ApiError {
     /// HTTP status.
     pub status: StatusCode,
@@ -59,16 +61,26 @@ enum Route<'a> {
     TerminateConnections(&'a str),
 }
 
-/// Handles a request under `/apps/` (and `/users/{id}/terminate_connections`, which one
-/// server SDK sends without the `/apps/{app_id}` prefix).
-pub async fn handle<R: Runtime>(worker: &Rc<Worker>, req: Request<Incoming>) -> HttpResponse {
-    match handle_inner::<R>(worker, req).await {
-        Ok(body) => crate::http::json(StatusCode::OK, body),
-        Err(e) => {
-            tracing::debug!(status = %e.status, error = %e.message, "API request refused");
-            error(e.status, &e.message)
-        }
+impl From<PublishError> for ApiError {
+    /// A publish that did not reach every subscriber: 503, so the caller knows (and may
+    /// retry); never a silent drop.
+    fn from(e: PublishError) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
     }
+}
+
+/// Handles a request under `/apps/` (and `/users/{id}/terminate_connections`, which one
+/// server SDK sends without the `/apps/{app_id}` prefix): the JSON body of a `200`, or why
+/// not.
+pub async fn handle<R: Runtime>(
+    worker: &Rc<Worker>,
+    req: Request<Incoming>,
+) -> Result<Bytes, ApiError> {
+    let res = handle_inner::<R>(worker, req).await;
+    if let Err(e) = &res {
+        tracing::debug!(status = %e.status, error = %e.message, "API request refused");
+    }
+    res
 }
 
 async fn handle_inner<R: Runtime>(
@@ -128,15 +140,13 @@ async fn handle_inner<R: Runtime>(
         })?
     };
 
-    let params = auth::parse_query(query.as_deref())
+    let params = signature::parse_query(query.as_deref())
         .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()))?;
     let app_cfg = apps.get(app).clone();
     drop(apps);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    auth::verify(
-        &auth::Signed {
+    let now = crate::clock::unix_secs();
+    signature::verify(
+        &signature::Signed {
             method: method.as_str(),
             path: &path,
             params: &params,
@@ -158,7 +168,7 @@ async fn handle_inner<R: Runtime>(
         .counters
         .allow_api_request(now, app_cfg.max_api_requests_per_second)
     {
-        worker.stats.limited(crate::metrics::Limited::ApiRequests);
+        worker.stats.limited(LimitedBy::ApiRequests);
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             format!(
@@ -171,26 +181,27 @@ async fn handle_inner<R: Runtime>(
     match route.0 {
         Route::Events => events::trigger::<R>(worker, app, &body).await,
         Route::BatchEvents => events::trigger_batch::<R>(worker, app, &body).await,
-        Route::Channels => channels::list(worker, app, &params),
-        Route::Channel(name) => channels::info(worker, app, &decode_segment(name)?, &params),
-        Route::ChannelUsers(name) => channels::users(worker, app, &decode_segment(name)?),
+        Route::Channels => channels::list(worker, app, &params).await,
+        Route::Channel(name) => channels::info(worker, app, &decode_segment(name)?, &params).await,
+        Route::ChannelUsers(name) => channels::users(worker, app, &decode_segment(name)?).await,
         Route::TerminateConnections(user) => {
             let user = decode_segment(user)?;
             if user.is_empty() {
                 return Err(ApiError::bad_request("missing user id"));
             }
-            crate::hub::send_to_all(
-                worker,
-                crate::hub::WorkerMsg::Terminate {
-                    app,
-                    user: user.into(),
-                },
-            )
-            .await
-            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+            let msg = crate::hub::broker::UserMsg::Terminate {
+                app,
+                user: user.into(),
+            };
+            worker.send_to_users(msg).await?;
             Ok(Bytes::from_static(b"{}"))
         }
     }
+}
+
+/// A broker that cannot answer: 503, like a full inbox.
+fn unavailable(e: crate::hub::BrokerError) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
 }
 
 fn decode_segment(s: &str) -> Result<String, ApiError> {

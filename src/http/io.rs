@@ -1,9 +1,9 @@
-//! hyper's IO traits over the owned-buffer [`Connection`] seam.
+//! hyper's IO traits over the owned-buffer seam ([`Socket`]).
 //!
-//! Reads go through the connection's receiver, which is poll-based and holds no buffer
-//! while waiting; after a `101`, [`HyperIo::into_leftover`] hands that same receiver (on
-//! io_uring, with its multishot receive still armed) to the WebSocket session, with any
-//! bytes already received. Writes are collected and sent on flush.
+//! Reads go through the socket's reader, which is poll-based and holds no buffer while
+//! waiting; after a `101`, [`HyperIo::into_leftover`] hands that same reader (on io_uring,
+//! with its multishot receive still armed) to the WebSocket session, with any bytes already
+//! received. Writes are collected and sent on flush, one write at a time.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -15,31 +15,34 @@ use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use crate::runtime::{Connection, Leftover, Receive};
+use crate::runtime::{Leftover, Reader, Socket, Writer, Written};
 
-type PendingIo = Pin<Box<dyn Future<Output = io::Result<()>>>>;
+type PendingWrite<W> = Pin<Box<dyn Future<Output = Written<W>>>>;
+type PendingShutdown = Pin<Box<dyn Future<Output = io::Result<()>>>>;
 
 /// Writes above this size are flushed before more are accepted.
 const MAX_WRITE_BUF: usize = 64 * 1024;
 
-/// A [`Connection`] as hyper's `Read + Write`.
-pub struct HyperIo<S: Connection> {
-    io: Rc<S>,
-    rbuf: BytesMut,
+/// A [`Socket`] as hyper's `Read + Write`.
+pub struct HyperIo<S: Socket> {
     rx: S::Reader,
+    rbuf: BytesMut,
+    /// The writer, while no write is in flight.
+    writer: Option<S::Writer>,
     wbuf: BytesMut,
-    write: Option<PendingIo>,
-    shutdown: Option<PendingIo>,
+    write: Option<PendingWrite<S::Writer>>,
+    shutdown: Option<PendingShutdown>,
     activity: Rc<Cell<Instant>>,
 }
 
-impl<S: Connection> HyperIo<S> {
-    /// Wraps `io`; `activity` is set to the time of each read or write.
-    pub fn new(io: Rc<S>, activity: Rc<Cell<Instant>>) -> Self {
+impl<S: Socket> HyperIo<S> {
+    /// Wraps `socket`; `activity` is set to the time of each read or write.
+    pub fn new(socket: S, activity: Rc<Cell<Instant>>) -> Self {
+        let (rx, writer) = socket.split();
         Self {
-            rx: io.reader(),
-            io,
+            rx,
             rbuf: BytesMut::new(),
+            writer: Some(writer),
             wbuf: BytesMut::new(),
             write: None,
             shutdown: None,
@@ -47,39 +50,54 @@ impl<S: Connection> HyperIo<S> {
         }
     }
 
-    /// Takes the connection back after an upgrade: flushes what hyper wrote, and returns
-    /// the bytes received after the request (`hyper_buf`, which hyper had buffered, then
-    /// what this adapter still holds) and any read in flight.
+    /// Takes the socket back after an upgrade: flushes what hyper wrote, and returns the
+    /// writer, and the bytes received after the request (`hyper_buf`, which hyper had
+    /// buffered, then what this adapter still holds) with the reader.
     pub async fn into_leftover(
         mut self,
         hyper_buf: Bytes,
-    ) -> io::Result<(Rc<S>, Leftover<S::Reader>)> {
+    ) -> io::Result<(S::Writer, Leftover<S::Reader>)> {
         std::future::poll_fn(|cx| self.poll_flush_inner(cx)).await?;
         let mut buf = BytesMut::with_capacity(hyper_buf.len() + self.rbuf.len());
         buf.extend_from_slice(&hyper_buf);
         buf.extend_from_slice(&self.rbuf);
-        Ok((self.io, Leftover { buf, rx: self.rx }))
+        let writer = self.writer.take().ok_or_else(gone)?;
+        Ok((writer, Leftover { buf, rx: self.rx }))
+    }
+
+    /// Takes the writer back once hyper is done with the connection (to shut it down).
+    pub async fn into_writer(mut self) -> io::Result<S::Writer> {
+        std::future::poll_fn(|cx| self.poll_flush_inner(cx)).await?;
+        self.writer.take().ok_or_else(gone)
     }
 
     fn poll_flush_inner(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             if let Some(w) = self.write.as_mut() {
-                let res = ready!(w.as_mut().poll(cx));
+                let done = ready!(w.as_mut().poll(cx));
                 self.write = None;
-                res?;
+                self.writer = Some(done.writer);
+                done.result?;
                 self.activity.set(Instant::now());
             }
             if self.wbuf.is_empty() {
                 return Poll::Ready(Ok(()));
             }
             let bytes = self.wbuf.split().freeze();
-            let io = self.io.clone();
-            self.write = Some(Box::pin(async move { io.write_all(bytes).await }));
+            let writer = self.writer.take().ok_or_else(gone)?;
+            self.write = Some(Box::pin(writer.write(vec![bytes])));
         }
     }
 }
 
-impl<S: Connection> hyper::rt::Read for HyperIo<S> {
+fn gone() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "the connection's writer is gone",
+    )
+}
+
+impl<S: Socket> hyper::rt::Read for HyperIo<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -101,7 +119,7 @@ impl<S: Connection> hyper::rt::Read for HyperIo<S> {
     }
 }
 
-impl<S: Connection> hyper::rt::Write for HyperIo<S> {
+impl<S: Socket> hyper::rt::Write for HyperIo<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -121,12 +139,11 @@ impl<S: Connection> hyper::rt::Write for HyperIo<S> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        ready!(this.poll_flush_inner(cx))?;
         if this.shutdown.is_none() {
-            let io = this.io.clone();
-            this.shutdown = Some(Box::pin(async move { io.shutdown().await }));
+            ready!(this.poll_flush_inner(cx))?;
+            let writer = this.writer.take().ok_or_else(gone)?;
+            this.shutdown = Some(Box::pin(writer.shutdown()));
         }
-        let res = ready!(this.shutdown.as_mut().expect("set above").as_mut().poll(cx));
-        Poll::Ready(res)
+        this.shutdown.as_mut().expect("set above").as_mut().poll(cx)
     }
 }

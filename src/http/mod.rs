@@ -1,5 +1,5 @@
-//! HTTP/1.1 through hyper, on both backends: the API, health, metrics and the WebSocket
-//! upgrade. After a `101` the connection leaves hyper for the native framing path
+//! HTTP/1.1 through hyper, on both backends, after TLS if enabled: the API, health and the
+//! WebSocket upgrade. After a `101` the connection leaves hyper for the native framing path
 //! ([`crate::session`]).
 
 pub mod io;
@@ -19,9 +19,11 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, UPGRADE};
 use hyper::{Method, Request, Response, StatusCode};
 
+use crate::metrics::{Endpoint, Rejected};
 use crate::protocol::codes;
-use crate::runtime::{Connection, Runtime};
-use crate::session::{self, Session};
+use crate::runtime::{Runtime, Socket, Writer, SHUTDOWN_TIMEOUT};
+use crate::session::{self, Protocol};
+use crate::tls::TlsSocket;
 use crate::worker::Worker;
 use crate::ws::handshake::{self, HandshakeError};
 
@@ -43,23 +45,58 @@ pub fn error(status: StatusCode, message: &str) -> HttpResponse {
 }
 
 /// How long a connection being closed (idle, or at the end of a drain) may take to finish
-/// its last response before it is dropped: a client that stops reading cannot hold it.
-const CLOSE_GRACE: Duration = Duration::from_secs(10);
+/// its last response, and an upgraded one to write its `101`, before it is dropped: a
+/// client that stops reading cannot hold it.
+const LAST_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves one accepted connection: HTTP requests until it closes or upgrades, then the
-/// WebSocket session. `io` is the backend's connection, or TLS over it ([`crate::tls`]).
+/// Serves one accepted socket over TLS: the handshake (within `--handshake-timeout`), then
+/// HTTP and any WebSocket session exactly as on a plain socket.
+pub async fn serve_tls<R: Runtime>(
+    worker: Rc<Worker>,
+    socket: R::Socket,
+    peer: SocketAddr,
+    config: std::sync::Arc<rustls::ServerConfig>,
+) {
+    let accepted = Instant::now();
+    let tls = match TlsSocket::<R>::new(socket, config) {
+        Ok(tls) => tls,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "cannot start a TLS connection");
+            return;
+        }
+    };
+    let handshake = tokio::select! {
+        biased;
+        r = tls.handshake() => r,
+        _ = R::sleep(worker.config().handshake_timeout) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "TLS handshake not completed in time",
+        )),
+    };
+    if let Err(e) = handshake {
+        if e.kind() == std::io::ErrorKind::TimedOut {
+            worker.stats.rejected(Rejected::HandshakeTimeout);
+        }
+        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+        return;
+    }
+    serve::<R, _>(worker, tls, peer, accepted).await;
+}
+
+/// Serves one accepted socket: HTTP requests until it closes or upgrades, then the
+/// WebSocket session. `socket` is the backend's, or TLS over it ([`serve_tls`]).
 ///
 /// `accepted` is when the socket was accepted: the first request must be complete within
 /// `--handshake-timeout` of it, a TLS handshake included.
-pub async fn serve<R: Runtime, C: Connection>(
+pub async fn serve<R: Runtime, S: Socket>(
     worker: Rc<Worker>,
-    io: Rc<C>,
+    socket: S,
     peer: SocketAddr,
     accepted: Instant,
 ) {
     worker.http_conn_delta(true);
     let activity = Rc::new(Cell::new(Instant::now()));
-    let upgrade: Rc<RefCell<Option<Session>>> = Rc::new(RefCell::new(None));
+    let upgrade: Rc<RefCell<Option<Protocol>>> = Rc::new(RefCell::new(None));
 
     // Until the first request arrives, the connection is on the clock (slowloris and
     // stalled TLS handshakes alike).
@@ -81,7 +118,7 @@ pub async fn serve<R: Runtime, C: Connection>(
         .timer(R::timer())
         .header_read_timeout(worker.config().handshake_timeout)
         .max_buf_size(64 * 1024);
-    let mut conn = builder.serve_connection(io::HyperIo::new(io.clone(), activity.clone()), svc);
+    let mut conn = builder.serve_connection(io::HyperIo::new(socket, activity.clone()), svc);
 
     // Run hyper until the connection ends or upgrades, closing it gracefully when the
     // connection stays idle too long, or at the end of a shutdown's drain.
@@ -114,7 +151,7 @@ pub async fn serve<R: Runtime, C: Connection>(
             if close {
                 Pin::new(&mut conn).graceful_shutdown();
                 closing = true;
-                idle.set(R::sleep(CLOSE_GRACE));
+                idle.set(R::sleep(LAST_RESPONSE_TIMEOUT));
             }
         } else if idle.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Err(None));
@@ -124,40 +161,47 @@ pub async fn serve<R: Runtime, C: Connection>(
     .await;
     worker.http_conn_delta(false);
 
-    match res {
-        Ok(()) => {}
+    let upgraded = match res {
+        Ok(()) => upgrade.borrow_mut().take(),
         Err(Some(e)) => {
             tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
-            return;
+            None
         }
         Err(None) if timed_out => {
-            worker
-                .stats
-                .rejected(crate::metrics::Rejected::HandshakeTimeout);
+            worker.stats.rejected(Rejected::HandshakeTimeout);
             tracing::debug!(%peer, timeout = ?worker.config().handshake_timeout, "connection closed: no complete request within --handshake-timeout");
-            return;
+            None
         }
         Err(None) => {
             tracing::debug!(%peer, "HTTP connection dropped: its last response did not finish in time");
-            return;
+            None
         }
-    }
-    let Some(session) = upgrade.borrow_mut().take() else {
-        return;
     };
     let parts = conn.into_parts();
-    drop(io);
+    let Some(protocol) = upgraded else {
+        // Done with HTTP: end the connection (with close_notify over TLS), for a bounded time.
+        tokio::select! {
+            biased;
+            _ = async {
+                if let Ok(writer) = parts.io.into_writer().await {
+                    let _ = writer.shutdown().await;
+                }
+            } => {}
+            _ = R::sleep(SHUTDOWN_TIMEOUT) => {}
+        }
+        return;
+    };
     let handover = tokio::select! {
         biased;
         r = parts.io.into_leftover(parts.read_buf) => r,
-        _ = R::sleep(CLOSE_GRACE) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the 101 response was not taken")),
+        _ = R::sleep(LAST_RESPONSE_TIMEOUT) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the 101 response was not taken")),
     };
     match handover {
-        Ok((io, leftover)) => {
+        Ok((writer, leftover)) => {
             tracing::trace!(%peer, buffered = leftover.buf.len(), "upgraded");
             // A task of its own: this one's state (hyper's connection) is freed, and a
             // WebSocket holds only what its session needs.
-            R::spawn(session::run::<R, C>(worker, io, leftover, session));
+            R::spawn(session::run::<S>(worker, writer, leftover, protocol));
         }
         Err(e) => tracing::debug!(%peer, error = %e, "connection lost during the upgrade"),
     }
@@ -165,15 +209,15 @@ pub async fn serve<R: Runtime, C: Connection>(
 
 async fn route<R: Runtime>(
     worker: Rc<Worker>,
-    upgrade: Rc<RefCell<Option<Session>>>,
+    upgrade: Rc<RefCell<Option<Protocol>>>,
     req: Request<Incoming>,
     ip: std::net::IpAddr,
 ) -> Result<HttpResponse, Infallible> {
-    let endpoint = crate::metrics::Endpoint::of(req.uri().path());
+    let endpoint = Endpoint::of(req.uri().path());
     // One reading of the drain state per request: a `/readyz` answer and its
     // `Connection: close` always agree.
     let draining = worker.is_shutting_down();
-    let mut resp = if endpoint == crate::metrics::Endpoint::Upgrade && !allow_ip(&worker, ip) {
+    let mut resp = if endpoint == Endpoint::Upgrade && !allow_ip(&worker, ip) {
         error(
             StatusCode::TOO_MANY_REQUESTS,
             "too many new connections from this address: try again in a second",
@@ -192,27 +236,32 @@ async fn route<R: Runtime>(
 
 async fn respond<R: Runtime>(
     worker: &Rc<Worker>,
-    upgrade: &RefCell<Option<Session>>,
+    upgrade: &RefCell<Option<Protocol>>,
     req: Request<Incoming>,
     draining: bool,
 ) -> HttpResponse {
     let path = req.uri().path();
     if let Some(key) = path.strip_prefix("/app/") {
-        let session = pusher_session(worker, key, req.uri().query());
-        return accept_upgrade(&req, session, upgrade);
+        let protocol = pusher_protocol(worker, key, req.uri().query());
+        return accept_upgrade(&req, protocol, upgrade);
     }
     if worker.config().echo_path.as_deref() == Some(path) {
-        return accept_upgrade(&req, Session::Echo, upgrade);
+        return accept_upgrade(&req, Protocol::Echo, upgrade);
     }
     if path.starts_with("/apps/")
         || (path.starts_with("/users/") && path.ends_with("/terminate_connections"))
     {
-        return crate::api::handle::<R>(worker, req).await;
+        return match crate::api::handle::<R>(worker, req).await {
+            Ok(body) => json(StatusCode::OK, body),
+            Err(e) => error(e.status, &e.message),
+        };
     }
     let get = req.method() == Method::GET || req.method() == Method::HEAD;
     match path {
         "/healthz" | "/readyz" if get => {
-            let (status, body) = health_reply(&worker.shared, path == "/readyz", draining);
+            let telemetry = &worker.shared.telemetry;
+            let (status, body) =
+                crate::metrics::health::reply(telemetry, path == "/readyz", draining);
             json(status, body)
         }
         "/metrics" if get => error(
@@ -225,7 +274,7 @@ async fn respond<R: Runtime>(
                 "name": "ringcast",
                 "version": env!("CARGO_PKG_VERSION"),
                 "protocol": 7,
-                "backend": worker.shared.backend.to_string(),
+                "backend": worker.shared.telemetry.backend.to_string(),
             })
             .to_string(),
         ),
@@ -236,8 +285,8 @@ async fn respond<R: Runtime>(
 
 /// Decides what a `/app/{key}` connection becomes. Problems with the app or the protocol
 /// version are reported after the upgrade, with the close codes Pusher clients act on.
-fn pusher_session(worker: &Worker, key: &str, query: Option<&str>) -> Session {
-    let refuse = |code, reason: String| Session::PusherRefused { code, reason };
+fn pusher_protocol(worker: &Worker, key: &str, query: Option<&str>) -> Protocol {
+    let refuse = |code, reason: String| Protocol::PusherRefused { code, reason };
     let apps = worker.shared.apps.load();
     let Some(app) = apps.by_key(key) else {
         return refuse(
@@ -275,13 +324,13 @@ fn pusher_session(worker: &Worker, key: &str, query: Option<&str>) -> Session {
             ),
         );
     }
-    Session::Pusher(app)
+    Protocol::Pusher(app)
 }
 
 fn accept_upgrade(
     req: &Request<Incoming>,
-    session: Session,
-    upgrade: &RefCell<Option<Session>>,
+    protocol: Protocol,
+    upgrade: &RefCell<Option<Protocol>>,
 ) -> HttpResponse {
     if req.method() != Method::GET {
         return error(StatusCode::METHOD_NOT_ALLOWED, "WebSocket upgrades use GET");
@@ -296,7 +345,7 @@ fn accept_upgrade(
         }
         Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
     };
-    *upgrade.borrow_mut() = Some(session);
+    *upgrade.borrow_mut() = Some(protocol);
     let mut r = Response::new(Full::new(Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = r.headers_mut();
@@ -309,84 +358,14 @@ fn accept_upgrade(
 /// Counts a WebSocket upgrade from `ip` against `--max-connections-per-ip-per-second`.
 fn allow_ip(worker: &Worker, ip: std::net::IpAddr) -> bool {
     let limit = worker.config().limits.max_connections_per_ip_per_second;
-    let second = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    if worker.shared.ip_rate.allow(ip, second, limit) {
+    if worker
+        .shared
+        .ip_rate
+        .allow(ip, crate::clock::unix_secs(), limit)
+    {
         return true;
     }
-    worker.stats.rejected(crate::metrics::Rejected::IpRate);
+    worker.stats.rejected(Rejected::IpRate);
     tracing::debug!(%ip, limit, "upgrade refused: too many new connections from this address");
     false
-}
-
-/// How long a worker may go without its once-a-second sweep before it counts as stuck.
-pub const STUCK_AFTER_SECS: f64 = 5.0;
-
-/// The status and body of `/healthz` (`readiness: false`: 200 while the process answers)
-/// or `/readyz` (503 unless ready), on either listener.
-pub fn health_reply(
-    shared: &crate::worker::Shared,
-    readiness: bool,
-    draining: bool,
-) -> (StatusCode, String) {
-    let (ready, body) = health(shared, draining);
-    let status = match ready || !readiness {
-        true => StatusCode::OK,
-        false => StatusCode::SERVICE_UNAVAILABLE,
-    };
-    (status, body)
-}
-
-/// Readiness and the per-worker report behind `/healthz` and `/readyz`: ready unless
-/// shutting down or a worker has not swept for [`STUCK_AFTER_SECS`].
-pub fn health(shared: &crate::worker::Shared, draining: bool) -> (bool, String) {
-    let workers: Vec<serde_json::Value> = shared
-        .stats
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let age = crate::metrics::heartbeat_age(s);
-            serde_json::json!({
-                "worker": i,
-                "alive": age < STUCK_AFTER_SECS,
-                "heartbeat_age_seconds": (age * 1000.0).round() / 1000.0,
-                "connections": s.connections.load(std::sync::atomic::Ordering::Relaxed),
-            })
-        })
-        .collect();
-    let ages: Vec<f64> = shared
-        .stats
-        .iter()
-        .map(|s| crate::metrics::heartbeat_age(s))
-        .collect();
-    let (ready, status) = assess(draining, &ages);
-    let body = serde_json::json!({ "status": status, "workers": workers });
-    (ready, body.to_string())
-}
-
-/// Readiness from the drain state and each worker's heartbeat age (seconds).
-fn assess(draining: bool, heartbeat_ages: &[f64]) -> (bool, &'static str) {
-    if draining {
-        (false, "shutting down")
-    } else if heartbeat_ages.iter().any(|&a| a >= STUCK_AFTER_SECS) {
-        (false, "worker stuck")
-    } else {
-        (true, "ready")
-    }
-}
-
-#[cfg(test)]
-mod health_tests {
-    use super::*;
-
-    #[test]
-    fn a_stuck_worker_or_a_drain_makes_the_server_unready() {
-        assert_eq!(assess(false, &[0.5, 1.2]), (true, "ready"));
-        assert_eq!(
-            assess(false, &[0.5, STUCK_AFTER_SECS + 1.0]),
-            (false, "worker stuck")
-        );
-        assert_eq!(assess(true, &[0.5, 0.5]), (false, "shutting down"));
-    }
 }

@@ -1,4 +1,5 @@
-//! A worker's inbox: the one way work crosses from one worker thread to another.
+//! A worker's inbox: the one way work crosses to a worker thread — from another worker, or
+//! from the broker.
 //!
 //! A bounded crossbeam channel carries the messages; an atomic flag plus an `AtomicWaker`
 //! wakes the receiving worker's inbox task, whichever runtime it runs on. Senders never
@@ -13,7 +14,8 @@ use std::task::Poll;
 use atomic_waker::AtomicWaker;
 use bytes::Bytes;
 
-use crate::hub::ChannelKey;
+use super::broker::{Answer, UserMsg};
+use crate::app::ChannelKey;
 use crate::protocol::SocketId;
 
 /// One event frame for one channel's subscribers on the receiving worker.
@@ -25,9 +27,9 @@ pub struct Delivery {
     pub frame: Bytes,
     /// A connection that must not receive it (the publisher's own socket).
     pub except: Option<SocketId>,
-    /// When the HTTP API accepted it ([`crate::metrics::now_ns`]), for the publish
-    /// latency histogram; 0 for events not measured (client and internal events).
-    pub published: u64,
+    /// When the HTTP API accepted it ([`crate::clock::now_ns`]), for the publish latency
+    /// histogram; 0 for events not measured (client and internal events).
+    pub published_at: u64,
 }
 
 /// A message to a worker.
@@ -35,23 +37,10 @@ pub struct Delivery {
 pub enum WorkerMsg {
     /// Deliver these frames to local subscribers, in order.
     Deliver(Vec<Delivery>),
-    /// Close the connections signed in as this user (`terminate_connections`).
-    Terminate {
-        /// The app.
-        app: crate::app::AppIdx,
-        /// The user id.
-        user: std::sync::Arc<str>,
-    },
-    /// A user came online (first sign-in) or went offline (last signed-in connection
-    /// gone): tell the connections watching it.
-    Watchlist {
-        /// The app.
-        app: crate::app::AppIdx,
-        /// The user id.
-        user: std::sync::Arc<str>,
-        /// Online or offline.
-        online: bool,
-    },
+    /// A user-level message (its connections may be on any worker).
+    User(UserMsg),
+    /// The broker's answer to something this worker asked.
+    Answer(Answer),
 }
 
 struct Signal {

@@ -119,6 +119,68 @@ pub fn member_added(channel: &str, user_id: &str, user_info: &str) -> Bytes {
     )
 }
 
+/// `pusher_internal:member_removed` with the member's id.
+pub fn member_removed(channel: &str, user_id: &str) -> Bytes {
+    let mut data = BytesMut::with_capacity(16 + user_id.len());
+    data.put_slice(br#"{"user_id":"#);
+    push_json_str(&mut data, user_id);
+    data.put_u8(b'}');
+    event_frame(
+        "pusher_internal:member_removed",
+        Some(channel),
+        std::str::from_utf8(&data).expect("built from UTF-8"),
+    )
+}
+
+/// `pusher_internal:subscription_count` with the channel's subscriptions over the cluster.
+pub fn subscription_count(channel: &str, count: u64) -> Bytes {
+    let data = format!(r#"{{"subscription_count":{count}}}"#);
+    event_frame("pusher_internal:subscription_count", Some(channel), &data)
+}
+
+/// `pusher:signin_success`, echoing the `user_data` the client signed in with.
+pub fn signin_success(user_data: &str) -> Bytes {
+    let mut data = BytesMut::with_capacity(16 + user_data.len() * 2);
+    data.put_slice(br#"{"user_data":"#);
+    push_json_str(&mut data, user_data);
+    data.put_u8(b'}');
+    event_frame(
+        "pusher:signin_success",
+        None,
+        std::str::from_utf8(&data).expect("built from UTF-8"),
+    )
+}
+
+/// The `subscription_succeeded` data of a presence channel, as pusher-js reads it:
+/// `{"presence":{"ids":[…],"hash":{"id":info,…},"count":n}}`. `members` are (user id,
+/// `user_info` JSON text) in joining order.
+pub fn presence_data<'a>(
+    members: impl ExactSizeIterator<Item = (&'a str, &'a str)> + Clone,
+) -> String {
+    let mut b = BytesMut::with_capacity(64 + members.len() * 48);
+    b.put_slice(br#"{"presence":{"ids":["#);
+    for (i, (id, _)) in members.clone().enumerate() {
+        if i > 0 {
+            b.put_u8(b',');
+        }
+        push_json_str(&mut b, id);
+    }
+    b.put_slice(br#"],"hash":{"#);
+    let count = members.len();
+    for (i, (id, info)) in members.enumerate() {
+        if i > 0 {
+            b.put_u8(b',');
+        }
+        push_json_str(&mut b, id);
+        b.put_u8(b':');
+        b.put_slice(info.as_bytes());
+    }
+    b.put_slice(br#"},"count":"#);
+    b.put_slice(count.to_string().as_bytes());
+    b.put_slice(b"}}");
+    String::from_utf8(b.to_vec()).expect("built from UTF-8")
+}
+
 /// `{"event":"pusher:cache_miss","channel":…}`.
 pub fn cache_miss(channel: &str) -> Bytes {
     let mut b = FrameBuilder::with_capacity(48 + channel.len());
@@ -246,6 +308,31 @@ mod tests {
         let data: serde_json::Value = serde_json::from_str(v["data"].as_str().unwrap()).unwrap();
         assert_eq!(data["user_info"]["name"], "Ann");
         assert_eq!(json(&cache_miss("cache-x"))["channel"], "cache-x");
+        let v = json(&member_removed("presence-a", "1"));
+        assert_eq!(v["data"], r#"{"user_id":"1"}"#);
+        let v = json(&subscription_count("news", 7));
+        assert_eq!(v["data"], r#"{"subscription_count":7}"#);
+    }
+
+    #[test]
+    fn presence_data_lists_ids_infos_and_count() {
+        let members = [("1", r#"{"name":"Ann"}"#), ("b\"c", "null")];
+        let data = presence_data(members.iter().copied());
+        let v: serde_json::Value = serde_json::from_str(&data).unwrap();
+        assert_eq!(v["presence"]["ids"], serde_json::json!(["1", "b\"c"]));
+        assert_eq!(v["presence"]["hash"]["1"]["name"], "Ann");
+        assert!(v["presence"]["hash"]["b\"c"].is_null());
+        assert_eq!(v["presence"]["count"], 2);
+        let empty = presence_data(std::iter::empty::<(&str, &str)>());
+        assert_eq!(empty, r#"{"presence":{"ids":[],"hash":{},"count":0}}"#);
+    }
+
+    #[test]
+    fn signin_success_echoes_user_data_as_a_string() {
+        let v = json(&signin_success(r#"{"id":"1"}"#));
+        assert_eq!(v["event"], "pusher:signin_success");
+        let data: serde_json::Value = serde_json::from_str(v["data"].as_str().unwrap()).unwrap();
+        assert_eq!(data["user_data"], r#"{"id":"1"}"#);
     }
 
     #[test]

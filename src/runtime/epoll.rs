@@ -16,7 +16,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use super::{Backend, Connection, Receive, Runtime};
+use super::{Backend, Reader, Runtime, Socket, Writer, Written};
 
 /// Size of the per-worker scratch buffer reads land in.
 const SCRATCH_LEN: usize = 64 * 1024;
@@ -31,18 +31,23 @@ thread_local! {
 pub struct Epoll;
 
 /// An accepted connection on the epoll backend.
-pub struct EpollConn {
+pub struct EpollSocket {
     stream: TcpStream,
 }
 
 /// Receives into the worker's scratch buffer.
 pub struct EpollReader {
-    conn: Rc<EpollConn>,
+    stream: Rc<TcpStream>,
 }
 
-impl Receive for EpollReader {
+/// The sending half.
+pub struct EpollWriter {
+    stream: Rc<TcpStream>,
+}
+
+impl Reader for EpollReader {
     fn poll_recv(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
-        let stream = &self.conn.stream;
+        let stream = &*self.stream;
         loop {
             ready!(stream.poll_read_ready(cx))?;
             // Mid-message with room to spare: read straight into the message buffer.
@@ -65,29 +70,49 @@ impl Receive for EpollReader {
     }
 }
 
-impl Connection for EpollConn {
+impl Socket for EpollSocket {
     type Reader = EpollReader;
+    type Writer = EpollWriter;
 
-    fn reader(self: &Rc<Self>) -> EpollReader {
-        EpollReader { conn: self.clone() }
+    fn split(self) -> (EpollReader, EpollWriter) {
+        let stream = Rc::new(self.stream);
+        (
+            EpollReader {
+                stream: stream.clone(),
+            },
+            EpollWriter { stream },
+        )
+    }
+}
+
+impl Writer for EpollWriter {
+    async fn write(self, mut bufs: Vec<Bytes>) -> Written<Self> {
+        let result = self.writev_all(&mut bufs).await;
+        bufs.clear();
+        Written {
+            writer: self,
+            result,
+            bufs,
+        }
     }
 
-    async fn write_all(&self, buf: Bytes) -> io::Result<()> {
-        let (res, _) = self.write_all_vectored(vec![buf]).await;
-        res
+    /// `shutdown(SHUT_WR)`: a system call that does not wait for the peer.
+    async fn shutdown(self) -> io::Result<()> {
+        socket2::SockRef::from(&*self.stream).shutdown(std::net::Shutdown::Write)
     }
+}
 
-    async fn write_all_vectored(&self, mut bufs: Vec<Bytes>) -> (io::Result<()>, Vec<Bytes>) {
+impl EpollWriter {
+    /// `writev` until everything is out, waiting for writability in between.
+    async fn writev_all(&self, bufs: &mut [Bytes]) -> io::Result<()> {
         let mut start = 0;
         while start < bufs.len() {
-            if let Err(e) = self.stream.writable().await {
-                return (Err(e), bufs);
-            }
+            self.stream.writable().await?;
             let end = bufs.len().min(start + MAX_IOVECS);
             let slices: Vec<IoSlice<'_>> =
                 bufs[start..end].iter().map(|b| IoSlice::new(b)).collect();
             match self.stream.try_write_vectored(&slices) {
-                Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), bufs),
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(mut n) => {
                     // Skip what was written; a partly written `Bytes` is advanced in place.
                     while n > 0 {
@@ -105,20 +130,15 @@ impl Connection for EpollConn {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return (Err(e), bufs),
+                Err(e) => return Err(e),
             }
         }
-        bufs.clear();
-        (Ok(()), bufs)
-    }
-
-    async fn shutdown(&self) -> io::Result<()> {
-        socket2::SockRef::from(&self.stream).shutdown(std::net::Shutdown::Write)
+        Ok(())
     }
 }
 
 impl Runtime for Epoll {
-    type Conn = EpollConn;
+    type Socket = EpollSocket;
     type Timer = hyper_util::rt::TokioTimer;
     const BACKEND: Backend = Backend::Epoll;
 
@@ -146,7 +166,7 @@ impl Runtime for Epoll {
     async fn accept_loop(
         listener: std::net::TcpListener,
         stop: CancellationToken,
-        mut on_accept: impl FnMut(EpollConn, SocketAddr),
+        mut on_accept: impl FnMut(EpollSocket, SocketAddr),
     ) -> io::Result<()> {
         let listener = TcpListener::from_std(listener)?;
         let mut last_error = None;
@@ -159,7 +179,7 @@ impl Runtime for Epoll {
             match next {
                 Ok((stream, peer)) => {
                     stream.set_nodelay(true).ok();
-                    on_accept(EpollConn { stream }, peer);
+                    on_accept(EpollSocket { stream }, peer);
                 }
                 Err(e) => {
                     super::log_accept_error(&e, &mut last_error);

@@ -4,13 +4,14 @@
 //! accept, multishot receive into a per-worker provided-buffer ring, vectored sends) and
 //! [`epoll::Epoll`] (a current-thread tokio runtime per worker, reading into a per-worker
 //! scratch buffer). The backend is chosen once at start-up ([`select_backend`]); the code
-//! above the seam — HTTP, WebSocket framing, the Pusher protocol, the hub — is generic over
-//! [`Runtime`] and monomorphised for each, with no dynamic dispatch on the data path.
+//! above the seam — HTTP, the WebSocket session — is generic over [`Runtime`] and
+//! [`Socket`] and monomorphised for each, with no dynamic dispatch on the data path.
+//! [`Socket`] states the seam's contract; TLS ([`crate::tls`]) is one more `Socket` over
+//! either backend's.
 
 pub mod affinity;
 pub mod epoll;
 pub mod probe;
-pub mod tls;
 pub mod uring;
 
 use std::fmt;
@@ -18,14 +19,26 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::IoMode;
+/// Most workers one process can run.
+pub const MAX_WORKERS: usize = 256;
+
+/// Which IO backend the workers run on (`--io`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IoMode {
+    /// io_uring when this kernel and sandbox allow it, epoll otherwise.
+    Auto,
+    /// io_uring through compio; refuse to start if it is unavailable.
+    Uring,
+    /// epoll through a current-thread tokio runtime per worker.
+    Epoll,
+}
 
 /// The IO backend in use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,56 +98,112 @@ pub fn select_backend(mode: IoMode) -> Result<BackendChoice, String> {
     }
 }
 
-/// What the WebSocket session takes over from the HTTP phase: the receiver itself (on
+/// What the WebSocket session takes over from the HTTP phase: the reader itself (on
 /// io_uring, with its multishot receive still armed, so nothing in flight is lost) and the
 /// bytes already received after the upgrade request, in order.
 pub struct Leftover<R> {
     /// Received, not yet processed.
     pub buf: BytesMut,
-    /// The receiver.
+    /// The reader.
     pub rx: R,
 }
 
-/// The owned-buffer IO seam: one accepted TCP connection.
+/// Longest [`Writer::shutdown`] may take.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The owned-buffer IO seam: one accepted TCP connection (or TLS over one).
 ///
-/// Every method takes `&self`, so a connection's reader and writer can run concurrently
-/// inside one task.
-pub trait Connection: Sized + 'static {
-    /// The receiver of the connection's incoming bytes. It holds no buffer while waiting:
-    /// the backend receives into per-worker memory (a provided-buffer ring, or a scratch
-    /// buffer) and copies out only what arrived.
-    type Reader: Receive + Unpin + 'static;
+/// # Contract
+///
+/// * **One reader, one writer.** [`Socket::split`] consumes the socket and hands out its
+///   only [`Reader`] and its only [`Writer`]: no second reader can be made (on io_uring a
+///   second one would arm a second multishot receive, and the two would share the bytes),
+///   and no second writer.
+/// * **One write in flight.** [`Writer::write`] takes the writer by value and gives it back
+///   when the write completes, so a second write cannot start before the first has ended
+///   (two interleaved writers would mix their bytes on the wire).
+/// * **A dropped write ends writing.** Dropping a write's future cancels it (on io_uring,
+///   in the kernel) and drops the writer with it: any prefix of the buffers may have been
+///   sent, so the stream is no longer a sequence of whole frames, and the type system
+///   leaves nothing to write it with. The connection can only be closed.
+/// * **Bounded shutdown.** [`Writer::shutdown`] returns within [`SHUTDOWN_TIMEOUT`], even
+///   when the peer has stopped reading (TLS sends close_notify first, which such a peer
+///   would otherwise hold forever).
+///
+/// The rules the types enforce are checked by the compiler; these do not compile:
+///
+/// ```compile_fail,E0382
+/// # use ringcast::runtime::{Socket, Writer};
+/// fn two_writes_in_flight<W: Writer>(w: W) {
+///     let first = w.write(vec![]);
+///     let second = w.write(vec![]); // `w` moved into the first write
+/// }
+/// ```
+///
+/// ```compile_fail,E0382
+/// # use ringcast::runtime::{Socket, Writer};
+/// fn write_after_a_dropped_write<W: Writer>(w: W) {
+///     drop(w.write(vec![]));
+///     let again = w.write(vec![]); // the writer went with the dropped write
+/// }
+/// ```
+///
+/// ```compile_fail,E0382
+/// # use ringcast::runtime::Socket;
+/// fn two_readers<S: Socket>(s: S) {
+///     let (first, _) = s.split();
+///     let (second, _) = s.split(); // the socket was consumed by the first split
+/// }
+/// ```
+///
+/// The rest (ordering, end of stream, the shutdown bound) is tested on both backends in
+/// `runtime::tests`.
+pub trait Socket: Sized + 'static {
+    /// The receiving half.
+    type Reader: Reader;
+    /// The sending half.
+    type Writer: Writer;
 
-    /// The connection's receiver (one at a time).
-    fn reader(self: &Rc<Self>) -> Self::Reader;
-
-    /// Writes all of `buf`.
-    fn write_all(&self, buf: Bytes) -> impl Future<Output = io::Result<()>>;
-
-    /// Writes all of `bufs` in as few vectored writes as the kernel allows, handing the
-    /// vector back for reuse. The `Bytes` are written as they are: shared frames are not
-    /// copied.
-    fn write_all_vectored(
-        &self,
-        bufs: Vec<Bytes>,
-    ) -> impl Future<Output = (io::Result<()>, Vec<Bytes>)>;
-
-    /// Shuts down the sending side (FIN).
-    fn shutdown(&self) -> impl Future<Output = io::Result<()>>;
+    /// Splits the connection into its only reader and its only writer.
+    fn split(self) -> (Self::Reader, Self::Writer);
 }
 
-/// The receiving side of a [`Connection`]. Poll-based, so a connection waiting for data
-/// keeps no future state: only the receiver itself.
-pub trait Receive {
+/// The receiving half of a [`Socket`]. Poll-based, so a connection waiting for data keeps
+/// no future state and no buffer: the backend receives into per-worker memory (a
+/// provided-buffer ring, or a scratch buffer) and copies out only what arrived. Dropping
+/// it stops receiving.
+pub trait Reader: Unpin + 'static {
     /// Polls for bytes, appending them to `buf` (which may be empty and unallocated).
     /// `Ready(Ok(0))` means end of stream.
     fn poll_recv(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>>;
 }
 
+/// The sending half of a [`Socket`]; see the contract there.
+pub trait Writer: Sized + Unpin + 'static {
+    /// Writes all of `bufs`, in order, in as few vectored writes as the kernel allows. The
+    /// `Bytes` are written as they are (shared frames are not copied); the vector comes
+    /// back emptied, for reuse, with the writer.
+    fn write(self, bufs: Vec<Bytes>) -> impl Future<Output = Written<Self>>;
+
+    /// Shuts down the sending side (FIN, after close_notify on TLS), within
+    /// [`SHUTDOWN_TIMEOUT`].
+    fn shutdown(self) -> impl Future<Output = io::Result<()>>;
+}
+
+/// A finished [`Writer::write`]: the writer back, the outcome, and the emptied vector.
+pub struct Written<W> {
+    /// The writer, ready for the next write.
+    pub writer: W,
+    /// Whether everything was written.
+    pub result: io::Result<()>,
+    /// The vector that was written, emptied.
+    pub bufs: Vec<Bytes>,
+}
+
 /// A worker's runtime: task spawning, timers, accepting and running to completion.
 pub trait Runtime: Sized + 'static {
-    /// The connection type.
-    type Conn: Connection;
+    /// An accepted connection.
+    type Socket: Socket;
     /// The timer hyper uses for its header timeout.
     type Timer: hyper::rt::Timer + Send + Sync + Clone + 'static;
     /// Which backend this is.
@@ -159,7 +228,7 @@ pub trait Runtime: Sized + 'static {
     fn accept_loop(
         listener: std::net::TcpListener,
         stop: CancellationToken,
-        on_accept: impl FnMut(Self::Conn, SocketAddr),
+        on_accept: impl FnMut(Self::Socket, SocketAddr),
     ) -> impl Future<Output = io::Result<()>>;
 }
 

@@ -10,7 +10,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::num::NonZeroU16;
 use std::pin::Pin;
-use std::rc::Rc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -22,7 +21,7 @@ use futures_util::{Stream, StreamExt};
 use send_wrapper::SendWrapper;
 use tokio_util::sync::CancellationToken;
 
-use super::{Backend, Connection, Receive, Runtime};
+use super::{Backend, Reader, Runtime, Socket, Writer, Written};
 
 /// Buffers in each worker's receive ring. Clients of a notification server send little
 /// (pings, subscriptions); when many receive at once and the ring runs dry, the data waits
@@ -35,7 +34,13 @@ const RING_BUFFER_LEN: usize = 2048;
 pub struct Uring;
 
 /// An accepted connection on the io_uring backend.
-pub struct UringConn {
+pub struct UringSocket {
+    stream: TcpStream,
+}
+
+/// The sending half: the stream, whose file descriptor the reader's multishot receive
+/// shares.
+pub struct UringWriter {
     stream: TcpStream,
 }
 
@@ -65,7 +70,7 @@ fn recv_multi(stream: &TcpStream) -> RecvStream {
     }))
 }
 
-impl Receive for UringReader {
+impl Reader for UringReader {
     fn poll_recv(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
         loop {
             if let Some(pause) = self.backoff.as_mut() {
@@ -97,29 +102,39 @@ impl Receive for UringReader {
     }
 }
 
-impl Connection for UringConn {
+impl Socket for UringSocket {
     type Reader = UringReader;
+    type Writer = UringWriter;
 
-    fn reader(self: &Rc<Self>) -> UringReader {
-        UringReader {
+    fn split(self) -> (UringReader, UringWriter) {
+        let reader = UringReader {
             stream: recv_multi(&self.stream),
             dry: 0,
             backoff: None,
+        };
+        (
+            reader,
+            UringWriter {
+                stream: self.stream,
+            },
+        )
+    }
+}
+
+impl Writer for UringWriter {
+    async fn write(self, bufs: Vec<Bytes>) -> Written<Self> {
+        let mut s = &self.stream;
+        let BufResult(result, mut bufs) = s.write_vectored_all(bufs).await;
+        bufs.clear();
+        Written {
+            writer: self,
+            result,
+            bufs,
         }
     }
 
-    async fn write_all(&self, buf: Bytes) -> io::Result<()> {
-        let mut s = &self.stream;
-        s.write_all(buf).await.0
-    }
-
-    async fn write_all_vectored(&self, bufs: Vec<Bytes>) -> (io::Result<()>, Vec<Bytes>) {
-        let mut s = &self.stream;
-        let BufResult(res, bufs) = s.write_vectored_all(bufs).await;
-        (res, bufs)
-    }
-
-    async fn shutdown(&self) -> io::Result<()> {
+    /// `shutdown(SHUT_WR)` through the ring: it does not wait for the peer.
+    async fn shutdown(self) -> io::Result<()> {
         let mut s = &self.stream;
         s.shutdown().await
     }
@@ -157,7 +172,7 @@ impl hyper::rt::Timer for UringTimer {
 }
 
 impl Runtime for Uring {
-    type Conn = UringConn;
+    type Socket = UringSocket;
     type Timer = UringTimer;
     const BACKEND: Backend = Backend::Uring;
 
@@ -209,7 +224,7 @@ impl Runtime for Uring {
     async fn accept_loop(
         listener: std::net::TcpListener,
         stop: CancellationToken,
-        mut on_accept: impl FnMut(UringConn, SocketAddr),
+        mut on_accept: impl FnMut(UringSocket, SocketAddr),
     ) -> io::Result<()> {
         let listener = TcpListener::from_std(listener)?;
         let mut incoming = listener.incoming();
@@ -226,7 +241,7 @@ impl Runtime for Uring {
                         .peer_addr()
                         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
                     stream.set_nodelay(true).ok();
-                    on_accept(UringConn { stream }, peer);
+                    on_accept(UringSocket { stream }, peer);
                 }
                 Some(Err(e)) => {
                     super::log_accept_error(&e, &mut last_error);

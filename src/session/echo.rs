@@ -2,24 +2,16 @@
 //! sent. It runs the same framing code as Pusher connections, so the Autobahn suite can
 //! check that code.
 
-use std::rc::Rc;
-
-use super::conn::Conn;
-use super::Handler;
-use crate::worker::Worker;
+use crate::hub::Conn;
 use crate::ws::codec::{self, OpCode};
 use crate::ws::Message;
 
-pub(super) struct Echo;
-
-impl Handler for Echo {
-    fn on_message(&mut self, _worker: &Worker, conn: &Rc<Conn>, msg: Message) {
-        let frame = match msg {
-            Message::Text(t) => codec::encode(OpCode::Text, &t),
-            Message::Binary(b) => codec::encode(OpCode::Binary, &b),
-            Message::Ping(p) => codec::encode(OpCode::Pong, &p),
-            Message::Pong(_) | Message::Close(_) => return,
-        };
-        conn.push(frame);
-    }
+/// Echoes a text or binary message.
+pub(super) fn echo(conn: &Conn, msg: Message) {
+    let frame = match msg {
+        Message::Text(t) => codec::encode(OpCode::Text, &t),
+        Message::Binary(b) => codec::encode(OpCode::Binary, &b),
+        Message::Ping(_) | Message::Pong(_) | Message::Close(_) => return,
+    };
+    conn.push(frame);
 }

@@ -9,11 +9,12 @@
 //! Closing follows RFC 6455: when the client closes, its code is echoed and the task ends
 //! once the answer is written; when the server closes (protocol error, 4100, 4201, 4200),
 //! queued frames and the close frame go out, then the task waits for the client's close
-//! frame or end of stream, at most [`crate::worker::CLOSE_GRACE`].
+//! frame or end of stream, at most [`crate::worker::CLOSING_HANDSHAKE_TIMEOUT`].
+//!
+//! What a message means is not decided here: WebSocket pings are answered, the echo
+//! endpoint echoes, and Pusher messages go to the worker, which runs the protocol rules.
 
-pub mod conn;
 mod echo;
-mod pusher;
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
@@ -23,18 +24,20 @@ use std::task::{ready, Context, Poll};
 use bytes::{Bytes, BytesMut};
 
 use crate::app::AppIdx;
+use crate::clock::{now_ns, tick_now};
+use crate::hub::{Conn, Phase};
 use crate::metrics::WorkerStats;
-use crate::runtime::{Connection, Leftover, Receive, Runtime};
+use crate::runtime::{Leftover, Reader, Runtime, Socket, Writer, Written};
 use crate::worker::Worker;
-use crate::ws::{Decoder, Message};
-use conn::{Conn, ConnState, Protocol};
+use crate::ws::{codec, Decoder, Message, OpCode};
 
-/// What the upgrade request asked for.
+/// What a WebSocket connection speaks, as the upgrade request decided.
 #[derive(Debug, Clone)]
-pub enum Session {
-    /// A Pusher client of a known, enabled app, speaking a supported protocol version.
+pub enum Protocol {
+    /// Pusher, for a known, enabled app, in a supported protocol version.
     Pusher(AppIdx),
-    /// A Pusher client to refuse after the upgrade, with a close code and reason.
+    /// Pusher, refused after the upgrade with a close code and reason (an unknown app, a
+    /// bad protocol version): the Pusher clients act on these codes.
     PusherRefused {
         /// The 40xx close code.
         code: u16,
@@ -45,61 +48,27 @@ pub enum Session {
     Echo,
 }
 
-/// Answers client messages for one protocol.
-trait Handler {
-    /// Handles a text or binary message, or a ping/pong (close frames are handled by the
-    /// session itself).
-    fn on_message(&mut self, worker: &Worker, conn: &Rc<Conn>, msg: Message);
-}
-
-/// What answers a connection's messages.
-enum Proto {
-    /// A connection of a valid app.
-    Pusher(pusher::Pusher),
-    /// A connection refused after the upgrade (unknown app, bad protocol version): it only
-    /// waits for its close to complete.
-    Refused,
-    /// The echo endpoint.
-    Echo,
-}
-
-impl Handler for Proto {
-    fn on_message(&mut self, worker: &Worker, conn: &Rc<Conn>, msg: Message) {
-        match self {
-            Proto::Pusher(p) => p.on_message(worker, conn, msg),
-            Proto::Refused => {}
-            Proto::Echo => echo::Echo.on_message(worker, conn, msg),
-        }
-    }
-}
-
 /// Runs a WebSocket connection to its end.
 ///
 /// The returned future holds the connection's [`Driver`] once, by value: this is the whole
 /// per-connection task state, so it is kept small (no nested async functions whose
 /// arguments and locals would each take their own space).
-pub fn run<R: Runtime, C: Connection>(
+pub fn run<S: Socket>(
     worker: Rc<Worker>,
-    io: Rc<C>,
-    leftover: Leftover<C::Reader>,
-    session: Session,
+    writer: S::Writer,
+    leftover: Leftover<S::Reader>,
+    protocol: Protocol,
 ) -> impl Future<Output = ()> + 'static {
-    let (app, protocol, proto) = match &session {
-        Session::Pusher(app) => (
-            Some(*app),
-            Protocol::Pusher,
-            Proto::Pusher(pusher::Pusher { app: *app }),
-        ),
-        Session::PusherRefused { .. } => (None, Protocol::Pusher, Proto::Refused),
-        Session::Echo => (None, Protocol::Echo, Proto::Echo),
+    let conn = match protocol {
+        Protocol::Pusher(app) => worker.open_conn(Some(app), true),
+        Protocol::PusherRefused { code, reason } => {
+            let conn = worker.open_conn(None, true);
+            conn.close(code, &reason);
+            conn
+        }
+        Protocol::Echo => worker.open_conn(None, false),
     };
-    let conn = worker.open_conn(app, protocol);
-    match &session {
-        Session::Pusher(_) => pusher::on_open(&worker, &conn),
-        Session::PusherRefused { code, reason } => conn.close(*code, reason),
-        Session::Echo => {}
-    }
-    let mut driver = Driver::new(worker, conn, io, leftover, proto);
+    let mut driver = Driver::<S>::new(worker, conn, writer, leftover);
     let mut shutdown: Option<Pin<Box<dyn Future<Output = ()>>>> = None;
     poll_fn(move |cx| {
         if shutdown.is_none() {
@@ -114,19 +83,19 @@ pub fn run<R: Runtime, C: Connection>(
             driver.worker.stats.closed(conn.close_code());
             driver.worker.close_conn(conn);
             driver.rx = None;
-            if matches!(end, End::Io(_)) {
-                return Poll::Ready(());
-            }
-            let io = driver.io.clone();
-            // Bounded: over TLS, shutting down writes close_notify, which a client that
-            // stopped reading would hold forever.
-            shutdown = Some(Box::pin(async move {
-                tokio::select! {
-                    biased;
-                    _ = io.shutdown() => {}
-                    _ = R::sleep(crate::worker::CLOSE_GRACE) => {}
+            // A write still in flight (a connection killed while writing) is dropped with
+            // its writer: the socket then just closes.
+            driver.write = None;
+            match (end, driver.writer.take()) {
+                (End::Io(_), _) | (_, None) => return Poll::Ready(()),
+                // Bounded by the seam's contract (close_notify to a client that stopped
+                // reading, over TLS).
+                (_, Some(writer)) => {
+                    shutdown = Some(Box::pin(async move {
+                        let _ = writer.shutdown().await;
+                    }))
                 }
-            }));
+            }
         }
         shutdown.as_mut().expect("set above").as_mut().poll(cx)
     })
@@ -145,16 +114,16 @@ enum End {
     Killed,
 }
 
-type PendingWrite = Pin<Box<dyn Future<Output = (std::io::Result<()>, Vec<Bytes>)>>>;
+type PendingWrite<W> = Pin<Box<dyn Future<Output = Written<W>>>>;
 
 /// The state of one connection's task: a hand-written poll loop rather than nested async
 /// functions, so an idle connection's task holds only these fields (the receive itself
 /// keeps no future; a write's state exists only while a write is in flight).
-struct Driver<S: Connection> {
+struct Driver<S: Socket> {
     worker: Rc<Worker>,
     conn: Rc<Conn>,
-    io: Rc<S>,
-    handler: Proto,
+    /// The writer, while no write is in flight (the write holds it).
+    writer: Option<S::Writer>,
     decoder: Decoder,
     inbuf: BytesMut,
     /// `None` once receiving has stopped (the closing handshake is done).
@@ -162,25 +131,23 @@ struct Driver<S: Connection> {
     /// Bytes to discard (the rest of a frame that failed the connection).
     skip: u64,
     batch: Vec<Bytes>,
-    write: Option<PendingWrite>,
-    /// When the last bytes arrived ([`crate::metrics::now_ns`]), for the frame latency.
+    write: Option<PendingWrite<S::Writer>>,
+    /// When the last bytes arrived ([`crate::clock::now_ns`]), for the frame latency.
     received_at: u64,
 }
 
-impl<S: Connection> Driver<S> {
+impl<S: Socket> Driver<S> {
     fn new(
         worker: Rc<Worker>,
         conn: Rc<Conn>,
-        io: Rc<S>,
+        writer: S::Writer,
         leftover: Leftover<S::Reader>,
-        handler: Proto,
     ) -> Self {
         Self {
             decoder: Decoder::new(worker.config().limits.max_message_size),
             worker,
             conn,
-            io,
-            handler,
+            writer: Some(writer),
             inbuf: leftover.buf,
             rx: Some(leftover.rx),
             skip: 0,
@@ -208,14 +175,14 @@ impl<S: Connection> Driver<S> {
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<End> {
         loop {
             if let Some(w) = self.write.as_mut() {
-                let (res, mut written) = ready!(w.as_mut().poll(cx));
+                let done = ready!(w.as_mut().poll(cx));
                 self.write = None;
-                if let Err(e) = res {
+                self.writer = Some(done.writer);
+                if let Err(e) = done.result {
                     return Poll::Ready(End::Io(e));
                 }
-                written.clear();
-                if written.capacity() <= 16 {
-                    self.batch = written;
+                if done.bufs.capacity() <= 16 {
+                    self.batch = done.bufs;
                 }
             }
             let mut now = 0;
@@ -223,19 +190,20 @@ impl<S: Connection> Driver<S> {
             if self.conn.take_batch(&mut self.batch, |stamp| {
                 if now == 0 {
                     // One clock read per write, and only when it carries measured events.
-                    now = crate::metrics::now_ns();
+                    now = now_ns();
                 }
                 latency.publish(now, stamp);
             }) {
                 let bytes: usize = self.batch.iter().map(Bytes::len).sum();
                 WorkerStats::add(&self.worker.stats.messages_sent, self.batch.len() as u64);
                 WorkerStats::add(&self.worker.stats.bytes_sent, bytes as u64);
-                let (io, batch) = (self.io.clone(), std::mem::take(&mut self.batch));
-                self.write = Some(Box::pin(async move { io.write_all_vectored(batch).await }));
+                let writer = self.writer.take().expect("one write at a time");
+                let batch = std::mem::take(&mut self.batch);
+                self.write = Some(Box::pin(writer.write(batch)));
                 continue;
             }
-            return match self.conn.state() {
-                ConnState::Closing { by_peer: true, .. } => Poll::Ready(End::Closed),
+            return match self.conn.phase() {
+                Phase::Closing { by_peer: true, .. } => Poll::Ready(End::Closed),
                 // Waiting for frames (the task waker is registered), or for the client's
                 // answer to our close, which the reader sees.
                 _ => Poll::Pending,
@@ -247,7 +215,7 @@ impl<S: Connection> Driver<S> {
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<End> {
         loop {
             self.answer_complete_messages();
-            if let ConnState::Closing { by_peer: true, .. } = self.conn.state() {
+            if let Phase::Closing { by_peer: true, .. } = self.conn.phase() {
                 // The closing handshake is complete once the writer has sent what is queued;
                 // nothing the client sends matters any more. Stop receiving (on io_uring an
                 // armed multishot receive would keep taking the worker's ring buffers).
@@ -264,14 +232,14 @@ impl<S: Connection> Driver<S> {
             };
             match res {
                 Ok(0) => {
-                    return Poll::Ready(match self.conn.state() {
-                        ConnState::Open => End::Eof,
-                        ConnState::Closing { .. } => End::Closed,
+                    return Poll::Ready(match self.conn.phase() {
+                        Phase::Open => End::Eof,
+                        Phase::Closing { .. } => End::Closed,
                     });
                 }
                 Ok(n) => {
-                    self.conn.touch(conn::tick_now());
-                    self.received_at = crate::metrics::now_ns();
+                    self.conn.state.borrow_mut().touch(tick_now());
+                    self.received_at = now_ns();
                     WorkerStats::add(&self.worker.stats.bytes_received, n as u64);
                 }
                 Err(e) => return Poll::Ready(End::Io(e)),
@@ -289,7 +257,7 @@ impl<S: Connection> Driver<S> {
             if self.skip > 0 {
                 return;
             }
-            if let ConnState::Closing { by_peer: true, .. } = conn.state() {
+            if let Phase::Closing { by_peer: true, .. } = conn.phase() {
                 return;
             }
             let closing = !conn.is_open();
@@ -302,10 +270,8 @@ impl<S: Connection> Driver<S> {
                 Ok(Some(_)) if closing => {}
                 Ok(Some(msg)) => {
                     WorkerStats::add(&worker.stats.messages_received, 1);
-                    self.handler.on_message(worker, conn, msg);
-                    worker
-                        .latency
-                        .frame(self.received_at, crate::metrics::now_ns());
+                    on_message(worker, conn, msg);
+                    worker.latency.frame(self.received_at, now_ns());
                 }
                 Ok(None) => return,
                 Err(e) => {
@@ -323,17 +289,36 @@ impl<S: Connection> Driver<S> {
     }
 }
 
+/// Answers one message: WebSocket pings here, the rest by what the connection speaks
+/// (close frames are the closing handshake's, handled by the driver).
+fn on_message(worker: &Worker, conn: &Rc<Conn>, msg: Message) {
+    match msg {
+        Message::Ping(payload) => {
+            conn.push(codec::encode(OpCode::Pong, &payload));
+        }
+        Message::Pong(_) | Message::Close(_) => {}
+        _ if !conn.pusher => echo::echo(conn, msg),
+        // Refused at the upgrade: only waiting for its close to complete.
+        _ if conn.app.is_none() => {}
+        Message::Text(text) => {
+            let text = std::str::from_utf8(&text).expect("the decoder validated UTF-8");
+            worker.on_text(conn, text);
+        }
+        Message::Binary(_) => worker.on_binary(conn),
+    }
+}
+
 /// Runs the worker's periodic sweep (pings, pong timeouts, closing grace) every second.
 pub async fn sweeper<R: Runtime>(worker: Rc<Worker>) {
     loop {
         R::sleep(std::time::Duration::from_secs(1)).await;
-        let now = conn::tick_now();
+        let now = tick_now();
         worker.sweep(now);
         worker.sweep_shared(now);
         worker.latency.flush(&worker.stats);
-        worker.stats.heartbeat.store(
-            crate::metrics::now_ns(),
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        worker
+            .stats
+            .heartbeat
+            .store(now_ns(), std::sync::atomic::Ordering::Relaxed);
     }
 }

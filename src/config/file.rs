@@ -6,6 +6,8 @@
 //! line with them added for every flag that neither the command line nor the environment
 //! set, so a value from the file is validated exactly as the same flag would be.
 //!
+//! `--apps-file` (a file of `[[app]]` tables alone) is read here too.
+//!
 //! `ringcast config check FILE` validates a file and prints the effective configuration
 //! with secrets masked; `ringcast config example` prints a commented example.
 
@@ -15,11 +17,11 @@ use std::path::{Path, PathBuf};
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches};
 
-use crate::app::{toml_error, App};
+use crate::app::App;
 use crate::config::{Cli, ConfigError};
 
 /// The commented example printed by `ringcast config example`.
-pub const EXAMPLE: &str = include_str!("../deploy/ringcast.toml.example");
+pub const EXAMPLE: &str = include_str!("../../deploy/ringcast.toml.example");
 
 /// Keys a file may not set (they select the file, or are not configuration).
 const NOT_IN_FILE: &[&str] = &["config", "help", "version"];
@@ -184,11 +186,11 @@ fn blame_file(path: &Path, extra: &[(String, OsString)], e: clap::Error) -> Conf
 }
 
 /// `ringcast config check FILE`: the effective configuration as TOML, secrets masked.
-pub fn describe(cli: &Cli, config: &crate::config::Config) -> String {
+pub fn describe(cli: &Cli, apps: &crate::app::Apps) -> String {
     let mut out = String::new();
     out.push_str("# Effective configuration (command line > environment > file > defaults).\n");
     out.push_str(&toml::to_string(&Effective::of(cli)).unwrap_or_default());
-    let apps: Vec<MaskedApp<'_>> = config.apps.iter().map(MaskedApp).collect();
+    let apps: Vec<MaskedApp<'_>> = apps.iter().map(MaskedApp).collect();
     #[derive(serde::Serialize)]
     struct Apps<'a> {
         app: Vec<MaskedApp<'a>>,
@@ -239,4 +241,102 @@ pub fn check_args(file: &Path) -> Vec<OsString> {
         OsString::from("--config"),
         PathBuf::from(file).into_os_string(),
     ]
+}
+
+/// Loads apps from an `--apps-file`: one `[[app]]` table per app.
+pub fn apps_file(path: &Path) -> Result<Vec<App>, ConfigError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct AppsFile {
+        #[serde(default, rename = "app")]
+        apps: Vec<App>,
+    }
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::AppsFileUnreadable {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let file: AppsFile = toml::from_str(&text).map_err(|e| ConfigError::AppsFileInvalid {
+        path: path.display().to_string(),
+        reason: toml_error(&text, &e),
+    })?;
+    Ok(file.apps)
+}
+
+/// A TOML error in `text` as "line L, column C: what is wrong". Unlike the error's own
+/// Display it never quotes the source line, and it leaves out the value serde's messages
+/// quote: either may be a secret (an unquoted `secret = 9f86…` is a TOML error).
+pub fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = without_value(e.message());
+    let Some(before) = e.span().and_then(|span| text.get(..span.start)) else {
+        return message;
+    };
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    format!("line {line}, column {column}: {message}")
+}
+
+/// serde's "invalid type: integer `123`, expected a string" without the `123`.
+fn without_value(message: &str) -> String {
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some((found, expected)) = message
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.rsplit_once(", expected "))
+        {
+            let kind = found.split(['`', '"']).next().unwrap_or(found).trim_end();
+            return format!("{prefix}{kind}, expected {expected}");
+        }
+    }
+    message.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::webhook;
+
+    #[test]
+    fn toml_errors_give_the_place_not_the_text() {
+        for (text, want) in [
+            (
+                "[[app]]\nid = \"1\"\nkey = \"k\"\nsecret = 9f86d081884c7d65\n",
+                "line 4, column 10: ",
+            ),
+            (
+                "[[app]]\nid = \"1\"\nkey = \"k\"\nsecret = 9086081884\n",
+                "line 4, column 10: invalid type: integer, expected a string",
+            ),
+            (
+                "[[app]]\nid = \"é\"\nkey = \"k\"\nsecret = \"s\"\ncache_ttl = \"9086081884\"\n",
+                "line 5, column 13: invalid type: string, expected u64",
+            ),
+        ] {
+            let shown = file_apps(text).unwrap_err();
+            assert!(shown.starts_with(want), "{shown}");
+            assert!(!shown.contains("9f86d081884c7d65"), "{shown}");
+            assert!(!shown.contains("9086081884"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn apps_file_parses() {
+        let dir = std::env::temp_dir().join(format!("ringcast-apps-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("apps.toml");
+        std::fs::write(
+            &path,
+            "[[app]]\nid = \"1\"\nkey = \"k1\"\nsecret = \"s1\"\nclient_events = true\n\n\
+             [[app.webhook]]\nurl = \"http://127.0.0.1:9/hooks\"\nevents = [\"channel_occupied\", \"member_added\"]\n\n\
+             [[app]]\nid = \"2\"\nkey = \"k2\"\nsecret = \"s2\"\nenabled = false\n",
+        )
+        .unwrap();
+        let apps = apps_file(&path).unwrap();
+        assert_eq!(apps.len(), 2);
+        assert!(apps[0].client_events);
+        assert!(apps[0].wants_webhook(webhook::Kind::MemberAdded));
+        assert!(!apps[0].wants_webhook(webhook::Kind::ChannelVacated));
+        assert_eq!(apps[0].max_presence_members, 100);
+        assert!(!apps[1].enabled);
+        assert!(!apps[1].client_events);
+        let _ = crate::app::Apps::new(apps).unwrap();
+    }
 }

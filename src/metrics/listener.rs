@@ -15,7 +15,7 @@ use http_body_util::Full;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 
-use crate::worker::Shared;
+use super::Telemetry;
 
 /// Binds the metrics address (so a taken port fails start-up) and returns the listener.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -25,7 +25,7 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Serves the metrics endpoints on `listener` from a thread of its own.
-pub fn start(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
+pub fn start(listener: TcpListener, telemetry: Arc<Telemetry>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("ringcast-metrics".into())
         .spawn(move || {
@@ -33,12 +33,12 @@ pub fn start(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()> 
                 .enable_all()
                 .build()
                 .expect("a current-thread runtime builds");
-            rt.block_on(serve(listener, shared));
+            rt.block_on(serve(listener, telemetry));
         })?;
     Ok(())
 }
 
-async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+async fn serve(listener: TcpListener, telemetry: Arc<Telemetry>) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -55,11 +55,11 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        let shared = shared.clone();
+        let telemetry = telemetry.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(respond(&shared, &req)) }
+                let telemetry = telemetry.clone();
+                async move { Ok::<_, Infallible>(respond(&telemetry, &req)) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
@@ -69,7 +69,7 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-fn respond<B>(shared: &Arc<Shared>, req: &Request<B>) -> Response<Full<Bytes>> {
+fn respond<B>(telemetry: &Arc<Telemetry>, req: &Request<B>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -81,10 +81,10 @@ fn respond<B>(shared: &Arc<Shared>, req: &Request<B>) -> Response<Full<Bytes>> {
         "/metrics" => text(
             StatusCode::OK,
             prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
-            crate::metrics::render(shared),
+            super::exposition::render(telemetry),
         ),
         "/metrics/latency.hgrm" => {
-            let (publish, frame) = crate::metrics::merged_latency(shared);
+            let (publish, frame) = super::latency::merged(&telemetry.workers);
             let which = req.uri().query().unwrap_or("");
             let h = if which.contains("histogram=frame") {
                 frame
@@ -94,12 +94,12 @@ fn respond<B>(shared: &Arc<Shared>, req: &Request<B>) -> Response<Full<Bytes>> {
             text(
                 StatusCode::OK,
                 "text/plain; charset=utf-8",
-                crate::metrics::hgrm(&h),
+                super::latency::hgrm(&h),
             )
         }
         path @ ("/healthz" | "/readyz") => {
-            let draining = shared.shutdown.is_cancelled();
-            let (status, body) = crate::http::health_reply(shared, path == "/readyz", draining);
+            let draining = telemetry.draining.is_cancelled();
+            let (status, body) = super::health::reply(telemetry, path == "/readyz", draining);
             text(status, "application/json", body)
         }
         _ => text(

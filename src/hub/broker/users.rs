@@ -1,9 +1,8 @@
 //! Signed-in users over all workers: how many connections each user has signed in on, so
 //! a user is "online" from its first sign-in to its last disconnect (watchlist events).
 
-use crate::app::AppIdx;
-use crate::hub::sharded::Sharded;
-use crate::hub::{ChannelKey, ChannelRef};
+use super::sharded::Sharded;
+use crate::app::{AppIdx, ChannelKey, ChannelRef};
 
 /// Connections per signed-in user, keyed by (app, user id).
 #[derive(Default)]

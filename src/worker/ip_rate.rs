@@ -1,5 +1,6 @@
-//! Limits that need state shared by every worker: new connections per IP address per
-//! second.
+//! The per-IP table of new connections (`--max-connections-per-ip-per-second`), shared by
+//! every worker: a few mutex-guarded shards, touched once per WebSocket upgrade (not per
+//! message), each lock held for one map update.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
@@ -13,7 +14,7 @@ const HARD_CAP: usize = 4 * PRUNE_ABOVE;
 
 /// Counts new connections per IP address in one-second windows. IPv6 addresses count per
 /// /64 (what one host or site is routinely given), IPv4 per address.
-pub struct IpRate {
+pub struct IpRateTable {
     shards: [Mutex<Shard>; SHARDS],
 }
 
@@ -25,7 +26,7 @@ struct Shard {
     pruned: u64,
 }
 
-impl Default for IpRate {
+impl Default for IpRateTable {
     fn default() -> Self {
         Self {
             shards: std::array::from_fn(|_| Mutex::default()),
@@ -42,7 +43,7 @@ fn rate_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-impl IpRate {
+impl IpRateTable {
     /// Counts a connection from `ip` in `second`; false when it is over `per_second`
     /// (0: no limit, nothing counted).
     pub fn allow(&self, ip: IpAddr, second: u64, per_second: u32) -> bool {
@@ -80,7 +81,7 @@ mod tests {
 
     #[test]
     fn each_address_gets_its_own_window() {
-        let r = IpRate::default();
+        let r = IpRateTable::default();
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         assert!(r.allow(a, 5, 2) && r.allow(a, 5, 2));
@@ -92,7 +93,7 @@ mod tests {
 
     #[test]
     fn ipv6_addresses_count_per_64_prefix() {
-        let r = IpRate::default();
+        let r = IpRateTable::default();
         let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
         let same_64: IpAddr = "2001:db8:1:2:ffff:ffff:ffff:fffe".parse().unwrap();
         let other_64: IpAddr = "2001:db8:1:3::1".parse().unwrap();
@@ -111,8 +112,8 @@ mod tests {
 
     #[test]
     fn many_addresses_in_one_second_stay_bounded_and_are_let_through() {
-        let r = IpRate::default();
-        let shard_len = |r: &IpRate| {
+        let r = IpRateTable::default();
+        let shard_len = |r: &IpRateTable| {
             r.shards
                 .iter()
                 .map(|s| s.lock().unwrap().map.len())

@@ -1,15 +1,15 @@
 //! TLS termination: the certificate and key (`--tls-cert`, `--tls-key`), reloaded on
-//! SIGHUP without dropping connections, and serving an accepted socket through
-//! [`crate::runtime::tls::TlsConn`] on the worker that accepted it.
+//! SIGHUP without dropping connections, and [`TlsSocket`], rustls driven over the IO seam
+//! on the worker that accepted the connection.
 //!
 //! The certificate is read at each handshake from an [`ArcSwap`], so a reload takes effect
 //! for new connections at once and never touches open ones; a reload that fails keeps the
 //! certificate in use.
 
+mod conn;
+
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -21,22 +21,9 @@ use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use sha2::{Digest, Sha256};
 
-use crate::runtime::tls::TlsConn;
-use crate::runtime::Runtime;
-use crate::worker::Worker;
+pub use conn::{TlsReader, TlsSocket, TlsWriter, MAX_TLS_BUFFERED};
 
-/// How long closing a TLS connection after its last HTTP response may take (close_notify to
-/// a client that stopped reading).
-const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Where the certificate chain and its private key are read from (PEM).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    /// Certificate chain, leaf first.
-    pub cert: PathBuf,
-    /// Private key (PKCS#8, PKCS#1 or SEC1).
-    pub key: PathBuf,
-}
+use crate::config::TlsFiles;
 
 /// Why a certificate or key cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -181,50 +168,4 @@ fn load_certified_key(
         rustls::Error::General(_) => key_err(format!("unusable key: {e}")),
         e => cert_err(format!("unusable certificate: {e}")),
     })
-}
-
-/// Serves one accepted socket over TLS: the handshake (within `--handshake-timeout`), then
-/// HTTP and any WebSocket session exactly as on a plain socket. An HTTP connection that ends
-/// without an upgrade is closed with close_notify.
-pub async fn serve<R: Runtime>(
-    worker: Rc<Worker>,
-    conn: R::Conn,
-    peer: SocketAddr,
-    config: Arc<ServerConfig>,
-) {
-    let accepted = std::time::Instant::now();
-    let tls = match TlsConn::new(conn, config) {
-        Ok(tls) => Rc::new(tls),
-        Err(e) => {
-            tracing::warn!(%peer, error = %e, "cannot start a TLS connection");
-            return;
-        }
-    };
-    let handshake = tokio::select! {
-        biased;
-        r = tls.handshake() => r,
-        _ = R::sleep(worker.config().handshake_timeout) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "TLS handshake not completed in time",
-        )),
-    };
-    if let Err(e) = handshake {
-        if e.kind() == std::io::ErrorKind::TimedOut {
-            worker
-                .stats
-                .rejected(crate::metrics::Rejected::HandshakeTimeout);
-        }
-        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-        return;
-    }
-    crate::http::serve::<R, _>(worker, tls.clone(), peer, accepted).await;
-    // The WebSocket session, if there is one, holds the connection and closes it itself.
-    if Rc::strong_count(&tls) == 1 {
-        use crate::runtime::Connection;
-        tokio::select! {
-            biased;
-            _ = tls.shutdown() => {}
-            _ = R::sleep(CLOSE_TIMEOUT) => {}
-        }
-    }
 }

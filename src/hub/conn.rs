@@ -1,17 +1,18 @@
-//! The worker's handle on one WebSocket connection: its bounded outbound queue, its
-//! closing state and its timers. Owned by the worker (not `Send`); the hub pushes frames
-//! onto it, the connection task writes them out.
+//! One WebSocket connection as its worker sees it: its bounded outbound queue, its closing
+//! state, and its Pusher state ([`ConnState`]). Owned by the worker (not `Send`); delivery
+//! pushes frames onto it, the connection's task ([`crate::session`]) writes them out.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::sync::{Arc, LazyLock};
 use std::task::Waker;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use crate::app::AppIdx;
+use crate::clock::{tick_now, Tick};
 use crate::protocol::{messages, SocketId};
+use crate::pusher::liveness::Transport;
+use crate::pusher::ConnState;
 use crate::ws::codec::{self, OpCode};
 
 /// Most frames one vectored write takes from the queue.
@@ -19,29 +20,9 @@ pub const MAX_BATCH_FRAMES: usize = 256;
 /// Most bytes one vectored write takes from the queue (a single larger frame still goes).
 pub const MAX_BATCH_BYTES: usize = 256 * 1024;
 
-/// A coarse timestamp: tenths of a second since the process started. Four bytes instead of
-/// an `Instant`'s sixteen, on every connection; timeouts are counted in seconds anyway.
-pub type Tick = u32;
-
-/// Ticks per second.
-pub const TICKS_PER_SEC: u32 = 10;
-
-/// The current tick.
-pub fn tick_now() -> Tick {
-    static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
-    (EPOCH.elapsed().as_millis() / (1000 / TICKS_PER_SEC as u128)) as Tick
-}
-
-/// `d` in ticks (rounded up, at least one).
-pub fn ticks(d: Duration) -> Tick {
-    (d.as_millis().div_ceil(1000 / TICKS_PER_SEC as u128)).clamp(1, Tick::MAX as u128) as Tick
-}
-
-const NO_PING: Tick = Tick::MAX;
-
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConnState {
+pub enum Phase {
     /// Open: frames are accepted.
     Open,
     /// A close frame is queued or sent; no more frames are accepted.
@@ -64,15 +45,6 @@ pub enum Push {
     Overflow,
 }
 
-/// Which protocol runs on the connection (decides how it is told why it is closed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    /// Pusher: a `pusher:error` precedes the close frame.
-    Pusher,
-    /// Plain RFC 6455 echo.
-    Echo,
-}
-
 /// One WebSocket connection, as its worker sees it.
 pub struct Conn {
     /// Key in the worker's connection table.
@@ -81,44 +53,19 @@ pub struct Conn {
     pub socket_id: SocketId,
     /// The app, once the client named a valid one.
     pub app: Option<AppIdx>,
-    /// The protocol spoken.
-    pub protocol: Protocol,
+    /// Whether it speaks Pusher (and is told why it is closed with a `pusher:error`).
+    pub pusher: bool,
     max_queued_bytes: usize,
-    /// Frames waiting, each with when it was published ([`crate::metrics::now_ns`]; 0 for
+    /// Frames waiting, each with when it was published ([`crate::clock::now_ns`]; 0 for
     /// frames whose latency is not measured).
     queue: RefCell<VecDeque<(Bytes, u64)>>,
     queued_bytes: Cell<usize>,
     waker: RefCell<Option<Waker>>,
-    state: Cell<ConnState>,
+    phase: Cell<Phase>,
     killed: Cell<bool>,
     close_code: Cell<Option<u16>>,
-    last_seen: Cell<Tick>,
-    ping_sent: Cell<Tick>,
-    /// Names of the channels this connection is subscribed to.
-    pub channels: RefCell<Vec<Arc<str>>>,
-    /// When the connection opened.
-    pub opened: Tick,
-    /// Whether the connection signed in or joined a private or presence channel (for the
-    /// app's authorized-connections timeout).
-    pub authorized: Cell<bool>,
-    /// Pusher state most connections never need, allocated on first use so idle public
-    /// subscribers stay small.
-    pub extra: RefCell<Option<Box<Extra>>>,
-}
-
-/// A connection's less common Pusher state.
-#[derive(Debug, Default)]
-pub struct Extra {
-    /// Presence channels joined, with the user id each was joined as.
-    pub presence: Vec<(Arc<str>, Arc<str>)>,
-    /// The signed-in user, if any.
-    pub user: Option<Arc<str>>,
-    /// User ids this connection watches (from its sign-in).
-    pub watchlist: Vec<Arc<str>>,
-    /// The second the client-event count is for.
-    pub rate_second: Tick,
-    /// Client events sent in that second.
-    pub rate_count: u32,
+    /// What the Pusher rules remember about it.
+    pub state: RefCell<ConnState>,
 }
 
 impl Conn {
@@ -127,79 +74,33 @@ impl Conn {
         id: usize,
         socket_id: SocketId,
         app: Option<AppIdx>,
-        protocol: Protocol,
+        pusher: bool,
         max_queued_bytes: usize,
     ) -> Self {
         Self {
             id,
             socket_id,
             app,
-            protocol,
+            pusher,
             max_queued_bytes,
             queue: RefCell::new(VecDeque::new()),
             queued_bytes: Cell::new(0),
             waker: RefCell::new(None),
-            state: Cell::new(ConnState::Open),
+            phase: Cell::new(Phase::Open),
             killed: Cell::new(false),
             close_code: Cell::new(None),
-            last_seen: Cell::new(tick_now()),
-            ping_sent: Cell::new(NO_PING),
-            channels: RefCell::new(Vec::new()),
-            opened: tick_now(),
-            authorized: Cell::new(false),
-            extra: RefCell::new(None),
+            state: RefCell::new(ConnState::new(tick_now())),
         }
     }
 
-    /// Runs `f` on the connection's [`Extra`] state, allocating it if needed.
-    pub fn with_extra<T>(&self, f: impl FnOnce(&mut Extra) -> T) -> T {
-        f(self.extra.borrow_mut().get_or_insert_with(Box::default))
-    }
-
-    /// The user id this connection joined presence channel `channel` as.
-    pub fn presence_user(&self, channel: &str) -> Option<Arc<str>> {
-        let extra = self.extra.borrow();
-        let e = extra.as_ref()?;
-        e.presence
-            .iter()
-            .find(|(c, _)| &**c == channel)
-            .map(|(_, u)| u.clone())
-    }
-
-    /// Forgets the presence membership of `channel`, returning the user id it was joined as.
-    pub fn take_presence(&self, channel: &str) -> Option<Arc<str>> {
-        let mut extra = self.extra.borrow_mut();
-        let e = extra.as_mut()?;
-        let pos = e.presence.iter().position(|(c, _)| &**c == channel)?;
-        Some(e.presence.swap_remove(pos).1)
-    }
-
-    /// The signed-in user.
-    pub fn user(&self) -> Option<Arc<str>> {
-        self.extra.borrow().as_ref()?.user.clone()
-    }
-
-    /// Counts a client event against `per_second`; returns false when over the limit.
-    pub fn allow_client_event(&self, now: Tick, per_second: u32) -> bool {
-        let second = now / TICKS_PER_SEC;
-        self.with_extra(|e| {
-            if e.rate_second != second {
-                e.rate_second = second;
-                e.rate_count = 0;
-            }
-            e.rate_count += 1;
-            e.rate_count <= per_second
-        })
-    }
-
-    /// The current state.
-    pub fn state(&self) -> ConnState {
-        self.state.get()
+    /// Where the connection is in its life.
+    pub fn phase(&self) -> Phase {
+        self.phase.get()
     }
 
     /// Whether frames are still accepted.
     pub fn is_open(&self) -> bool {
-        self.state.get() == ConnState::Open
+        self.phase.get() == Phase::Open
     }
 
     /// The close code sent (or answered), if closing.
@@ -246,13 +147,13 @@ impl Conn {
         if !self.is_open() {
             return;
         }
-        if self.protocol == Protocol::Pusher {
+        if self.pusher {
             let pusher_code = (4000..5000).contains(&code).then_some(code);
             self.enqueue_unchecked(messages::error(pusher_code, reason));
         }
         self.enqueue_unchecked(codec::encode_close(code, reason));
         self.close_code.set(Some(code));
-        self.state.set(ConnState::Closing {
+        self.phase.set(Phase::Closing {
             since: tick_now(),
             by_peer: false,
         });
@@ -272,11 +173,11 @@ impl Conn {
     /// Answers the peer's close frame (echoing its code) and ends the connection once the
     /// answer is written.
     pub fn answer_close(&self, peer: Option<u16>) {
-        if let ConnState::Closing { by_peer: true, .. } = self.state.get() {
+        if let Phase::Closing { by_peer: true, .. } = self.phase.get() {
             return;
         }
         let was_open = self.is_open();
-        self.state.set(ConnState::Closing {
+        self.phase.set(Phase::Closing {
             since: tick_now(),
             by_peer: true,
         });
@@ -355,25 +256,12 @@ impl Conn {
         }
     }
 
-    /// Records that the client sent something.
-    pub fn touch(&self, now: Tick) {
-        self.last_seen.set(now);
-        self.ping_sent.set(NO_PING);
-    }
-
-    /// When the client last sent something.
-    pub fn last_seen(&self) -> Tick {
-        self.last_seen.get()
-    }
-
-    /// When the server pinged the idle client, if it has not answered since.
-    pub fn ping_sent(&self) -> Option<Tick> {
-        Some(self.ping_sent.get()).filter(|&t| t != NO_PING)
-    }
-
-    /// Records a server ping.
-    pub fn set_ping_sent(&self, at: Tick) {
-        self.ping_sent.set(at);
+    /// Where the transport is, for the liveness rules.
+    pub fn transport(&self) -> Transport {
+        match self.phase.get() {
+            Phase::Open => Transport::Open,
+            Phase::Closing { since, .. } => Transport::Closing { since },
+        }
     }
 }
 
@@ -382,13 +270,7 @@ mod tests {
     use super::*;
 
     fn conn(limit: usize) -> Conn {
-        Conn::new(
-            0,
-            SocketId { random: 1, seq: 1 },
-            Some(0),
-            Protocol::Pusher,
-            limit,
-        )
+        Conn::new(0, SocketId { random: 1, seq: 1 }, Some(0), true, limit)
     }
 
     #[test]
@@ -420,17 +302,6 @@ mod tests {
         c.take_batch(&mut out, |_| {});
         assert_eq!(out.len(), 44);
         assert_eq!(c.queued_bytes(), 0);
-    }
-
-    #[test]
-    fn client_event_rate_is_per_second() {
-        let c = conn(1000);
-        let t = 10 * TICKS_PER_SEC;
-        for _ in 0..3 {
-            assert!(c.allow_client_event(t, 3));
-        }
-        assert!(!c.allow_client_event(t + 5, 3));
-        assert!(c.allow_client_event(t + TICKS_PER_SEC, 3));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::hub::{ChannelKey, ChannelRef};
+use crate::app::{ChannelKey, ChannelRef};
 
 type FastState = foldhash::fast::RandomState;
 

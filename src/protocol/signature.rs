@@ -1,6 +1,8 @@
-//! Request signatures of the Pusher HTTP API, checked exactly as the server SDKs sign.
+//! Pusher's signatures: HMAC-SHA256 with the app secret, hex encoded, compared in constant
+//! time. They sign HTTP API requests, channel authorizations and sign-ins (checked here),
+//! and webhooks (signed here).
 //!
-//! The string to sign is `METHOD\nPATH\nQUERY`, where QUERY is every query parameter but
+//! For an API request, the string to sign is `METHOD\nPATH\nQUERY`, where QUERY is every query parameter but
 //! `auth_signature`, keys lower-cased, sorted by key, `key=value` joined with `&`, values
 //! not URL-escaped. The signature is the hex HMAC-SHA256 of it with the app secret, and is
 //! compared in constant time.
@@ -15,7 +17,7 @@ type HmacSha256 = Hmac<Sha256>;
 
 /// Why a request's signature is refused (401).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AuthError {
+pub enum SignatureError {
     /// A required parameter is absent.
     #[error("missing query parameter {0}")]
     Missing(&'static str),
@@ -58,12 +60,12 @@ pub type Params = BTreeMap<String, String>;
 
 /// Decodes a raw query string. Repeated keys are refused: a signature cannot cover them
 /// unambiguously.
-pub fn parse_query(raw: Option<&str>) -> Result<Params, AuthError> {
+pub fn parse_query(raw: Option<&str>) -> Result<Params, SignatureError> {
     let mut params = Params::new();
     for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
         let k = k.to_ascii_lowercase();
         if params.contains_key(&k) {
-            return Err(AuthError::Duplicate(k));
+            return Err(SignatureError::Duplicate(k));
         }
         params.insert(k, v.into_owned());
     }
@@ -124,31 +126,31 @@ pub fn verify(
     secret: &str,
     now: u64,
     window: u64,
-) -> Result<(), AuthError> {
-    let get = |k: &'static str| req.params.get(k).ok_or(AuthError::Missing(k));
+) -> Result<(), SignatureError> {
+    let get = |k: &'static str| req.params.get(k).ok_or(SignatureError::Missing(k));
     if get("auth_key")? != key {
-        return Err(AuthError::WrongKey);
+        return Err(SignatureError::WrongKey);
     }
     if get("auth_version")? != "1.0" {
-        return Err(AuthError::Version);
+        return Err(SignatureError::Version);
     }
     let ts = get("auth_timestamp")?;
-    let ts: u64 = ts.parse().map_err(|_| AuthError::BadTimestamp)?;
+    let ts: u64 = ts.parse().map_err(|_| SignatureError::BadTimestamp)?;
     let skew = now.abs_diff(ts);
     if skew > window {
-        return Err(AuthError::Expired { skew, window });
+        return Err(SignatureError::Expired { skew, window });
     }
     let signature = get("auth_signature")?;
     match req.params.get("body_md5") {
         Some(md5) if !md5.eq_ignore_ascii_case(&body_md5(req.body)) => {
-            return Err(AuthError::BodyMd5Mismatch)
+            return Err(SignatureError::BodyMd5Mismatch)
         }
-        None if !req.body.is_empty() => return Err(AuthError::MissingBodyMd5),
+        None if !req.body.is_empty() => return Err(SignatureError::MissingBodyMd5),
         _ => {}
     }
     let message = string_to_sign(req.method, req.path, req.params);
     if !verify_hmac(secret, &message, signature) {
-        return Err(AuthError::Signature {
+        return Err(SignatureError::Signature {
             string_to_sign: message,
         });
     }
@@ -187,11 +189,11 @@ mod tests {
         assert_eq!(verify(&req, KEY, SECRET, 1353088179 + 600, 600), Ok(()));
         assert!(matches!(
             verify(&req, KEY, SECRET, 1353088179 + 601, 600),
-            Err(AuthError::Expired { skew: 601, .. })
+            Err(SignatureError::Expired { skew: 601, .. })
         ));
         assert!(matches!(
             verify(&req, KEY, SECRET, 1353088179 - 601, 600),
-            Err(AuthError::Expired { .. })
+            Err(SignatureError::Expired { .. })
         ));
         let tampered = Signed {
             body: br#"{"name":"foo","channels":["project-4"],"data":"{}"}"#,
@@ -199,11 +201,11 @@ mod tests {
         };
         assert_eq!(
             verify(&tampered, KEY, SECRET, 1353088179, 600),
-            Err(AuthError::BodyMd5Mismatch)
+            Err(SignatureError::BodyMd5Mismatch)
         );
         assert!(matches!(
             verify(&req, KEY, "wrong-secret", 1353088179, 600),
-            Err(AuthError::Signature { .. })
+            Err(SignatureError::Signature { .. })
         ));
     }
 
@@ -246,7 +248,7 @@ mod tests {
         assert_eq!(p["info"], "user_count,subscription_count");
         assert_eq!(
             parse_query(Some("a=1&A=2")),
-            Err(AuthError::Duplicate("a".into()))
+            Err(SignatureError::Duplicate("a".into()))
         );
     }
 
@@ -261,7 +263,7 @@ mod tests {
         };
         assert_eq!(
             verify(&req, "k", "s", 0, 600),
-            Err(AuthError::Missing("auth_timestamp"))
+            Err(SignatureError::Missing("auth_timestamp"))
         );
     }
 }

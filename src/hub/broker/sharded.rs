@@ -1,12 +1,12 @@
 //! A map keyed by (app, name), split over mutex-guarded shards, for the little state that
 //! must be exact over all workers (presence members, signed-in users). It is touched on
-//! subscribe, unsubscribe and sign-in, never per published event, and each lock is held
-//! only to update one entry.
+//! subscribe, unsubscribe and sign-in, never per published event (so its locks are not on
+//! the hot path), and each lock is held only to update one entry.
 
 use std::hash::BuildHasher;
 use std::sync::{Mutex, MutexGuard};
 
-use crate::hub::{ChannelKey, ChannelRef};
+use crate::app::{ChannelKey, ChannelRef};
 
 type FastState = foldhash::fast::RandomState;
 

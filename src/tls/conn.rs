@@ -1,6 +1,6 @@
-//! TLS over the owned-buffer seam: [`TlsConn`] wraps any [`Connection`] and is a
-//! [`Connection`] itself, so HTTP and the WebSocket session run over it unchanged, on either
-//! backend, on the worker that accepted the socket.
+//! TLS over the owned-buffer seam: [`TlsSocket`] wraps either backend's [`Socket`] and is a
+//! [`Socket`] itself, so HTTP and the WebSocket session run over it unchanged, on the worker
+//! that accepted the connection.
 //!
 //! rustls is driven sans-IO:
 //!
@@ -15,9 +15,13 @@
 //!   [`MAX_TLS_BUFFERED`] bytes for a connection: what does not fit waits, as plaintext, in
 //!   the caller's queue (bounded by `--max-outbound-buffer`) until that write is done.
 //! * One write to the socket is in flight at a time, whoever started it (the writer, or the
-//!   reader answering a key update or sending an alert), so records go out in order.
+//!   reader answering a key update or sending an alert), so records go out in order: the
+//!   wrapped writer lives in the shared state and is taken by whichever write starts.
+//! * Shutting down sends close_notify after what is queued, for at most
+//!   [`SHUTDOWN_TIMEOUT`] (a peer that stopped reading would hold it forever), then shuts
+//!   the socket's sending side.
 //!
-//! The handshake ([`TlsConn::handshake`]) is run before HTTP starts; its time limit is the
+//! The handshake ([`TlsSocket::handshake`]) is run before HTTP starts; its time limit is the
 //! caller's. A TLS error (a bad record, an alert from the peer, a failed handshake) sends
 //! rustls's alert where possible and fails that connection's reads and writes.
 
@@ -32,7 +36,7 @@ use std::task::{ready, Context, Poll, Waker};
 use bytes::{Buf, Bytes, BytesMut};
 use rustls::{ServerConfig, ServerConnection};
 
-use super::{Connection, Receive};
+use crate::runtime::{Reader, Runtime, Socket, Writer, Written, SHUTDOWN_TIMEOUT};
 
 /// Most ciphertext rustls queues for one connection before it must be written out; also the
 /// most one write to the socket carries (plus one record).
@@ -55,24 +59,28 @@ thread_local! {
     static SCRATCH: RefCell<BytesMut> = RefCell::new(BytesMut::new());
 }
 
-type PendingIo = Pin<Box<dyn Future<Output = io::Result<()>>>>;
+/// The wrapped socket's halves.
+type InnerReader<R> = <<R as Runtime>::Socket as Socket>::Reader;
+type InnerWriter<R> = <<R as Runtime>::Socket as Socket>::Writer;
+type PendingWrite<W> = Pin<Box<dyn Future<Output = Written<W>>>>;
 
-/// A TLS server connection over another [`Connection`].
-pub struct TlsConn<C: Connection> {
-    inner: Rc<C>,
-    st: RefCell<State<C::Reader>>,
+/// A TLS server connection over a socket of runtime `R`.
+pub struct TlsSocket<R: Runtime> {
+    st: Rc<RefCell<State<R>>>,
 }
 
-struct State<R> {
+struct State<R: Runtime> {
     tls: ServerConnection,
-    /// The wrapped connection's receiver, kept from the handshake on (on io_uring with its
-    /// multishot receive armed). Dropped with the [`TlsReader`] that stops receiving.
-    rx: Option<R>,
+    /// The wrapped socket's reader, kept from the handshake on (on io_uring with its
+    /// multishot receive armed). Dropped with the [`TlsReader`], which stops receiving.
+    rx: Option<InnerReader<R>>,
+    /// The wrapped socket's writer, while no write is in flight.
+    writer: Option<InnerWriter<R>>,
     /// Ciphertext received during the handshake after its last message (normally empty and
     /// unallocated).
     cipher: BytesMut,
-    /// The one write to the wrapped connection in progress.
-    write: Option<PendingIo>,
+    /// The one write to the wrapped socket in progress (it holds the writer).
+    write: Option<PendingWrite<InnerWriter<R>>>,
     /// The waker the write in progress was last polled with, and any it replaced (woken when
     /// the write ends, so a reader and a writer in different tasks both see it).
     write_waker: Option<Waker>,
@@ -85,18 +93,22 @@ struct State<R> {
     eof: bool,
 }
 
-impl<R: Receive> State<R> {
+impl<R: Runtime> State<R> {
     /// Receives ciphertext into the worker's scratch buffer and hands it to `take`, which
     /// must consume it all. At end of stream marks `eof`.
-    fn recv<C: Connection<Reader = R>>(
+    fn recv(
         &mut self,
         cx: &mut Context<'_>,
-        inner: &Rc<C>,
         take: impl FnOnce(&mut Self, &[u8]),
     ) -> Poll<io::Result<()>> {
         SCRATCH.with_borrow_mut(|scratch| {
             scratch.reserve(SCRATCH_LEN);
-            let rx = self.rx.get_or_insert_with(|| inner.reader());
+            let Some(rx) = self.rx.as_mut() else {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    "TLS reader dropped",
+                )));
+            };
             let res = ready!(rx.poll_recv(cx, scratch));
             match res {
                 Ok(0) => self.eof = true,
@@ -109,7 +121,7 @@ impl<R: Receive> State<R> {
     }
 }
 
-impl<R> State<R> {
+impl<R: Runtime> State<R> {
     /// Hands `data` to rustls, appending the plaintext it yields to `out`. Without `out`
     /// (the handshake) it stops when the handshake is complete and keeps the rest of `data`
     /// for the reader.
@@ -167,19 +179,18 @@ impl<R> State<R> {
     }
 }
 
-impl<C: Connection> TlsConn<C> {
+impl<R: Runtime> TlsSocket<R> {
     /// Wraps `inner` as the server side of a TLS connection. Starts receiving at once (the
     /// client speaks first).
-    pub fn new(inner: C, config: Arc<ServerConfig>) -> io::Result<Self> {
+    pub fn new(inner: R::Socket, config: Arc<ServerConfig>) -> io::Result<Self> {
         let mut tls = ServerConnection::new(config).map_err(io::Error::other)?;
         tls.set_buffer_limit(Some(MAX_TLS_BUFFERED));
-        let inner = Rc::new(inner);
-        let rx = inner.reader();
+        let (rx, writer) = inner.split();
         Ok(Self {
-            inner,
-            st: RefCell::new(State {
+            st: Rc::new(RefCell::new(State {
                 tls,
                 rx: Some(rx),
+                writer: Some(writer),
                 cipher: BytesMut::new(),
                 write: None,
                 write_waker: None,
@@ -187,7 +198,7 @@ impl<C: Connection> TlsConn<C> {
                 tls_error: None,
                 write_error: None,
                 eof: false,
-            }),
+            })),
         })
     }
 
@@ -195,105 +206,119 @@ impl<C: Connection> TlsConn<C> {
     /// saying this port speaks TLS. Not bounded in time: the caller is.
     pub async fn handshake(&self) -> io::Result<()> {
         let mut first = true;
-        poll_fn(|cx| self.poll_handshake(cx, &mut first)).await
+        poll_fn(|cx| poll_handshake(&self.st, cx, &mut first)).await
     }
+}
 
-    fn poll_handshake(&self, cx: &mut Context<'_>, first: &mut bool) -> Poll<io::Result<()>> {
-        loop {
-            // Handshake messages (or an alert) go out before anything more is read.
-            ready!(self.poll_flush(cx))?;
-            let mut st = self.st.borrow_mut();
-            if let Some(e) = st.tls_err() {
-                return Poll::Ready(Err(e));
+fn poll_handshake<R: Runtime>(
+    st: &RefCell<State<R>>,
+    cx: &mut Context<'_>,
+    first: &mut bool,
+) -> Poll<io::Result<()>> {
+    loop {
+        // Handshake messages (or an alert) go out before anything more is read.
+        ready!(poll_flush(st, cx))?;
+        let mut st = st.borrow_mut();
+        if let Some(e) = st.tls_err() {
+            return Poll::Ready(Err(e));
+        }
+        if !st.tls.is_handshaking() {
+            return Poll::Ready(Ok(()));
+        }
+        if st.eof {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "closed during the TLS handshake",
+            )));
+        }
+        let received = st.recv(cx, |st, data| {
+            if std::mem::take(first) && looks_like_plain_http(data) {
+                st.fail_tls("plain HTTP request on the TLS port".into());
+                st.start_write(Bytes::from_static(PLAIN_HTTP_RESPONSE));
+            } else if let Err(why) = st.feed(data, None) {
+                st.fail_tls(why);
             }
-            if !st.tls.is_handshaking() {
-                return Poll::Ready(Ok(()));
+        });
+        ready!(received)?;
+    }
+}
+
+impl<R: Runtime> State<R> {
+    /// Starts writing `bytes` with the wrapped writer (which must be idle).
+    fn start_write(&mut self, bytes: Bytes) {
+        match self.writer.take() {
+            Some(w) => self.write = Some(Box::pin(w.write(vec![bytes]))),
+            None => {
+                self.write_error.get_or_insert((
+                    io::ErrorKind::NotConnected,
+                    "the TLS connection's writer is gone".into(),
+                ));
             }
-            if st.eof {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "closed during the TLS handshake",
-                )));
-            }
-            let received = st.recv(cx, &self.inner, |st, data| {
-                if std::mem::take(first) && looks_like_plain_http(data) {
-                    st.fail_tls("plain HTTP request on the TLS port".into());
-                    let inner = self.inner.clone();
-                    st.write = Some(Box::pin(async move {
-                        inner
-                            .write_all(Bytes::from_static(PLAIN_HTTP_RESPONSE))
-                            .await
-                    }));
-                } else if let Err(why) = st.feed(data, None) {
-                    st.fail_tls(why);
-                }
-            });
-            ready!(received)?;
         }
     }
+}
 
-    /// Writes what rustls has queued for the peer, one write at a time; `Ready(Ok)` once
-    /// everything is out.
-    fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut st = self.st.borrow_mut();
-        loop {
-            if let Some(w) = st.write.as_mut() {
-                let Poll::Ready(res) = w.as_mut().poll(cx) else {
-                    match &st.write_waker {
-                        Some(w) if w.will_wake(cx.waker()) => {}
-                        _ => {
-                            if let Some(prev) = st.write_waker.replace(cx.waker().clone()) {
-                                st.waiters.push(prev);
-                            }
+/// Writes what rustls has queued for the peer, one write at a time; `Ready(Ok)` once
+/// everything is out.
+fn poll_flush<R: Runtime>(st: &RefCell<State<R>>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    let mut st = st.borrow_mut();
+    loop {
+        if let Some(w) = st.write.as_mut() {
+            let Poll::Ready(done) = w.as_mut().poll(cx) else {
+                match &st.write_waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => {
+                        if let Some(prev) = st.write_waker.replace(cx.waker().clone()) {
+                            st.waiters.push(prev);
                         }
                     }
-                    return Poll::Pending;
-                };
-                st.write = None;
-                st.write_waker = None;
-                for w in st.waiters.drain(..) {
-                    w.wake();
                 }
-                if let Err(e) = res {
-                    st.write_error = Some((e.kind(), e.to_string()));
-                    return Poll::Ready(Err(e));
-                }
+                return Poll::Pending;
+            };
+            st.write = None;
+            st.write_waker = None;
+            st.writer = Some(done.writer);
+            for w in st.waiters.drain(..) {
+                w.wake();
             }
-            if let Some(e) = st.write_err() {
+            if let Err(e) = done.result {
+                st.write_error = Some((e.kind(), e.to_string()));
                 return Poll::Ready(Err(e));
             }
-            if !st.tls.wants_write() {
-                return Poll::Ready(Ok(()));
-            }
-            let mut out = Collect(BytesMut::new());
-            while st.tls.wants_write() {
-                st.tls.write_tls(&mut out)?;
-            }
-            let (inner, bytes) = (self.inner.clone(), out.0.freeze());
-            st.write = Some(Box::pin(async move { inner.write_all(bytes).await }));
         }
+        if let Some(e) = st.write_err() {
+            return Poll::Ready(Err(e));
+        }
+        if !st.tls.wants_write() {
+            return Poll::Ready(Ok(()));
+        }
+        let mut out = Collect(BytesMut::new());
+        while st.tls.wants_write() {
+            st.tls.write_tls(&mut out)?;
+        }
+        st.start_write(out.0.freeze());
     }
+}
 
-    /// Encrypts and writes all of `bufs`, advancing them as they are taken.
-    async fn write_plain(&self, bufs: &mut [Bytes]) -> io::Result<()> {
-        let mut start = 0;
-        loop {
-            {
-                let mut st = self.st.borrow_mut();
-                if let Some(e) = st.write_err().or_else(|| st.tls_err()) {
-                    return Err(e);
-                }
-                if st.tls.is_handshaking() {
-                    // rustls would hold the plaintext until the handshake is done, and this
-                    // loop would wait for it forever: callers run the handshake first.
-                    return Err(io::Error::other("write before the TLS handshake completed"));
-                }
-                start = encrypt(&mut st.tls, bufs, start)?;
+/// Encrypts and writes all of `bufs`, advancing them as they are taken.
+async fn write_plain<R: Runtime>(st: &RefCell<State<R>>, bufs: &mut [Bytes]) -> io::Result<()> {
+    let mut start = 0;
+    loop {
+        {
+            let mut st = st.borrow_mut();
+            if let Some(e) = st.write_err().or_else(|| st.tls_err()) {
+                return Err(e);
             }
-            poll_fn(|cx| self.poll_flush(cx)).await?;
-            if start == bufs.len() {
-                return Ok(());
+            if st.tls.is_handshaking() {
+                // rustls would hold the plaintext until the handshake is done, and this
+                // loop would wait for it forever: callers run the handshake first.
+                return Err(io::Error::other("write before the TLS handshake completed"));
             }
+            start = encrypt(&mut st.tls, bufs, start)?;
+        }
+        poll_fn(|cx| poll_flush(st, cx)).await?;
+        if start == bufs.len() {
+            return Ok(());
         }
     }
 }
@@ -360,55 +385,83 @@ impl io::Write for Collect {
     }
 }
 
-impl<C: Connection> Connection for TlsConn<C> {
-    type Reader = TlsReader<C>;
+impl<R: Runtime> Socket for TlsSocket<R> {
+    type Reader = TlsReader<R>;
+    type Writer = TlsWriter<R>;
 
-    fn reader(self: &Rc<Self>) -> TlsReader<C> {
-        TlsReader { conn: self.clone() }
+    fn split(self) -> (TlsReader<R>, TlsWriter<R>) {
+        (
+            TlsReader {
+                st: self.st.clone(),
+            },
+            TlsWriter { st: self.st },
+        )
     }
+}
 
-    async fn write_all(&self, buf: Bytes) -> io::Result<()> {
-        self.write_plain(&mut [buf]).await
-    }
+/// The plaintext writer of a [`TlsSocket`].
+pub struct TlsWriter<R: Runtime> {
+    st: Rc<RefCell<State<R>>>,
+}
 
-    async fn write_all_vectored(&self, mut bufs: Vec<Bytes>) -> (io::Result<()>, Vec<Bytes>) {
-        let res = self.write_plain(&mut bufs).await;
+impl<R: Runtime> Writer for TlsWriter<R> {
+    async fn write(self, mut bufs: Vec<Bytes>) -> Written<Self> {
+        let result = write_plain(&self.st, &mut bufs).await;
         bufs.clear();
-        (res, bufs)
+        Written {
+            writer: self,
+            result,
+            bufs,
+        }
     }
 
-    /// Sends close_notify after what is queued, then shuts the socket's sending side. Not
-    /// bounded in time (a peer that stopped reading holds it): the caller is.
-    async fn shutdown(&self) -> io::Result<()> {
+    /// Sends close_notify after what is queued (for at most [`SHUTDOWN_TIMEOUT`]), then
+    /// shuts the socket's sending side.
+    async fn shutdown(self) -> io::Result<()> {
         self.st.borrow_mut().tls.send_close_notify();
-        let _ = poll_fn(|cx| self.poll_flush(cx)).await;
-        self.inner.shutdown().await
+        let flushed = tokio::select! {
+            biased;
+            r = poll_fn(|cx| poll_flush(&self.st, cx)) => r.is_ok(),
+            _ = R::sleep(SHUTDOWN_TIMEOUT) => false,
+        };
+        if !flushed {
+            // The peer is not reading: dropping the write in flight ends it.
+            self.st.borrow_mut().write = None;
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "close_notify not taken by the peer",
+            ));
+        }
+        let writer = self.st.borrow_mut().writer.take();
+        match writer {
+            Some(w) => w.shutdown().await,
+            None => Ok(()),
+        }
     }
 }
 
-/// The plaintext receiver of a [`TlsConn`]. Dropping it stops receiving on the wrapped
-/// connection too.
-pub struct TlsReader<C: Connection> {
-    conn: Rc<TlsConn<C>>,
+/// The plaintext reader of a [`TlsSocket`]. Dropping it stops receiving on the wrapped
+/// socket too.
+pub struct TlsReader<R: Runtime> {
+    st: Rc<RefCell<State<R>>>,
 }
 
-impl<C: Connection> Drop for TlsReader<C> {
+impl<R: Runtime> Drop for TlsReader<R> {
     fn drop(&mut self) {
-        if let Ok(mut st) = self.conn.st.try_borrow_mut() {
+        if let Ok(mut st) = self.st.try_borrow_mut() {
             st.rx = None;
         }
     }
 }
 
-impl<C: Connection> Receive for TlsReader<C> {
+impl<R: Runtime> Reader for TlsReader<R> {
     fn poll_recv(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
-        let conn = &*self.conn;
         let start = buf.len();
         loop {
             // What rustls wants sent (a key update, an alert) goes out alongside reading;
             // a write error shows on the next write.
-            let flushed = conn.poll_flush(cx).is_ready();
-            let mut st = conn.st.borrow_mut();
+            let flushed = poll_flush(&self.st, cx).is_ready();
+            let mut st = self.st.borrow_mut();
             if let Some(e) = st.tls_err() {
                 // Fail once the alert is out.
                 return if flushed {
@@ -432,7 +485,7 @@ impl<C: Connection> Receive for TlsReader<C> {
                 }
                 continue;
             }
-            let received = st.recv(cx, &conn.inner, |st, data| {
+            let received = st.recv(cx, |st, data| {
                 if let Err(why) = st.feed(data, Some(buf)) {
                     st.fail_tls(why);
                 }

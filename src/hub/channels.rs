@@ -6,9 +6,9 @@ use std::rc::Rc;
 use bytes::Bytes;
 use indexmap::IndexMap;
 
-use crate::hub::{ChannelKey, ChannelRef};
+use super::conn::{Conn, Push};
+use crate::app::{ChannelKey, ChannelRef};
 use crate::protocol::SocketId;
-use crate::session::conn::{Conn, Push};
 
 type FastState = foldhash::fast::RandomState;
 type Subscribers = IndexMap<usize, Rc<Conn>, FastState>;
@@ -100,7 +100,6 @@ impl LocalChannels {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::conn::Protocol;
 
     fn conn(id: usize) -> Rc<Conn> {
         Rc::new(Conn::new(
@@ -110,7 +109,7 @@ mod tests {
                 seq: id as u64,
             },
             Some(0),
-            Protocol::Pusher,
+            true,
             1 << 20,
         ))
     }

@@ -1,10 +1,20 @@
-//! Applications: the credentials (id, key, secret) clients and publishers identify with.
+//! Applications: the credentials (id, key, secret) clients and publishers identify with,
+//! each app's settings and live counters, and the key that names one of its channels.
+//!
+//! Apps are loaded by [`crate::config`] and replaced as a whole on reload (SIGHUP); the
+//! apps in use are always those in [`LiveApps`].
+
+mod counters;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use serde::Deserialize;
+
+pub use counters::AppCounters;
+
+use crate::protocol::webhook;
 
 /// Index of an app in [`Apps`]; cheap to copy and to send between workers.
 pub type AppIdx = u32;
@@ -73,49 +83,6 @@ pub struct App {
     pub counters: Arc<AppCounters>,
 }
 
-/// What an app is using now, over all workers (checked against its limits).
-#[derive(Debug, Default)]
-pub struct AppCounters {
-    /// Open WebSocket connections.
-    pub connections: std::sync::atomic::AtomicUsize,
-    /// Occupied channels.
-    pub channels: std::sync::atomic::AtomicUsize,
-    /// API requests in the current second: `second << 32 | count`.
-    api_window: std::sync::atomic::AtomicU64,
-}
-
-impl AppCounters {
-    /// Counts an API request made in `second`; false when it is over `per_second`
-    /// (0: unlimited).
-    pub fn allow_api_request(&self, second: u64, per_second: u32) -> bool {
-        use std::sync::atomic::Ordering;
-        if per_second == 0 {
-            return true;
-        }
-        let mut cur = self.api_window.load(Ordering::Relaxed);
-        loop {
-            let (sec, count) = (cur >> 32, cur & 0xffff_ffff);
-            let next = if sec == second & 0xffff_ffff {
-                if count >= u64::from(per_second) {
-                    return false;
-                }
-                cur + 1
-            } else {
-                ((second & 0xffff_ffff) << 32) | 1
-            };
-            match self.api_window.compare_exchange_weak(
-                cur,
-                next,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return true,
-                Err(actual) => cur = actual,
-            }
-        }
-    }
-}
-
 /// A webhook endpoint of an app.
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
@@ -123,56 +90,8 @@ pub struct Webhook {
     /// `http://` URL to POST to.
     pub url: String,
     /// Event types sent there (default: all).
-    #[serde(default = "WebhookEvent::all")]
-    pub events: Vec<WebhookEvent>,
-}
-
-/// Webhook event types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WebhookEvent {
-    /// A channel got its first subscriber.
-    ChannelOccupied,
-    /// A channel lost its last subscriber (sent after 3 s, unless re-occupied).
-    ChannelVacated,
-    /// A user joined a presence channel (first connection).
-    MemberAdded,
-    /// A user left a presence channel (last connection; sent after 3 s, unless back).
-    MemberRemoved,
-    /// A client event was sent.
-    ClientEvent,
-    /// A cache channel was subscribed to with nothing cached.
-    CacheMiss,
-    /// A channel's subscription count changed.
-    SubscriptionCount,
-}
-
-impl WebhookEvent {
-    /// Every event type.
-    pub fn all() -> Vec<Self> {
-        vec![
-            Self::ChannelOccupied,
-            Self::ChannelVacated,
-            Self::MemberAdded,
-            Self::MemberRemoved,
-            Self::ClientEvent,
-            Self::CacheMiss,
-            Self::SubscriptionCount,
-        ]
-    }
-
-    /// The name used in webhook bodies.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::ChannelOccupied => "channel_occupied",
-            Self::ChannelVacated => "channel_vacated",
-            Self::MemberAdded => "member_added",
-            Self::MemberRemoved => "member_removed",
-            Self::ClientEvent => "client_event",
-            Self::CacheMiss => "cache_miss",
-            Self::SubscriptionCount => "subscription_count",
-        }
-    }
+    #[serde(default = "webhook::Kind::all")]
+    pub events: Vec<webhook::Kind>,
 }
 
 impl App {
@@ -200,7 +119,7 @@ impl App {
     }
 
     /// Whether any webhook wants `event`.
-    pub fn wants_webhook(&self, event: WebhookEvent) -> bool {
+    pub fn wants_webhook(&self, event: webhook::Kind) -> bool {
         self.webhooks.iter().any(|w| w.events.contains(&event))
     }
 }
@@ -234,63 +153,14 @@ pub const MAX_CACHE_TTL: u64 = 7 * 86_400;
 /// Longest `authorized_connections_timeout`: 1 day, in seconds.
 pub const MAX_AUTHORIZED_CONNECTIONS_TIMEOUT: u64 = 86_400;
 
-/// A TOML error in `text` as "line L, column C: what is wrong". Unlike the error's own
-/// Display it never quotes the source line, and it leaves out the value serde's messages
-/// quote: either may be a secret (an unquoted `secret = 9f86…` is a TOML error).
-pub fn toml_error(text: &str, e: &toml::de::Error) -> String {
-    let message = without_value(e.message());
-    let Some(before) = e.span().and_then(|span| text.get(..span.start)) else {
-        return message;
-    };
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
-    format!("line {line}, column {column}: {message}")
-}
-
-/// serde's "invalid type: integer `123`, expected a string" without the `123`.
-fn without_value(message: &str) -> String {
-    for prefix in ["invalid type: ", "invalid value: "] {
-        if let Some((found, expected)) = message
-            .strip_prefix(prefix)
-            .and_then(|rest| rest.rsplit_once(", expected "))
-        {
-            let kind = found.split(['`', '"']).next().unwrap_or(found).trim_end();
-            return format!("{prefix}{kind}, expected {expected}");
-        }
-    }
-    message.to_string()
-}
-
-/// Errors in the app configuration.
+/// Apps that cannot be used together: a shared id or key, an empty credential, a value
+/// out of range.
 #[derive(Debug, thiserror::Error)]
-pub enum AppsError {
-    /// The apps file could not be read.
-    #[error("cannot read apps file {path}: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The apps file is not valid TOML for the expected shape.
-    #[error("invalid apps file {path}: {reason}")]
-    Parse {
-        /// The file.
-        path: String,
-        /// Why, from [`toml_error`] (never the offending text).
-        reason: String,
-    },
-    /// Two apps share an id or a key, or a field is empty.
-    #[error("invalid app configuration: {0}")]
-    Invalid(String),
-}
+#[error("invalid app configuration: {0}")]
+pub struct InvalidApps(pub String);
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AppsFile {
-    #[serde(default, rename = "app")]
-    apps: Vec<App>,
-}
+/// The apps in use, shared by every thread: read with `load()`, replaced whole on reload.
+pub type LiveApps = Arc<arc_swap::ArcSwap<Apps>>;
 
 /// The set of configured apps. Replaced as a whole on reload (SIGHUP); an app keeps its
 /// index for the life of the process.
@@ -303,37 +173,34 @@ pub struct Apps {
 
 impl Apps {
     /// Builds the registry, refusing duplicate ids or keys and empty credentials.
-    pub fn new(apps: Vec<App>) -> Result<Self, AppsError> {
+    pub fn new(apps: Vec<App>) -> Result<Self, InvalidApps> {
         if apps.is_empty() {
-            return Err(AppsError::Invalid("no app configured".into()));
+            return Err(InvalidApps("no app configured".into()));
         }
         let mut by_key = HashMap::new();
         let mut by_id = HashMap::new();
         for (idx, app) in apps.iter().enumerate() {
             if app.id.is_empty() || app.key.is_empty() || app.secret.is_empty() {
-                return Err(AppsError::Invalid(format!(
+                return Err(InvalidApps(format!(
                     "app #{} has an empty id, key or secret",
                     idx + 1
                 )));
             }
             if app.key.contains('/') || app.id.contains('/') {
-                return Err(AppsError::Invalid(format!(
+                return Err(InvalidApps(format!(
                     "app {:?}: id and key may not contain '/'",
                     app.id
                 )));
             }
             if by_key.insert(app.key.clone(), idx as AppIdx).is_some() {
-                return Err(AppsError::Invalid(format!(
-                    "duplicate app key {:?}",
-                    app.key
-                )));
+                return Err(InvalidApps(format!("duplicate app key {:?}", app.key)));
             }
             if by_id.insert(app.id.clone(), idx as AppIdx).is_some() {
-                return Err(AppsError::Invalid(format!("duplicate app id {:?}", app.id)));
+                return Err(InvalidApps(format!("duplicate app id {:?}", app.id)));
             }
             for w in &app.webhooks {
                 if !w.url.starts_with("http://") {
-                    return Err(AppsError::Invalid(format!(
+                    return Err(InvalidApps(format!(
                         "app {:?}: webhook URL {:?} must start with http:// (terminate TLS in \
                          a proxy in front of the receiver)",
                         app.id, w.url
@@ -349,14 +216,14 @@ impl Apps {
                 ),
             ] {
                 if value > max {
-                    return Err(AppsError::Invalid(format!(
+                    return Err(InvalidApps(format!(
                         "app {:?}: {key} is {value} seconds; at most {max} are allowed",
                         app.id
                     )));
                 }
             }
             if app.client_event_rate == 0 || app.max_presence_members == 0 {
-                return Err(AppsError::Invalid(format!(
+                return Err(InvalidApps(format!(
                     "app {:?}: client_event_rate and max_presence_members must be positive",
                     app.id
                 )));
@@ -372,7 +239,7 @@ impl Apps {
     /// The apps after a reload to `new`: every app keeps its index (matched by id) and its
     /// live counters; apps no longer configured stay disabled and unreachable; new apps
     /// are appended.
-    pub fn reloaded(&self, new: Vec<App>) -> Result<Self, AppsError> {
+    pub fn reloaded(&self, new: Vec<App>) -> Result<Self, InvalidApps> {
         // Validate the new set on its own first.
         Self::new(new.clone())?;
         let mut new: HashMap<String, App> = new.into_iter().map(|a| (a.id.clone(), a)).collect();
@@ -409,19 +276,6 @@ impl Apps {
             by_key,
             by_id,
         })
-    }
-
-    /// Loads apps from a TOML file with one `[[app]]` table per app.
-    pub fn from_file(path: &Path) -> Result<Vec<App>, AppsError> {
-        let text = std::fs::read_to_string(path).map_err(|source| AppsError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let file: AppsFile = toml::from_str(&text).map_err(|e| AppsError::Parse {
-            path: path.display().to_string(),
-            reason: toml_error(&text, &e),
-        })?;
-        Ok(file.apps)
     }
 
     /// The app a WebSocket client names by key.
@@ -481,18 +335,6 @@ mod tests {
     }
 
     #[test]
-    fn api_rate_window_is_per_second() {
-        let c = AppCounters::default();
-        assert!((0..3).all(|_| c.allow_api_request(100, 3)));
-        assert!(!c.allow_api_request(100, 3));
-        assert!(c.allow_api_request(101, 3));
-        assert!(
-            (0..10).all(|_| c.allow_api_request(102, 0)),
-            "0 is no limit"
-        );
-    }
-
-    #[test]
     fn durations_too_long_are_refused() {
         let mut a = app("1", "a");
         a.cache_ttl = MAX_CACHE_TTL;
@@ -523,51 +365,68 @@ mod tests {
         assert_eq!(apps.by_id("1"), Some(0));
         assert_eq!(apps.by_key("zz"), None);
     }
+}
 
-    #[test]
-    fn toml_errors_give_the_place_not_the_text() {
-        for (text, want) in [
-            (
-                "[[app]]\nid = \"1\"\nkey = \"k\"\nsecret = 9f86d081884c7d65\n",
-                "line 4, column 10: ",
-            ),
-            (
-                "[[app]]\nid = \"1\"\nkey = \"k\"\nsecret = 9086081884\n",
-                "line 4, column 10: invalid type: integer, expected a string",
-            ),
-            (
-                "[[app]]\nid = \"é\"\nkey = \"k\"\nsecret = \"s\"\ncache_ttl = \"9086081884\"\n",
-                "line 5, column 13: invalid type: string, expected u64",
-            ),
-        ] {
-            let e = toml::from_str::<AppsFile>(text).err().unwrap();
-            let shown = toml_error(text, &e);
-            assert!(shown.starts_with(want), "{shown}");
-            assert!(!shown.contains("9f86d081884c7d65"), "{shown}");
-            assert!(!shown.contains("9086081884"), "{shown}");
+/// A channel of an app: what subscriptions, the channel index, presence and the cache are
+/// keyed by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelKey {
+    /// The app.
+    pub app: AppIdx,
+    /// The channel name.
+    pub name: Arc<str>,
+}
+
+impl ChannelKey {
+    /// A key for `name` in `app`.
+    pub fn new(app: AppIdx, name: &str) -> Self {
+        Self {
+            app,
+            name: Arc::from(name),
         }
     }
 
-    #[test]
-    fn apps_file_parses() {
-        let dir = std::env::temp_dir().join(format!("ringcast-apps-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("apps.toml");
-        std::fs::write(
-            &path,
-            "[[app]]\nid = \"1\"\nkey = \"k1\"\nsecret = \"s1\"\nclient_events = true\n\n\
-             [[app.webhook]]\nurl = \"http://127.0.0.1:9/hooks\"\nevents = [\"channel_occupied\", \"member_added\"]\n\n\
-             [[app]]\nid = \"2\"\nkey = \"k2\"\nsecret = \"s2\"\nenabled = false\n",
-        )
-        .unwrap();
-        let apps = Apps::from_file(&path).unwrap();
-        assert_eq!(apps.len(), 2);
-        assert!(apps[0].client_events);
-        assert!(apps[0].wants_webhook(WebhookEvent::MemberAdded));
-        assert!(!apps[0].wants_webhook(WebhookEvent::ChannelVacated));
-        assert_eq!(apps[0].max_presence_members, 100);
-        assert!(!apps[1].enabled);
-        assert!(!apps[1].client_events);
-        let _ = Apps::new(apps).unwrap();
+    /// The key, borrowed.
+    pub fn as_ref(&self) -> ChannelRef<'_> {
+        ChannelRef {
+            app: self.app,
+            name: &self.name,
+        }
+    }
+}
+
+impl Hash for ChannelKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_ref().hash(state)
+    }
+}
+
+/// A borrowed [`ChannelKey`], for lookups without allocating.
+#[derive(Debug, Clone, Copy)]
+pub struct ChannelRef<'a> {
+    /// The app.
+    pub app: AppIdx,
+    /// The channel name.
+    pub name: &'a str,
+}
+
+impl ChannelRef<'_> {
+    /// An owned key.
+    pub fn to_key(self) -> ChannelKey {
+        ChannelKey::new(self.app, self.name)
+    }
+}
+
+impl Hash for ChannelRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u32(self.app);
+        self.name.hash(state);
+    }
+}
+
+// papaya and hashbrown share the `equivalent` crate's trait.
+impl papaya::Equivalent<ChannelKey> for ChannelRef<'_> {
+    fn equivalent(&self, key: &ChannelKey) -> bool {
+        self.app == key.app && self.name == &*key.name
     }
 }

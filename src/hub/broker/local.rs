@@ -1,0 +1,289 @@
+//! The broker of a cluster of one: this process's workers share presence members,
+//! signed-in users, occupancy counts and cache channels' last events in memory, and there
+//! is no other node to send events to. Every answer is given at once.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::cache::EventCache;
+use super::presence::PresenceRegistry;
+use super::users::UserRegistry;
+use super::*;
+use crate::hub::ChannelIndex;
+
+/// Most cache channels whose last event is kept (over all apps).
+pub const MAX_CACHED_CHANNELS: usize = 100_000;
+
+/// The in-process [`Broker`].
+pub struct LocalBroker {
+    /// The node's channel index: with one node, its counts are the cluster's.
+    index: Arc<ChannelIndex>,
+    presence: PresenceRegistry,
+    users: UserRegistry,
+    cache: EventCache,
+}
+
+impl LocalBroker {
+    /// A broker over this node's channel `index`.
+    pub fn new(index: Arc<ChannelIndex>) -> Self {
+        Self {
+            index,
+            presence: PresenceRegistry::default(),
+            users: UserRegistry::default(),
+            cache: EventCache::new(MAX_CACHED_CHANNELS),
+        }
+    }
+}
+
+impl Broker for LocalBroker {
+    fn publish(&self, _deliveries: &[Delivery]) -> Pending<()> {
+        Pending::ready(())
+    }
+
+    fn broadcast(&self, _msg: &UserMsg) -> Pending<()> {
+        Pending::ready(())
+    }
+
+    fn interest(&self, _channel: ChannelRef<'_>, _interested: bool) {}
+
+    fn count(&self, _worker: usize, req: Count) -> Option<Answer> {
+        let count = req.node_count;
+        Some(Answer::Counted(req, count))
+    }
+
+    fn join(&self, _worker: usize, req: Join) -> Option<Answer> {
+        let joined = self.presence.join(
+            &req.channel,
+            &req.member,
+            req.conn.socket_id,
+            req.max_members,
+        );
+        Some(Answer::Joined(req, joined))
+    }
+
+    fn leave(&self, _worker: usize, req: Leave) -> Option<Answer> {
+        let last = self
+            .presence
+            .leave(req.channel.as_ref(), &req.user, req.socket_id);
+        Some(Answer::Left(req, last))
+    }
+
+    fn members(&self, _worker: usize, req: ForConn) -> Option<Answer> {
+        let members = self.presence.members(req.channel.as_ref());
+        Some(Answer::Members(req, members))
+    }
+
+    fn sign_in(&self, _worker: usize, req: SignIn) -> Option<Answer> {
+        let watched_online = req
+            .watchlist
+            .iter()
+            .filter(|w| self.users.is_online(req.app, w))
+            .cloned()
+            .collect();
+        let came_online = self.users.sign_in(req.app, &req.user);
+        Some(Answer::SignedIn {
+            req,
+            came_online,
+            watched_online,
+        })
+    }
+
+    fn sign_out(&self, _worker: usize, req: SignOut) -> Option<Answer> {
+        let went_offline = self.users.sign_out(req.app, &req.user);
+        Some(Answer::SignedOut(req, went_offline))
+    }
+
+    fn remember(&self, channel: ChannelKey, frame: Bytes, event: &str, data: &str, ttl: Duration) {
+        let name = channel.name.clone();
+        if !self.cache.put(channel, frame, event, data, ttl) {
+            // Once a minute at most: a full cache would otherwise log every event.
+            static LAST_WARNED: AtomicU32 = AtomicU32::new(0);
+            let now = crate::clock::tick_now().max(1);
+            let last = LAST_WARNED.load(Ordering::Relaxed);
+            if last == 0 || now.wrapping_sub(last) >= 60 * crate::clock::TICKS_PER_SEC {
+                LAST_WARNED.store(now, Ordering::Relaxed);
+                tracing::warn!(
+                    channel = &*name,
+                    max = MAX_CACHED_CHANNELS,
+                    "event cache is full: new cache channels' events are not kept"
+                );
+            }
+        }
+    }
+
+    fn replay(&self, _worker: usize, req: ForConn) -> Option<Answer> {
+        let r = req.channel.as_ref();
+        let replay = match self.cache.get(r) {
+            Some(cached) => Replay::Hit(cached.frame),
+            None => Replay::Miss {
+                first: self.cache.note_miss(r),
+            },
+        };
+        Some(Answer::Replayed(req, replay))
+    }
+
+    fn channel(&self, channel: ChannelRef<'_>) -> Pending<ChannelInfo> {
+        Pending::ready(ChannelInfo {
+            subscription_count: self.index.get(channel).map_or(0, |o| o.subscription_count),
+            user_count: self.presence.user_count(channel),
+        })
+    }
+
+    fn channels(&self, app: AppIdx, prefix: &str) -> Pending<Vec<(Arc<str>, u64)>> {
+        Pending::ready(
+            self.index
+                .channels(app, prefix)
+                .into_iter()
+                .map(|(name, o)| (name, o.subscription_count))
+                .collect(),
+        )
+    }
+
+    fn presence(&self, channel: ChannelRef<'_>) -> Pending<Vec<Member>> {
+        Pending::ready(self.presence.members(channel))
+    }
+
+    fn cached(&self, channel: ChannelRef<'_>) -> Pending<Option<Cached>> {
+        Pending::ready(self.cache.get(channel))
+    }
+
+    fn sweep(&self) {
+        self.cache.sweep();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(n: u64) -> ConnRef {
+        ConnRef {
+            id: n as usize,
+            socket_id: SocketId { random: 1, seq: n },
+        }
+    }
+
+    fn join(b: &LocalBroker, user: &str, n: u64) -> Joined {
+        let req = Join {
+            conn: conn(n),
+            channel: ChannelKey::new(0, "presence-a"),
+            member: Member {
+                user_id: Arc::from(user),
+                user_info: Arc::from("null"),
+            },
+            max_members: 100,
+        };
+        match b.join(0, req) {
+            Some(Answer::Joined(_, joined)) => joined,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn leave(b: &LocalBroker, user: &str, n: u64) -> bool {
+        let req = Leave {
+            socket_id: conn(n).socket_id,
+            channel: ChannelKey::new(0, "presence-a"),
+            user: Arc::from(user),
+        };
+        match b.leave(0, req) {
+            Some(Answer::Left(_, last)) => last,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn presence_first_join_and_last_leave_are_each_decided_once() {
+        let b = LocalBroker::new(Arc::default());
+        assert!(matches!(join(&b, "ann", 1), Joined::First(_)));
+        assert!(matches!(join(&b, "ann", 2), Joined::Again(_)));
+        assert!(!leave(&b, "ann", 1));
+        assert!(leave(&b, "ann", 2));
+        assert!(!leave(&b, "ann", 2));
+    }
+
+    #[test]
+    fn a_user_is_online_from_its_first_sign_in_to_its_last_sign_out() {
+        let b = LocalBroker::new(Arc::default());
+        let sign_in = |user: &str, watch: &[&str]| {
+            let req = SignIn {
+                conn: conn(1),
+                app: 0,
+                user: Arc::from(user),
+                watchlist: watch.iter().map(|w| Arc::from(*w)).collect(),
+            };
+            match b.sign_in(0, req) {
+                Some(Answer::SignedIn {
+                    came_online,
+                    watched_online,
+                    ..
+                }) => (came_online, watched_online),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(sign_in("ann", &["bob"]), (true, vec![]));
+        assert_eq!(
+            sign_in("bob", &["ann", "cy"]),
+            (true, vec![Arc::from("ann")])
+        );
+        assert_eq!(sign_in("ann", &[]), (false, vec![]));
+        let sign_out = |user: &str| match b.sign_out(
+            0,
+            SignOut {
+                app: 0,
+                user: Arc::from(user),
+            },
+        ) {
+            Some(Answer::SignedOut(_, offline)) => offline,
+            other => panic!("{other:?}"),
+        };
+        assert!(!sign_out("ann"));
+        assert!(sign_out("ann"));
+    }
+
+    #[test]
+    fn cache_replays_the_last_event_and_reports_the_first_miss_once() {
+        let b = LocalBroker::new(Arc::default());
+        let replay = |n| match b.replay(
+            0,
+            ForConn {
+                conn: conn(n),
+                channel: ChannelKey::new(0, "cache-a"),
+            },
+        ) {
+            Some(Answer::Replayed(_, r)) => r,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(replay(1), Replay::Miss { first: true });
+        assert_eq!(replay(2), Replay::Miss { first: false });
+        let frame = Bytes::from_static(b"frame");
+        b.remember(
+            ChannelKey::new(0, "cache-a"),
+            frame.clone(),
+            "e",
+            "d",
+            Duration::from_secs(60),
+        );
+        assert_eq!(replay(3), Replay::Hit(frame));
+    }
+
+    #[tokio::test]
+    async fn counts_come_from_the_node_index() {
+        let index = Arc::new(ChannelIndex::default());
+        index.add(ChannelKey::new(0, "a"), 0);
+        index.add(ChannelKey::new(0, "a"), 1);
+        let b = LocalBroker::new(index);
+        let info = b.channel(ChannelRef { app: 0, name: "a" }).await.unwrap();
+        assert_eq!(info.subscription_count, 2);
+        assert_eq!(b.channels(0, "").await.unwrap(), vec![(Arc::from("a"), 2)]);
+        let req = Count {
+            channel: ChannelKey::new(0, "a"),
+            kind: ChannelKind::Public,
+            change: Change::Subscribed,
+            node_count: 2,
+        };
+        assert!(matches!(b.count(0, req), Some(Answer::Counted(_, 2))));
+    }
+}

@@ -1,0 +1,204 @@
+//! Presence channels' members, over all workers of this process.
+//!
+//! A member is a user id; several connections of one user (tabs, devices, workers) are one
+//! member, and each connection is recorded, so that the first join and the last leave can
+//! be told apart exactly, and a leave by a connection that never joined changes nothing.
+//! Joins and leaves happen per subscription, never per published event, so the shard locks
+//! are off the fan-out path.
+
+use std::sync::Arc;
+
+use indexmap::IndexMap;
+
+use super::sharded::Sharded;
+use crate::app::{ChannelKey, ChannelRef};
+use crate::protocol::SocketId;
+use crate::pusher::{Joined, Member};
+
+type FastState = foldhash::fast::RandomState;
+
+struct Entry {
+    /// `user_info` as JSON text (`null` when absent), as the first connection gave it.
+    info: Arc<str>,
+    /// The user's connections subscribed to the channel.
+    sockets: Vec<SocketId>,
+}
+
+#[derive(Default)]
+struct Channel {
+    members: IndexMap<Arc<str>, Entry, FastState>,
+}
+
+impl Channel {
+    fn members(&self) -> Vec<Member> {
+        self.members
+            .iter()
+            .map(|(id, e)| Member {
+                user_id: id.clone(),
+                user_info: e.info.clone(),
+            })
+            .collect()
+    }
+}
+
+/// Every presence channel's members.
+#[derive(Default)]
+pub struct PresenceRegistry {
+    channels: Sharded<Channel>,
+}
+
+impl PresenceRegistry {
+    /// Adds connection `socket_id` of `member` to the channel, unless the channel has `max`
+    /// other users.
+    pub fn join(
+        &self,
+        key: &ChannelKey,
+        member: &Member,
+        socket_id: SocketId,
+        max: usize,
+    ) -> Joined {
+        let r = key.as_ref();
+        let mut shard = self.channels.lock(r);
+        let channel = shard.entry(key.clone()).or_default();
+        let first = if let Some(e) = channel.members.get_mut(&member.user_id) {
+            if !e.sockets.contains(&socket_id) {
+                e.sockets.push(socket_id);
+            }
+            false
+        } else if channel.members.len() >= max {
+            if channel.members.is_empty() {
+                shard.remove(&r);
+            }
+            return Joined::Full;
+        } else {
+            channel.members.insert(
+                member.user_id.clone(),
+                Entry {
+                    info: member.user_info.clone(),
+                    sockets: vec![socket_id],
+                },
+            );
+            true
+        };
+        let members = channel.members();
+        if first {
+            Joined::First(members)
+        } else {
+            Joined::Again(members)
+        }
+    }
+
+    /// Removes connection `socket_id` of `user`; returns whether that was the user's last,
+    /// so the member left.
+    pub fn leave(&self, key: ChannelRef<'_>, user: &str, socket_id: SocketId) -> bool {
+        let mut shard = self.channels.lock(key);
+        let Some(channel) = shard.get_mut(&key) else {
+            return false;
+        };
+        let Some(e) = channel.members.get_mut(user) else {
+            return false;
+        };
+        let Some(pos) = e.sockets.iter().position(|s| *s == socket_id) else {
+            return false;
+        };
+        e.sockets.swap_remove(pos);
+        if !e.sockets.is_empty() {
+            return false;
+        }
+        channel.members.shift_remove(user);
+        if channel.members.is_empty() {
+            shard.remove(&key);
+        }
+        true
+    }
+
+    /// The channel's members, in joining order.
+    pub fn members(&self, key: ChannelRef<'_>) -> Vec<Member> {
+        self.channels
+            .lock(key)
+            .get(&key)
+            .map(Channel::members)
+            .unwrap_or_default()
+    }
+
+    /// How many distinct users are in the channel.
+    pub fn user_count(&self, key: ChannelRef<'_>) -> usize {
+        self.channels
+            .lock(key)
+            .get(&key)
+            .map_or(0, |c| c.members.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: &str, info: &str) -> Member {
+        Member {
+            user_id: Arc::from(id),
+            user_info: Arc::from(info),
+        }
+    }
+
+    fn socket(n: u64) -> SocketId {
+        SocketId { random: 1, seq: n }
+    }
+
+    #[test]
+    fn several_connections_of_a_user_are_one_member() {
+        let reg = PresenceRegistry::default();
+        let key = ChannelKey::new(0, "presence-room");
+        let r = key.as_ref();
+        let ann = member("1", r#"{"name":"Ann"}"#);
+        let Joined::First(members) = reg.join(&key, &ann, socket(1), 100) else {
+            panic!()
+        };
+        assert_eq!(members, vec![ann.clone()]);
+        assert!(matches!(
+            reg.join(&key, &ann, socket(2), 100),
+            Joined::Again(_)
+        ));
+        assert!(matches!(
+            reg.join(&key, &member("2", "null"), socket(3), 100),
+            Joined::First(_)
+        ));
+        assert_eq!(reg.user_count(r), 2);
+        assert!(
+            !reg.leave(r, "1", socket(1)),
+            "one tab of user 1 is still there"
+        );
+        assert!(reg.leave(r, "1", socket(2)));
+        assert_eq!(reg.members(r), vec![member("2", "null")]);
+        assert!(reg.leave(r, "2", socket(3)));
+        assert_eq!(reg.user_count(r), 0);
+        assert!(!reg.leave(r, "2", socket(3)));
+    }
+
+    #[test]
+    fn leaving_with_a_connection_that_never_joined_changes_nothing() {
+        let reg = PresenceRegistry::default();
+        let key = ChannelKey::new(0, "presence-room");
+        reg.join(&key, &member("1", "null"), socket(1), 100);
+        assert!(!reg.leave(key.as_ref(), "1", socket(9)));
+        assert_eq!(reg.user_count(key.as_ref()), 1);
+    }
+
+    #[test]
+    fn a_full_channel_refuses_new_users_but_not_more_tabs() {
+        let reg = PresenceRegistry::default();
+        let key = ChannelKey::new(0, "presence-x");
+        for u in 0..3 {
+            let m = member(&u.to_string(), "null");
+            assert!(matches!(reg.join(&key, &m, socket(u), 3), Joined::First(_)));
+        }
+        assert_eq!(
+            reg.join(&key, &member("9", "null"), socket(9), 3),
+            Joined::Full
+        );
+        assert!(matches!(
+            reg.join(&key, &member("0", "null"), socket(10), 3),
+            Joined::Again(_)
+        ));
+    }
+}

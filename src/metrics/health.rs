@@ -1,0 +1,69 @@
+//! `/healthz` (200 while the process answers) and `/readyz` (503 while draining or when a
+//! worker is stuck), with a per-worker report, served on both listeners.
+
+use hyper::StatusCode;
+
+use super::{heartbeat_age, Telemetry};
+
+/// How long a worker may go without its once-a-second sweep before it counts as stuck.
+pub const STUCK_AFTER_SECS: f64 = 5.0;
+
+/// The status and body of `/healthz` (`readiness: false`: 200 while the process answers)
+/// or `/readyz` (503 unless ready), on either listener.
+pub fn reply(telemetry: &Telemetry, readiness: bool, draining: bool) -> (StatusCode, String) {
+    let (ready, body) = report(telemetry, draining);
+    let status = match ready || !readiness {
+        true => StatusCode::OK,
+        false => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    (status, body)
+}
+
+/// Readiness and the per-worker report behind `/healthz` and `/readyz`: ready unless
+/// shutting down or a worker has not swept for [`STUCK_AFTER_SECS`].
+pub fn report(telemetry: &Telemetry, draining: bool) -> (bool, String) {
+    let workers: Vec<serde_json::Value> = telemetry
+        .workers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let age = heartbeat_age(s);
+            serde_json::json!({
+                "worker": i,
+                "alive": age < STUCK_AFTER_SECS,
+                "heartbeat_age_seconds": (age * 1000.0).round() / 1000.0,
+                "connections": s.connections.load(std::sync::atomic::Ordering::Relaxed),
+            })
+        })
+        .collect();
+    let ages: Vec<f64> = telemetry.workers.iter().map(|s| heartbeat_age(s)).collect();
+    let (ready, status) = assess(draining, &ages);
+    let body = serde_json::json!({ "status": status, "workers": workers });
+    (ready, body.to_string())
+}
+
+/// Readiness from the drain state and each worker's heartbeat age (seconds).
+fn assess(draining: bool, heartbeat_ages: &[f64]) -> (bool, &'static str) {
+    if draining {
+        (false, "shutting down")
+    } else if heartbeat_ages.iter().any(|&a| a >= STUCK_AFTER_SECS) {
+        (false, "worker stuck")
+    } else {
+        (true, "ready")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stuck_worker_or_a_drain_makes_the_server_unready() {
+        assert_eq!(assess(false, &[0.5, 1.2]), (true, "ready"));
+        assert_eq!(
+            assess(false, &[0.5, STUCK_AFTER_SECS + 1.0]),
+            (false, "worker stuck")
+        );
+        assert_eq!(assess(true, &[0.5, 0.5]), (false, "shutting down"));
+    }
+}

@@ -1,0 +1,72 @@
+//! What the server counts, and how it is exposed.
+//!
+//! * [`stats`] — counters: one block per worker ([`WorkerStats`], written only by its
+//!   worker, so no cache line is shared on the hot path) and the webhook sender's.
+//! * [`latency`] — HDR latency histograms, recorded worker-locally and merged once a second.
+//! * [`exposition`] — the Prometheus text format, rendered from [`Telemetry`] at scrape time
+//!   (every name is listed in docs/metrics.md).
+//! * [`health`] — `/healthz` and `/readyz`.
+//! * [`listener`] — the metrics listener's own thread.
+
+pub mod exposition;
+pub mod health;
+pub mod latency;
+pub mod listener;
+pub mod stats;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+
+pub use latency::LatencyRecorder;
+pub use stats::{Endpoint, Limited, Rejected, WebhookCounts, WebhookStats, WorkerStats};
+
+use crate::clock::now_ns;
+use crate::runtime::Backend;
+
+/// Everything the metrics and health endpoints read, shared with the threads that count.
+#[derive(Debug)]
+pub struct Telemetry {
+    /// Each worker's counters, by worker index.
+    pub workers: Vec<Arc<WorkerStats>>,
+    /// The webhook sender's counters.
+    pub webhooks: Arc<WebhookStats>,
+    /// The IO backend in use.
+    pub backend: Backend,
+    /// When the server started.
+    pub started: Instant,
+    /// Cancelled when the server starts shutting down (readiness turns 503).
+    pub draining: CancellationToken,
+}
+
+impl Telemetry {
+    /// Counters for `workers` workers, all zero.
+    pub fn new(workers: usize, backend: Backend, draining: CancellationToken) -> Self {
+        Self {
+            workers: (0..workers)
+                .map(|_| Arc::new(WorkerStats::default()))
+                .collect(),
+            webhooks: Arc::default(),
+            backend,
+            started: Instant::now(),
+            draining,
+        }
+    }
+}
+
+/// How long ago a worker last swept, in seconds.
+pub fn heartbeat_age(stats: &WorkerStats) -> f64 {
+    let beat = stats.heartbeat.load(Ordering::Relaxed);
+    now_ns().saturating_sub(beat) as f64 / 1e9
+}
+
+/// The process's resident set size in bytes, from `/proc/self/statm`.
+pub fn resident_memory_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
+}

@@ -1,0 +1,279 @@
+//! Channel occupancy: the `channel_occupied` and `channel_vacated` webhooks, and subscription
+//! counts (`pusher_internal:subscription_count` and its webhook), decided on the broker's
+//! count of a channel's subscriptions over the whole cluster.
+//!
+//! Busy channels (more than [`THROTTLE_ABOVE`] subscriptions) get a count at most every
+//! [`THROTTLE_EVERY`] from each worker: [`CountThrottle`] holds back the changes in between,
+//! and the worker's sweep sends the last one when the interval is over ([`CountThrottle::due`],
+//! then [`Change::Due`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Ctx, Effect};
+use crate::app::{AppIdx, ChannelKey, ChannelRef};
+use crate::clock::{ticks, Tick};
+use crate::protocol::channel::ChannelKind;
+use crate::protocol::messages;
+use crate::protocol::webhook::{Detail, Kind};
+
+/// Channels with more subscriptions than this get `subscription_count` at most every
+/// [`THROTTLE_EVERY`].
+pub const THROTTLE_ABOVE: u64 = 100;
+/// See [`THROTTLE_ABOVE`].
+pub const THROTTLE_EVERY: Duration = Duration::from_secs(5);
+
+/// What changed a channel's subscription count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// A subscription was added.
+    Subscribed,
+    /// A subscription was removed.
+    Unsubscribed,
+    /// Nothing: a throttled count is due ([`CountThrottle::due`]).
+    Due,
+}
+
+/// The broker's count of `channel`'s subscriptions after `change`.
+pub fn on_count(
+    ctx: &Ctx<'_>,
+    throttle: &mut CountThrottle,
+    channel: &Arc<str>,
+    kind: ChannelKind,
+    change: Change,
+    count: u64,
+    out: &mut Vec<Effect>,
+) {
+    // `#server-to-user-` channels are per-user delivery: no channel webhooks or counts.
+    if kind == ChannelKind::ServerToUser {
+        return;
+    }
+    match change {
+        Change::Subscribed if count == 1 => {
+            if let Some(e) = ctx.webhook(Kind::ChannelOccupied, channel) {
+                out.push(Effect::Webhook(e));
+            }
+        }
+        Change::Unsubscribed if count == 0 => {
+            if let Some(e) = ctx.webhook(Kind::ChannelVacated, channel) {
+                out.push(Effect::Webhook(e));
+            }
+            return;
+        }
+        _ => {}
+    }
+    // Counting is a per-app feature: without it neither the event nor the webhook is sent
+    // (as on Pusher, where the webhook comes with enabling the feature). Presence channels
+    // have member events instead.
+    if !ctx.settings.subscription_count || kind.is_presence() {
+        return;
+    }
+    if change != Change::Due
+        && count > THROTTLE_ABOVE
+        && !throttle.allow(
+            ChannelRef {
+                app: ctx.app,
+                name: channel,
+            },
+            ctx.now,
+        )
+    {
+        return;
+    }
+    out.push(Effect::Publish {
+        channel: channel.clone(),
+        frame: messages::subscription_count(channel, count),
+        except: None,
+    });
+    if let Some(mut e) = ctx.webhook(Kind::SubscriptionCount, channel) {
+        e.detail = Detail::SubscriptionCount(count);
+        out.push(Effect::Webhook(e));
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    at: Tick,
+    pending: bool,
+}
+
+type FastState = foldhash::fast::RandomState;
+
+/// When each busy channel last had its count sent from this worker, and whether a change
+/// since is waiting.
+#[derive(Debug, Default)]
+pub struct CountThrottle {
+    sent: hashbrown::HashMap<ChannelKey, Sent, FastState>,
+}
+
+impl CountThrottle {
+    /// Whether a count of `channel` may go out at `now`; if not, it is remembered as due.
+    fn allow(&mut self, channel: ChannelRef<'_>, now: Tick) -> bool {
+        let every = ticks(THROTTLE_EVERY);
+        match self.sent.get_mut(&channel) {
+            Some(s) if now.wrapping_sub(s.at) < every => {
+                s.pending = true;
+                false
+            }
+            Some(s) => {
+                *s = Sent {
+                    at: now,
+                    pending: false,
+                };
+                true
+            }
+            None => {
+                self.sent.insert(
+                    channel.to_key(),
+                    Sent {
+                        at: now,
+                        pending: false,
+                    },
+                );
+                true
+            }
+        }
+    }
+
+    /// The channels whose held-back count is due at `now` (each then counts as sent now);
+    /// forgets channels quiet for a whole interval.
+    pub fn due(&mut self, now: Tick) -> Vec<(AppIdx, Arc<str>)> {
+        let every = ticks(THROTTLE_EVERY);
+        let mut due = Vec::new();
+        self.sent.retain(|key, s| {
+            if now.wrapping_sub(s.at) < every {
+                return true;
+            }
+            if s.pending {
+                due.push((key.app, key.name.clone()));
+                *s = Sent {
+                    at: now,
+                    pending: false,
+                };
+                return true;
+            }
+            false
+        });
+        due
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::*;
+    use crate::clock::TICKS_PER_SEC;
+
+    fn count(
+        t: &Test,
+        throttle: &mut CountThrottle,
+        channel: &str,
+        change: Change,
+        n: u64,
+    ) -> Vec<Effect> {
+        let mut out = Vec::new();
+        let kind = crate::protocol::channel::parse(channel).unwrap();
+        on_count(
+            &t.ctx(),
+            throttle,
+            &Arc::from(channel),
+            kind,
+            change,
+            n,
+            &mut out,
+        );
+        out
+    }
+
+    fn kinds(out: &[Effect]) -> Vec<Kind> {
+        out.iter()
+            .filter_map(|e| match e {
+                Effect::Webhook(w) => Some(w.kind),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_first_subscription_anywhere_occupies_and_the_last_vacates() {
+        let mut t = Test::new();
+        t.app.webhooks = webhooks_for(&[Kind::ChannelOccupied, Kind::ChannelVacated]);
+        let mut th = CountThrottle::default();
+        assert_eq!(
+            kinds(&count(&t, &mut th, "news", Change::Subscribed, 1)),
+            [Kind::ChannelOccupied]
+        );
+        assert!(count(&t, &mut th, "news", Change::Subscribed, 2).is_empty());
+        assert!(count(&t, &mut th, "news", Change::Unsubscribed, 1).is_empty());
+        assert_eq!(
+            kinds(&count(&t, &mut th, "news", Change::Unsubscribed, 0)),
+            [Kind::ChannelVacated]
+        );
+    }
+
+    #[test]
+    fn server_to_user_channels_have_no_occupancy_webhooks_or_counts() {
+        let mut t = Test::new();
+        t.app.webhooks = webhooks_for(&Kind::all());
+        t.app.subscription_count = true;
+        let mut th = CountThrottle::default();
+        assert!(count(&t, &mut th, "#server-to-user-1", Change::Subscribed, 1).is_empty());
+        assert!(count(&t, &mut th, "#server-to-user-1", Change::Unsubscribed, 0).is_empty());
+    }
+
+    #[test]
+    fn subscription_counts_go_to_subscribers_and_the_webhook_when_enabled() {
+        let mut t = Test::new();
+        t.app.webhooks = webhooks_for(&[Kind::SubscriptionCount]);
+        let mut th = CountThrottle::default();
+        assert!(
+            count(&t, &mut th, "news", Change::Subscribed, 2).is_empty(),
+            "off unless the app enables subscription_count"
+        );
+        t.app.subscription_count = true;
+        let out = count(&t, &mut th, "news", Change::Subscribed, 2);
+        let [Effect::Publish { frame, .. }, Effect::Webhook(w)] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            frame_json(frame)["event"],
+            "pusher_internal:subscription_count"
+        );
+        assert_eq!(frame_data(frame)["subscription_count"], 2);
+        assert_eq!(w.detail, Detail::SubscriptionCount(2));
+        assert!(
+            count(&t, &mut th, "presence-a", Change::Subscribed, 2).is_empty(),
+            "presence channels have member events instead"
+        );
+        assert!(
+            count(&t, &mut th, "news", Change::Unsubscribed, 0).is_empty(),
+            "a vacated channel has no count to send"
+        );
+    }
+
+    #[test]
+    fn busy_channels_get_a_count_every_five_seconds_and_the_last_change_when_due() {
+        let mut t = Test::new();
+        t.app.subscription_count = true;
+        let mut th = CountThrottle::default();
+        let start = 100 * TICKS_PER_SEC;
+        t.now = start;
+        assert_eq!(count(&t, &mut th, "news", Change::Subscribed, 101).len(), 1);
+        t.now = start + TICKS_PER_SEC;
+        assert!(count(&t, &mut th, "news", Change::Subscribed, 102).is_empty());
+        assert!(th.due(t.now).is_empty(), "not yet");
+        let later = start + 5 * TICKS_PER_SEC;
+        assert_eq!(th.due(later), vec![(0, Arc::from("news"))]);
+        t.now = later;
+        assert_eq!(count(&t, &mut th, "news", Change::Due, 102).len(), 1);
+        assert!(
+            th.due(later + 5 * TICKS_PER_SEC).is_empty(),
+            "nothing changed since"
+        );
+        assert!(th.sent.is_empty(), "a quiet channel is forgotten");
+        // Below the threshold every change goes out.
+        for n in [100, 99, 98] {
+            assert_eq!(count(&t, &mut th, "news", Change::Unsubscribed, n).len(), 1);
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Webhooks: telling an app's backend what happened on its channels.
+//!
+//! Workers hand events to [`Webhooks::send`], which never blocks: a bounded queue feeds one
+//! dedicated sender thread (a current-thread tokio runtime with hyper's pooled HTTP/1
+//! client), so a slow or hanging receiver can never stall a worker's event loop. On that
+//! thread:
+//!
+//! * `channel_vacated` and `member_removed` wait [`DEBOUNCE`]; a `channel_occupied` (or
+//!   `member_added` of the same user) arriving meanwhile cancels both, so a page reload
+//!   sends nothing. The delay is constant, so waiting events sit in a deadline-ordered
+//!   queue: nothing is scanned.
+//! * Each event goes to every URL of its app whose filter takes it: one request per event,
+//!   or, with the app's `webhook_batching`, up to [`BATCH_MAX`] events gathered for at most
+//!   [`BATCH_WINDOW`] (never mixing apps or URLs). The URL is looked up again when a batch
+//!   is sent, so a reload that removes it drops the batch instead of misdirecting it.
+//! * A request is `{"time_ms":…,"events":[…]}`, signed with `X-Pusher-Key` and
+//!   `X-Pusher-Signature` (hex HMAC-SHA256 of the body with the app secret). A non-2xx
+//!   answer, a connection failure or no answer within [`ATTEMPT_TIMEOUT`] is retried with
+//!   exponential backoff (1 s doubling, at most 60 s apart) for [`RETRY_FOR`]; then the
+//!   request is dropped with a warning and counted.
+//! * Each URL has its own [`PER_URL_IN_FLIGHT`] concurrent requests, so a receiver that
+//!   hangs holds up only its own events, not other URLs' or other apps'.
+//! * Memory is bounded: at most [`MAX_BYTES`] of events and request bodies (queued,
+//!   waiting out the debounce, batched, in flight or waiting to retry), [`QUEUE`] events
+//!   waiting for the thread and [`MAX_OUTSTANDING`] requests. Beyond any of them, events are
+//!   dropped, logged (at most every 10 s) and counted — never queued without limit.
+//!
+//! What each event is, and when one is sent, is decided by the protocol rules
+//! ([`crate::pusher`]); this module only delivers.
+
+mod budget;
+mod sender;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::app::{AppIdx, LiveApps};
+use crate::metrics::WebhookStats;
+use crate::protocol::webhook::Event;
+use budget::Budget;
+
+/// How long `channel_vacated` and `member_removed` wait for the channel or member to
+/// come back.
+pub const DEBOUNCE: Duration = Duration::from_secs(3);
+/// How long a failing request is retried.
+pub const RETRY_FOR: Duration = Duration::from_secs(5 * 60);
+/// Longest wait for one attempt's answer.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for a connection to a receiver.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest a batch is held open.
+pub const BATCH_WINDOW: Duration = Duration::from_secs(1);
+/// Most events in one batched request.
+pub const BATCH_MAX: usize = 100;
+/// Events waiting for the sender thread.
+pub const QUEUE: usize = 65_536;
+/// Requests in flight or waiting to retry.
+pub const MAX_OUTSTANDING: usize = 10_000;
+/// Bytes of events and request bodies the sender may hold at once.
+pub const MAX_BYTES: usize = 64 << 20;
+/// Requests in flight at once to one URL.
+pub const PER_URL_IN_FLIGHT: usize = 8;
+/// First retry delay.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest retry delay.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// One event on its way to an app's webhooks.
+#[derive(Debug, Clone)]
+struct Job {
+    /// The app.
+    app: AppIdx,
+    /// What happened.
+    event: Event,
+    /// When it happened, in Unix milliseconds.
+    time_ms: u64,
+    /// Bytes charged to the sender's budget for it.
+    cost: usize,
+}
+
+impl Job {
+    fn new(app: AppIdx, event: Event) -> Self {
+        Self {
+            app,
+            cost: event.size(),
+            event,
+            time_ms: crate::clock::unix_ms(),
+        }
+    }
+}
+
+/// The workers' handle on the sender thread.
+pub struct Webhooks {
+    tx: tokio::sync::mpsc::Sender<Job>,
+    budget: Arc<Budget>,
+    stats: Arc<WebhookStats>,
+}
+
+impl Webhooks {
+    /// Starts the sender thread (even when no app has a webhook yet: a reload may add
+    /// one).
+    pub fn start(apps: LiveApps, stats: Arc<WebhookStats>) -> std::io::Result<Self> {
+        let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
+        let budget = Arc::new(Budget::default());
+        let (thread_stats, thread_budget) = (stats.clone(), budget.clone());
+        std::thread::Builder::new()
+            .name("ringcast-webhooks".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a current-thread runtime builds");
+                rt.block_on(sender::run(apps, rx, thread_stats, thread_budget));
+            })?;
+        Ok(Self { tx, budget, stats })
+    }
+
+    /// Hands `event` of `app`, happening now, to the sender thread; never blocks. Over the
+    /// memory budget, or with the queue full, the event is dropped, counted and (at most
+    /// every 10 s) logged.
+    pub fn send(&self, app: AppIdx, event: Event) {
+        let job = Job::new(app, event);
+        if !self.budget.take(job.cost) {
+            self.stats.dropped_overload.fetch_add(1, Ordering::Relaxed);
+            budget::warn_dropped(
+                "the webhook memory budget is used up (receivers too slow or down)",
+            );
+            return;
+        }
+        let cost = job.cost;
+        match self.tx.try_send(job) {
+            Ok(()) => {}
+            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                self.budget.give(cost);
+                self.stats.dropped_overload.fetch_add(1, Ordering::Relaxed);
+                budget::warn_dropped("the webhook queue is full");
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+                self.budget.give(cost);
+                self.stats.dropped_overload.fetch_add(1, Ordering::Relaxed);
+                budget::warn_dropped("the webhook sender thread has stopped");
+            }
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! The sender thread: debounce, batching, signing, delivery and retries.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use serde_json::Value;
+
+use super::budget::{warn_dropped, Budget};
+use super::*;
+use crate::protocol::webhook::Kind;
+
+/// Debounce key: the channel, and the user for member events.
+type PendingKey = (AppIdx, Arc<str>, Option<Arc<str>>);
+
+/// Events gathered for one (app, URL).
+struct Batch {
+    events: Vec<Value>,
+    time_ms: u64,
+    opened: Instant,
+    cost: usize,
+}
+
+/// `channel_vacated`/`member_removed` events waiting out the debounce: by key (for
+/// cancelling) and in deadline order (the delay is constant, so arrival order is deadline
+/// order). A replaced or cancelled event leaves a stale entry in `order`, skipped by its
+/// generation.
+#[derive(Default)]
+struct Pending {
+    by_key: HashMap<PendingKey, (Job, u64)>,
+    order: VecDeque<(Instant, PendingKey, u64)>,
+    generation: u64,
+}
+
+pub(super) async fn run(
+    apps: LiveApps,
+    mut rx: tokio::sync::mpsc::Receiver<Job>,
+    stats: Arc<WebhookStats>,
+    budget: Arc<Budget>,
+) {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    connector.set_nodelay(true);
+    let client = Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(PER_URL_IN_FLIGHT)
+        .build(connector);
+    let sender = Sender {
+        apps,
+        stats: stats.clone(),
+        budget: budget.clone(),
+        client,
+        limits: RefCell::default(),
+    };
+    let mut pending = Pending::default();
+    let mut batches: HashMap<(AppIdx, Arc<str>), Batch> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            job = rx.recv() => {
+                let Some(job) = job else { break };
+                let key = (job.app, job.event.channel.clone(), job.event.user_id.clone());
+                match job.event.kind {
+                    Kind::ChannelVacated | Kind::MemberRemoved => {
+                        if pending.by_key.len() >= QUEUE && !pending.by_key.contains_key(&key) {
+                            // Bounded: past this, send without waiting.
+                            sender.route(job, &mut batches);
+                        } else {
+                            pending.generation += 1;
+                            let generation = pending.generation;
+                            pending.order.push_back((Instant::now() + DEBOUNCE, key.clone(), generation));
+                            if let Some((old, _)) = pending.by_key.insert(key, (job, generation)) {
+                                budget.give(old.cost);
+                            }
+                        }
+                    }
+                    Kind::ChannelOccupied | Kind::MemberAdded => {
+                        if let Some((gone, _)) = pending.by_key.remove(&key) {
+                            // Back within the debounce: neither the leave nor the return
+                            // is reported.
+                            stats.cancelled.fetch_add(1, Ordering::Relaxed);
+                            budget.give(gone.cost + job.cost);
+                        } else {
+                            sender.route(job, &mut batches);
+                        }
+                    }
+                    _ => sender.route(job, &mut batches),
+                }
+            }
+            _ = tick.tick() => {}
+        }
+        let now = Instant::now();
+        while let Some((at, _, _)) = pending.order.front() {
+            if *at > now {
+                break;
+            }
+            let (_, key, generation) = pending.order.pop_front().expect("front exists");
+            if pending
+                .by_key
+                .get(&key)
+                .is_some_and(|(_, g)| *g == generation)
+            {
+                let (job, _) = pending.by_key.remove(&key).expect("present");
+                sender.route(job, &mut batches);
+            }
+        }
+        let full: Vec<(AppIdx, Arc<str>)> = batches
+            .iter()
+            .filter(|(_, b)| b.events.len() >= BATCH_MAX || now >= b.opened + BATCH_WINDOW)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in full {
+            if let Some(b) = batches.remove(&k) {
+                sender.dispatch(k.0, &k.1, b.time_ms, b.events, b.cost);
+            }
+        }
+    }
+}
+
+struct Sender {
+    apps: LiveApps,
+    stats: Arc<WebhookStats>,
+    budget: Arc<Budget>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    /// Each URL's concurrent requests.
+    limits: RefCell<HashMap<Arc<str>, Arc<tokio::sync::Semaphore>>>,
+}
+
+impl Sender {
+    /// Sends `job` to each of its app's URLs that wants it, now or in a batch. The job's
+    /// cost goes with the first request (or batch) it joins.
+    fn route(&self, job: Job, batches: &mut HashMap<(AppIdx, Arc<str>), Batch>) {
+        let apps = self.apps.load();
+        let app = apps.get(job.app);
+        let event = job.event.to_json();
+        let mut cost = job.cost;
+        for hook in app
+            .webhooks
+            .iter()
+            .filter(|h| h.events.contains(&job.event.kind))
+        {
+            let url: Arc<str> = Arc::from(hook.url.as_str());
+            if app.webhook_batching {
+                let b = batches.entry((job.app, url)).or_insert_with(|| Batch {
+                    events: Vec::new(),
+                    time_ms: job.time_ms,
+                    opened: Instant::now(),
+                    cost: 0,
+                });
+                b.events.push(event.clone());
+                b.cost += std::mem::take(&mut cost);
+            } else {
+                self.dispatch(
+                    job.app,
+                    &url,
+                    job.time_ms,
+                    vec![event.clone()],
+                    std::mem::take(&mut cost),
+                );
+            }
+        }
+        // No URL (left) wants it.
+        self.budget.give(cost);
+    }
+
+    /// Starts delivering one request to `url`, in a task of its own. `cost` is released
+    /// when the request is done with.
+    fn dispatch(
+        &self,
+        app_idx: AppIdx,
+        url: &Arc<str>,
+        time_ms: u64,
+        events: Vec<Value>,
+        cost: usize,
+    ) {
+        let apps = self.apps.load();
+        let app = apps.get(app_idx);
+        if !app.webhooks.iter().any(|h| *h.url == **url) {
+            // The URL was removed by a reload while the events waited.
+            tracing::debug!(app = %app.id, url = &**url, "webhook URL no longer configured: events dropped");
+            self.budget.give(cost);
+            return;
+        }
+        if self.stats.outstanding.load(Ordering::Relaxed) >= MAX_OUTSTANDING {
+            self.stats
+                .dropped_overload
+                .fetch_add(events.len() as u64, Ordering::Relaxed);
+            self.budget.give(cost);
+            warn_dropped("too many webhook requests outstanding");
+            return;
+        }
+        let body =
+            Bytes::from(serde_json::json!({ "time_ms": time_ms, "events": events }).to_string());
+        if !self.budget.take(body.len()) {
+            self.stats
+                .dropped_overload
+                .fetch_add(events.len() as u64, Ordering::Relaxed);
+            self.budget.give(cost);
+            warn_dropped("the webhook memory budget is used up (receivers too slow or down)");
+            return;
+        }
+        let held = cost + body.len();
+        let signature = crate::protocol::signature::sign(
+            &app.secret,
+            std::str::from_utf8(&body).unwrap_or_default(),
+        );
+        let key = app.key.clone();
+        let app_id = app.id.clone();
+        let url = url.clone();
+        let limit = self
+            .limits
+            .borrow_mut()
+            .entry(url.clone())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(PER_URL_IN_FLIGHT)))
+            .clone();
+        let (stats, budget, client) =
+            (self.stats.clone(), self.budget.clone(), self.client.clone());
+        stats.outstanding.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut backoff = FIRST_BACKOFF;
+            loop {
+                let result = {
+                    let _permit = limit.acquire().await.expect("never closed");
+                    tokio::time::timeout(
+                        ATTEMPT_TIMEOUT,
+                        post(&client, &url, &key, &signature, body.clone()),
+                    )
+                    .await
+                    .unwrap_or_else(|_| Err(format!("no answer within {ATTEMPT_TIMEOUT:?}")))
+                };
+                match result {
+                    Ok(()) => {
+                        stats.delivered.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                    Err(e) => {
+                        stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
+                        if started.elapsed() + backoff > RETRY_FOR {
+                            stats.dropped_after_retries.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(app = %app_id, url = &*url, error = %e, "webhook dropped after retrying for 5 minutes");
+                            break;
+                        }
+                        tracing::debug!(app = %app_id, url = &*url, error = %e, retry_in = ?backoff, "webhook attempt failed");
+                        tokio::time::sleep(backoff).await;
+                        backoff = next_backoff(backoff);
+                    }
+                }
+            }
+            stats.outstanding.fetch_sub(1, Ordering::Relaxed);
+            budget.give(held);
+        });
+    }
+}
+
+fn next_backoff(d: Duration) -> Duration {
+    (d * 2).min(MAX_BACKOFF)
+}
+
+/// One POST over the pooled client; `Ok` on a 2xx answer.
+async fn post(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    url: &str,
+    key: &str,
+    signature: &str,
+    body: Bytes,
+) -> Result<(), String> {
+    let uri: Uri = url.parse().map_err(|e| format!("invalid URL: {e}"))?;
+    let req = Request::post(uri)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .header(
+            hyper::header::USER_AGENT,
+            concat!("ringcast/", env!("CARGO_PKG_VERSION")),
+        )
+        .header("X-Pusher-Key", key)
+        .header("X-Pusher-Signature", signature)
+        .body(Full::new(body))
+        .map_err(|e| e.to_string())?;
+    let resp = client
+        .request(req)
+        .await
+        .map_err(|e| format!("request: {e}"))?;
+    let status = resp.status();
+    // Read (and discard) a bounded answer, so the connection can be reused.
+    let _ = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
+        .collect()
+        .await;
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("answered {status}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_a_minute_and_spans_five_minutes() {
+        let mut d = FIRST_BACKOFF;
+        let mut total = Duration::ZERO;
+        let mut attempts = 1;
+        while total + d <= RETRY_FOR {
+            total += d;
+            d = next_backoff(d);
+            attempts += 1;
+        }
+        assert_eq!(d, MAX_BACKOFF);
+        // First try, retries after 1+2+4+8+16+32 s (63 s), then every 60 s while the
+        // total stays within 5 minutes (123, 183, 243 s): ten attempts.
+        assert_eq!(attempts, 10);
+    }
+}
