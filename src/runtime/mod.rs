@@ -12,6 +12,8 @@
 pub mod affinity;
 pub mod epoll;
 pub mod probe;
+#[cfg(test)]
+pub(crate) mod seam_tests;
 pub mod uring;
 
 use std::fmt;
@@ -156,8 +158,8 @@ pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// }
 /// ```
 ///
-/// The rest (ordering, end of stream, the shutdown bound) is tested on both backends in
-/// `runtime::tests`.
+/// The rest (ordering, end of stream, the shutdown bound) is tested on both backends, in
+/// `runtime/seam_tests.rs` and, for TLS, `tls/conn.rs`.
 pub trait Socket: Sized + 'static {
     /// The receiving half.
     type Reader: Reader;

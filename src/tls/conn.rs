@@ -494,3 +494,81 @@ impl<R: Runtime> Reader for TlsReader<R> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpStream;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::runtime::seam_tests::{on_both_backends, with_accepted, Stalling, STALLED};
+
+    pub(crate) fn tls_config() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.der().clone()).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (Arc::new(server), Arc::new(client))
+    }
+
+    fn tls_shutdown_is_bounded_when_the_socket_takes_no_more<R: Runtime>() {
+        let (server_config, client_config) = tls_config();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        with_accepted::<Stalling<R>, _>(
+            move |addr| {
+                let name = "localhost".try_into().unwrap();
+                let mut tls = rustls::ClientConnection::new(client_config, name).unwrap();
+                let mut tcp = TcpStream::connect(addr).unwrap();
+                while tls.is_handshaking() {
+                    tls.complete_io(&mut tcp).unwrap();
+                }
+                // Connected; it reads nothing more until the server is done.
+                let _ = done_rx.recv();
+            },
+            |socket| async move {
+                STALLED.set(false);
+                let tls = TlsSocket::<Stalling<R>>::new(socket, server_config).unwrap();
+                tls.handshake().await.unwrap();
+                let (_rx, writer) = tls.split();
+                STALLED.set(true);
+                let started = Instant::now();
+                let shut = tokio::select! {
+                    biased;
+                    r = writer.shutdown() => r,
+                    _ = R::sleep(SHUTDOWN_TIMEOUT * 3) => panic!("TLS shutdown was not bounded"),
+                };
+                assert_eq!(
+                    shut.unwrap_err().kind(),
+                    io::ErrorKind::TimedOut,
+                    "close_notify could not be sent"
+                );
+                assert!(
+                    started.elapsed() >= SHUTDOWN_TIMEOUT,
+                    "it did wait for the peer"
+                );
+                STALLED.set(false);
+                done_tx.send(()).unwrap();
+            },
+        );
+    }
+
+    on_both_backends!(tls_shutdown_is_bounded_when_the_socket_takes_no_more);
+}
