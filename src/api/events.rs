@@ -291,3 +291,146 @@ pub(super) async fn trigger_batch<R: Runtime>(
     }
     Ok(Bytes::from_static(b"{}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            max_message_size: 64 * 1024,
+            max_outbound_buffer: 1 << 20,
+            max_event_size: 10,
+            max_event_channels: 3,
+            max_batch_events: 10,
+            max_request_body: 256 * 1024,
+            max_channels_per_connection: 1000,
+            max_connections: 1000,
+            timestamp_window: 600,
+            max_channels: 0,
+            max_connections_per_ip_per_second: 0,
+        }
+    }
+
+    fn checked(body: serde_json::Value, batch: bool) -> Result<Event, ApiError> {
+        let body: EventBody = serde_json::from_value(body).unwrap();
+        check(&limits(), body, batch)
+    }
+
+    fn refused(body: serde_json::Value, batch: bool) -> (StatusCode, String) {
+        let e = checked(body, batch).err().expect("refused");
+        (e.status, e.message)
+    }
+
+    #[test]
+    fn an_event_names_one_or_more_channels_and_carries_data() {
+        let e = checked(
+            serde_json::json!({"name": "e", "data": "{}", "channels": ["a", "b"], "socket_id": "1.2"}),
+            false,
+        )
+        .unwrap();
+        assert_eq!(e.channels, ["a", "b"]);
+        assert_eq!(e.except, Some(SocketId { random: 1, seq: 2 }));
+        let e = checked(
+            serde_json::json!({"name": "e", "data": {"x": 1}, "channel": "a"}),
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            e.data, r#"{"x":1}"#,
+            "data given as JSON is sent as its text"
+        );
+    }
+
+    #[test]
+    fn names_data_and_channels_are_checked() {
+        let bad = StatusCode::BAD_REQUEST;
+        for (body, want) in [
+            (
+                serde_json::json!({"data": "d", "channel": "a"}),
+                "missing event name",
+            ),
+            (
+                serde_json::json!({"name": "x".repeat(201), "data": "d", "channel": "a"}),
+                "event name must be 1 to 200 characters",
+            ),
+            (
+                serde_json::json!({"name": "e", "channel": "a"}),
+                "missing data",
+            ),
+            (
+                serde_json::json!({"name": "e", "data": "d"}),
+                "missing channels",
+            ),
+            (
+                serde_json::json!({"name": "e", "data": "d", "channel": "a", "channels": ["b"]}),
+                "give either channels or channel, not both",
+            ),
+            (
+                serde_json::json!({"name": "e", "data": "d", "channels": []}),
+                "an event names 1 to 3 channels",
+            ),
+            (
+                serde_json::json!({"name": "e", "data": "d", "channels": ["a", "b", "c", "d"]}),
+                "an event names 1 to 3 channels",
+            ),
+            (
+                serde_json::json!({"name": "e", "data": "d", "channel": "a b"}),
+                "invalid channel \"a b\"",
+            ),
+            (
+                serde_json::json!({"name": "e", "data": "d", "channels": ["private-encrypted-a", "b"]}),
+                "cannot trigger to multiple channels if any are encrypted",
+            ),
+            (
+                serde_json::json!({"name": "e", "data": "d", "channel": "a", "socket_id": "x"}),
+                "invalid socket_id \"x\"",
+            ),
+            (
+                serde_json::json!({"name": "e", "data": "d", "channel": "a", "info": "nope"}),
+                "unknown info attribute \"nope\"",
+            ),
+        ] {
+            let (status, message) = refused(body, false);
+            assert_eq!(status, bad, "{message}");
+            assert!(
+                message.starts_with(want),
+                "{message} does not start with {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn data_over_the_event_size_is_413() {
+        let (status, message) = refused(
+            serde_json::json!({"name": "e", "data": "12345678901", "channel": "a"}),
+            false,
+        );
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            message,
+            "event data is 11 bytes; at most 10 bytes are allowed"
+        );
+    }
+
+    #[test]
+    fn batch_events_name_one_channel_each() {
+        let (_, message) = refused(
+            serde_json::json!({"name": "e", "data": "d", "channels": ["a"]}),
+            true,
+        );
+        assert_eq!(message, "batch events name one channel each");
+        assert!(checked(
+            serde_json::json!({"name": "e", "data": "d", "channel": "a"}),
+            true
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn info_asks_for_user_and_subscription_counts() {
+        let info = parse_info(Some("user_count, subscription_count")).unwrap();
+        assert!(info.user_count && info.subscription_count);
+        assert!(!parse_info(None).unwrap().any());
+    }
+}

@@ -24,14 +24,19 @@ pub enum Shape {
     Batch,
 }
 
+/// A request body that is not the JSON its endpoint expects (the parser's explanation).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidBody(String);
+
 /// Parses a request body.
-pub fn from_body<T: DeserializeOwned>(body: &Bytes, shape: Shape) -> Result<T, String> {
+pub fn from_body<T: DeserializeOwned>(body: &Bytes, shape: Shape) -> Result<T, InvalidBody> {
     if shape == Shape::Batch && body.len() < SIMD_JSON_BATCH_MAX {
         // simd-json parses in place, so it needs its own mutable copy.
         let mut copy = body.to_vec();
-        simd_json::serde::from_slice(&mut copy).map_err(|e| e.to_string())
+        simd_json::serde::from_slice(&mut copy).map_err(|e| InvalidBody(e.to_string()))
     } else {
-        serde_json::from_slice(body).map_err(|e| e.to_string())
+        serde_json::from_slice(body).map_err(|e| InvalidBody(e.to_string()))
     }
 }
 

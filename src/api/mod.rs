@@ -52,6 +52,8 @@ impl ApiError {
     }
 }
 
+/// The endpoints of the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route<'a> {
     Events,
     BatchEvents,
@@ -59,6 +61,37 @@ enum Route<'a> {
     Channel(&'a str),
     ChannelUsers(&'a str),
     TerminateConnections(&'a str),
+}
+
+/// The app id (empty for `/users/…`) and the endpoint `path` names, if `method` is the one it
+/// takes: 404 for paths the API does not have (the deprecated `/channels/{name}/events` and
+/// `…/stats` among them), 405 for the wrong method.
+fn route<'a>(path: &'a str, method: &Method) -> Result<(&'a str, Route<'a>), ApiError> {
+    // pusher-http-python (3.3) posts terminate_connections to `/users/{id}/…` without
+    // the `/apps/{app_id}` prefix; the app is then the one whose key signed the request.
+    let (app_id, rest) = match path.strip_prefix("/apps/") {
+        Some(rest) => rest.split_once('/').unwrap_or((rest, "")),
+        None => ("", path.strip_prefix('/').unwrap_or(path)),
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    let (route, wanted) = match segments.as_slice() {
+        ["events"] => (Route::Events, Method::POST),
+        ["batch_events"] => (Route::BatchEvents, Method::POST),
+        ["channels"] => (Route::Channels, Method::GET),
+        ["channels", name] => (Route::Channel(name), Method::GET),
+        ["channels", name, "users"] => (Route::ChannelUsers(name), Method::GET),
+        ["users", user, "terminate_connections"] => {
+            (Route::TerminateConnections(user), Method::POST)
+        }
+        _ => return Err(ApiError::new(StatusCode::NOT_FOUND, "no such API endpoint")),
+    };
+    if *method != wanted {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{method} {path} is not supported; use {wanted}"),
+        ));
+    }
+    Ok((app_id, route))
 }
 
 impl From<PublishError> for ApiError {
@@ -88,31 +121,8 @@ async fn handle_inner<R: Runtime>(
     req: Request<Incoming>,
 ) -> Result<Bytes, ApiError> {
     let path = req.uri().path().to_string();
-    // pusher-http-python (3.3) posts terminate_connections to `/users/{id}/…` without
-    // the `/apps/{app_id}` prefix; the app is then the one whose key signed the request.
-    let (app_id, rest) = match path.strip_prefix("/apps/") {
-        Some(rest) => rest.split_once('/').unwrap_or((rest, "")),
-        None => ("", &path[1..]),
-    };
-    let segments: Vec<&str> = rest.split('/').collect();
     let method = req.method().clone();
-    let route = match segments.as_slice() {
-        ["events"] => (Route::Events, Method::POST),
-        ["batch_events"] => (Route::BatchEvents, Method::POST),
-        ["channels"] => (Route::Channels, Method::GET),
-        ["channels", name] => (Route::Channel(name), Method::GET),
-        ["channels", name, "users"] => (Route::ChannelUsers(name), Method::GET),
-        ["users", user, "terminate_connections"] => {
-            (Route::TerminateConnections(user), Method::POST)
-        }
-        _ => return Err(ApiError::new(StatusCode::NOT_FOUND, "no such API endpoint")),
-    };
-    if method != route.1 {
-        return Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("{} {path} is not supported; use {}", method, route.1),
-        ));
-    }
+    let (app_id, route) = route(&path, &method)?;
     let config = worker.config();
     let query = req.uri().query().map(str::to_string);
     // The body first (it may take up to BODY_READ_TIMEOUT), then the apps as they are now:
@@ -178,7 +188,7 @@ async fn handle_inner<R: Runtime>(
         ));
     }
 
-    match route.0 {
+    match route {
         Route::Events => events::trigger::<R>(worker, app, &body).await,
         Route::BatchEvents => events::trigger_batch::<R>(worker, app, &body).await,
         Route::Channels => channels::list(worker, app, &params).await,
@@ -261,6 +271,50 @@ async fn read_body<R: Runtime>(req: Request<Incoming>, limit: usize) -> Result<B
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routes_name_the_endpoint_and_its_method() {
+        let post = Method::POST;
+        let get = Method::GET;
+        assert_eq!(route("/apps/1/events", &post), Ok(("1", Route::Events)));
+        assert_eq!(
+            route("/apps/1/batch_events", &post),
+            Ok(("1", Route::BatchEvents))
+        );
+        assert_eq!(route("/apps/1/channels", &get), Ok(("1", Route::Channels)));
+        assert_eq!(
+            route("/apps/1/channels/a", &get),
+            Ok(("1", Route::Channel("a")))
+        );
+        assert_eq!(
+            route("/apps/1/channels/presence-a/users", &get),
+            Ok(("1", Route::ChannelUsers("presence-a")))
+        );
+        assert_eq!(
+            route("/apps/1/users/u/terminate_connections", &post),
+            Ok(("1", Route::TerminateConnections("u")))
+        );
+        assert_eq!(
+            route("/users/u/terminate_connections", &post),
+            Ok(("", Route::TerminateConnections("u"))),
+            "pusher-http-python leaves out the app"
+        );
+    }
+
+    #[test]
+    fn deprecated_and_unknown_endpoints_are_404_and_wrong_methods_405() {
+        for path in [
+            "/apps/1/channels/a/events",
+            "/apps/1/channels/a/stats",
+            "/apps/1/nope",
+        ] {
+            let e = route(path, &Method::POST).unwrap_err();
+            assert_eq!(e.status, StatusCode::NOT_FOUND, "{path}");
+        }
+        let e = route("/apps/1/events", &Method::GET).unwrap_err();
+        assert_eq!(e.status, StatusCode::METHOD_NOT_ALLOWED);
+        assert!(e.message.contains("use POST"), "{}", e.message);
+    }
 
     #[test]
     fn percent_decoding() {

@@ -20,7 +20,6 @@ use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, UPGRADE};
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::metrics::{Endpoint, Rejected};
-use crate::protocol::codes;
 use crate::runtime::{Runtime, Socket, Writer, SHUTDOWN_TIMEOUT};
 use crate::session::{self, Protocol};
 use crate::tls::TlsSocket;
@@ -286,45 +285,18 @@ async fn respond<R: Runtime>(
 /// Decides what a `/app/{key}` connection becomes. Problems with the app or the protocol
 /// version are reported after the upgrade, with the close codes Pusher clients act on.
 fn pusher_protocol(worker: &Worker, key: &str, query: Option<&str>) -> Protocol {
-    let refuse = |code, reason: String| Protocol::PusherRefused { code, reason };
-    let apps = worker.shared.apps.load();
-    let Some(app) = apps.by_key(key) else {
-        return refuse(
-            codes::APP_NOT_FOUND,
-            format!("App key {key} does not exist on this server"),
-        );
-    };
-    if !apps.get(app).enabled {
-        return refuse(codes::APP_DISABLED, "Application is disabled".into());
-    }
-    let protocol = query.and_then(|q| {
+    let version = query.and_then(|q| {
         form_urlencoded::parse(q.as_bytes())
             .find(|(k, _)| k == "protocol")
             .map(|(_, v)| v.into_owned())
     });
-    let Some(protocol) = protocol else {
-        return refuse(
-            codes::NO_PROTOCOL_VERSION,
-            "No protocol version supplied: connect with ?protocol=7".into(),
-        );
-    };
-    let Ok(version) = protocol.parse::<u32>() else {
-        return refuse(
-            codes::INVALID_VERSION_STRING,
-            format!("Invalid protocol version {protocol:?}"),
-        );
-    };
-    if !(codes::MIN_PROTOCOL..=codes::MAX_PROTOCOL).contains(&version) {
-        return refuse(
-            codes::UNSUPPORTED_PROTOCOL_VERSION,
-            format!(
-                "Unsupported protocol version {version}: this server speaks {}–{}",
-                codes::MIN_PROTOCOL,
-                codes::MAX_PROTOCOL
-            ),
-        );
+    match crate::pusher::conn::connect(&worker.shared.apps.load(), key, version.as_deref()) {
+        Ok(app) => Protocol::Pusher(app),
+        Err(r) => Protocol::PusherRefused {
+            code: r.code,
+            reason: r.reason,
+        },
     }
-    Protocol::Pusher(app)
 }
 
 fn accept_upgrade(

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::app::{AppIdx, Apps};
 use crate::clock::{Tick, TICKS_PER_SEC};
 use crate::metrics::Rejected;
 use crate::protocol::channel;
@@ -151,6 +152,52 @@ impl ConnState {
     }
 }
 
+/// What an upgrade to `/app/{key}?protocol={version}` connects to: the app, or how a Pusher
+/// client is refused after the upgrade — 4001 for an unknown key, 4003 for a disabled app,
+/// 4008 without a version, 4006 for one that is not a number, 4007 outside 5–7.
+pub fn connect(apps: &Apps, key: &str, version: Option<&str>) -> Result<AppIdx, Refusal> {
+    let refuse = |code, reason: String| Refusal {
+        code,
+        reason,
+        rejected: None,
+    };
+    let Some(app) = apps.by_key(key) else {
+        return Err(refuse(
+            codes::APP_NOT_FOUND,
+            format!("App key {key} does not exist on this server"),
+        ));
+    };
+    if !apps.get(app).enabled {
+        return Err(refuse(
+            codes::APP_DISABLED,
+            "Application is disabled".into(),
+        ));
+    }
+    let Some(version) = version else {
+        return Err(refuse(
+            codes::NO_PROTOCOL_VERSION,
+            "No protocol version supplied: connect with ?protocol=7".into(),
+        ));
+    };
+    let Ok(number) = version.parse::<u32>() else {
+        return Err(refuse(
+            codes::INVALID_VERSION_STRING,
+            format!("Invalid protocol version {version:?}"),
+        ));
+    };
+    if !(codes::MIN_PROTOCOL..=codes::MAX_PROTOCOL).contains(&number) {
+        return Err(refuse(
+            codes::UNSUPPORTED_PROTOCOL_VERSION,
+            format!(
+                "Unsupported protocol version {number}: this server speaks {}–{}",
+                codes::MIN_PROTOCOL,
+                codes::MAX_PROTOCOL
+            ),
+        ));
+    }
+    Ok(app)
+}
+
 /// What a new connection is measured against.
 #[derive(Debug, Clone, Copy)]
 pub struct Admission {
@@ -256,6 +303,23 @@ mod tests {
             app_max: 0,
             shutting_down: false,
         }
+    }
+
+    #[test]
+    fn an_upgrade_names_a_known_enabled_app_and_protocol_5_to_7() {
+        let mut off = crate::app::App::new("2", "off", "s");
+        off.enabled = false;
+        let apps = Apps::new(vec![crate::app::App::new("1", "on", "s"), off]).unwrap();
+        for v in ["5", "6", "7"] {
+            assert_eq!(connect(&apps, "on", Some(v)), Ok(0));
+        }
+        let code = |key, v| connect(&apps, key, v).unwrap_err().code;
+        assert_eq!(code("nope", Some("7")), 4001);
+        assert_eq!(code("off", Some("7")), 4003);
+        assert_eq!(code("on", None), 4008);
+        assert_eq!(code("on", Some("seven")), 4006);
+        assert_eq!(code("on", Some("4")), 4007);
+        assert_eq!(code("on", Some("8")), 4007);
     }
 
     #[test]

@@ -404,6 +404,49 @@ mod tests {
     }
 
     #[test]
+    fn encrypted_channels_are_authorized_like_private_ones_and_relayed_as_is() {
+        let mut t = Test::new();
+        let e = subscription_error_of(&t.subscribe("private-encrypted-a", None, None));
+        assert_eq!(
+            (e["type"].as_str(), e["status"].as_u64()),
+            (Some("AuthError"), Some(401))
+        );
+        let auth = t.auth(&format!("{}:private-encrypted-a", t.socket_id));
+        let out = t.subscribe("private-encrypted-a", Some(&auth), None);
+        assert!(matches!(
+            out[1],
+            Effect::Subscribe {
+                kind: ChannelKind::PrivateEncrypted,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn every_kind_of_cache_channel_replays_its_last_event() {
+        let mut t = Test::new();
+        for name in ["cache-a", "private-cache-a", "private-encrypted-cache-a"] {
+            let auth = t.auth(&format!("{}:{name}", t.socket_id));
+            let out = t.subscribe(name, Some(&auth), None);
+            assert_eq!(
+                out[1],
+                Effect::ReplayCache {
+                    channel: name.into()
+                },
+                "{name}"
+            );
+        }
+        t.subscribe_presence("presence-cache-a", "1");
+        let out = t.joined("presence-cache-a", Joined::First(vec![member("1")]));
+        assert_eq!(
+            out.last(),
+            Some(&Effect::ReplayCache {
+                channel: "presence-cache-a".into()
+            })
+        );
+    }
+
+    #[test]
     fn a_signature_for_another_socket_is_refused() {
         let mut t = Test::new();
         let auth = t.auth("1.1:private-a");

@@ -29,6 +29,7 @@
 //! ([`crate::pusher`]); this module only delivers.
 
 mod budget;
+mod debounce;
 mod sender;
 
 use std::sync::atomic::Ordering;

@@ -1,7 +1,7 @@
 //! The sender thread: debounce, batching, signing, delivery and retries.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,11 +14,8 @@ use hyper_util::client::legacy::Client;
 use serde_json::Value;
 
 use super::budget::{warn_dropped, Budget};
+use super::debounce::{Debounce, Offer};
 use super::*;
-use crate::protocol::webhook::Kind;
-
-/// Debounce key: the channel, and the user for member events.
-type PendingKey = (AppIdx, Arc<str>, Option<Arc<str>>);
 
 /// Events gathered for one (app, URL).
 struct Batch {
@@ -28,15 +25,12 @@ struct Batch {
     cost: usize,
 }
 
-/// `channel_vacated`/`member_removed` events waiting out the debounce: by key (for
-/// cancelling) and in deadline order (the delay is constant, so arrival order is deadline
-/// order). A replaced or cancelled event leaves a stale entry in `order`, skipped by its
-/// generation.
-#[derive(Default)]
-struct Pending {
-    by_key: HashMap<PendingKey, (Job, u64)>,
-    order: VecDeque<(Instant, PendingKey, u64)>,
-    generation: u64,
+impl Batch {
+    /// Whether the batch goes out at `now`: full ([`BATCH_MAX`] events), or open for
+    /// [`BATCH_WINDOW`].
+    fn is_due(&self, now: Instant) -> bool {
+        self.events.len() >= BATCH_MAX || now >= self.opened + BATCH_WINDOW
+    }
 }
 
 pub(super) async fn run(
@@ -59,7 +53,7 @@ pub(super) async fn run(
         client,
         limits: RefCell::default(),
     };
-    let mut pending = Pending::default();
+    let mut debounce = Debounce::new(QUEUE);
     let mut batches: HashMap<(AppIdx, Arc<str>), Batch> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -67,54 +61,28 @@ pub(super) async fn run(
         tokio::select! {
             job = rx.recv() => {
                 let Some(job) = job else { break };
-                let key = (job.app, job.event.channel.clone(), job.event.user_id.clone());
-                match job.event.kind {
-                    Kind::ChannelVacated | Kind::MemberRemoved => {
-                        if pending.by_key.len() >= QUEUE && !pending.by_key.contains_key(&key) {
-                            // Bounded: past this, send without waiting.
-                            sender.route(job, &mut batches);
-                        } else {
-                            pending.generation += 1;
-                            let generation = pending.generation;
-                            pending.order.push_back((Instant::now() + DEBOUNCE, key.clone(), generation));
-                            if let Some((old, _)) = pending.by_key.insert(key, (job, generation)) {
-                                budget.give(old.cost);
-                            }
+                match debounce.offer(job, Instant::now()) {
+                    Offer::Send(job) => sender.route(job, &mut batches),
+                    Offer::Held(replaced) => {
+                        if let Some(old) = replaced {
+                            budget.give(old.cost);
                         }
                     }
-                    Kind::ChannelOccupied | Kind::MemberAdded => {
-                        if let Some((gone, _)) = pending.by_key.remove(&key) {
-                            // Back within the debounce: neither the leave nor the return
-                            // is reported.
-                            stats.cancelled.fetch_add(1, Ordering::Relaxed);
-                            budget.give(gone.cost + job.cost);
-                        } else {
-                            sender.route(job, &mut batches);
-                        }
+                    Offer::Cancelled(left, back) => {
+                        stats.cancelled.fetch_add(1, Ordering::Relaxed);
+                        budget.give(left.cost + back.cost);
                     }
-                    _ => sender.route(job, &mut batches),
                 }
             }
             _ = tick.tick() => {}
         }
         let now = Instant::now();
-        while let Some((at, _, _)) = pending.order.front() {
-            if *at > now {
-                break;
-            }
-            let (_, key, generation) = pending.order.pop_front().expect("front exists");
-            if pending
-                .by_key
-                .get(&key)
-                .is_some_and(|(_, g)| *g == generation)
-            {
-                let (job, _) = pending.by_key.remove(&key).expect("present");
-                sender.route(job, &mut batches);
-            }
+        for job in debounce.due(now) {
+            sender.route(job, &mut batches);
         }
         let full: Vec<(AppIdx, Arc<str>)> = batches
             .iter()
-            .filter(|(_, b)| b.events.len() >= BATCH_MAX || now >= b.opened + BATCH_WINDOW)
+            .filter(|(_, b)| b.is_due(now))
             .map(|(k, _)| k.clone())
             .collect();
         for k in full {
@@ -303,6 +271,21 @@ async fn post(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batches_go_out_at_100_events_or_after_one_second() {
+        let opened = Instant::now();
+        let mut b = Batch {
+            events: vec![Value::Null; BATCH_MAX - 1],
+            time_ms: 0,
+            opened,
+            cost: 0,
+        };
+        assert!(!b.is_due(opened));
+        assert!(b.is_due(opened + BATCH_WINDOW));
+        b.events.push(Value::Null);
+        assert!(b.is_due(opened));
+    }
 
     #[test]
     fn backoff_doubles_up_to_a_minute_and_spans_five_minutes() {
