@@ -298,17 +298,9 @@ mod tests {
 
     fn limits() -> Limits {
         Limits {
-            max_message_size: 64 * 1024,
-            max_outbound_buffer: 1 << 20,
             max_event_size: 10,
             max_event_channels: 3,
-            max_batch_events: 10,
-            max_request_body: 256 * 1024,
-            max_channels_per_connection: 1000,
-            max_connections: 1000,
-            timestamp_window: 600,
-            max_channels: 0,
-            max_connections_per_ip_per_second: 0,
+            ..Limits::defaults()
         }
     }
 

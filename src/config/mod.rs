@@ -42,6 +42,26 @@ pub struct Limits {
     pub max_connections_per_ip_per_second: u32,
 }
 
+#[cfg(test)]
+impl Limits {
+    /// The command line's defaults (with room for 1000 connections), for unit tests.
+    pub(crate) fn defaults() -> Self {
+        Self {
+            max_message_size: 64 * 1024,
+            max_outbound_buffer: 1 << 20,
+            max_event_size: 10 * 1024,
+            max_event_channels: 100,
+            max_batch_events: 10,
+            max_request_body: 256 * 1024,
+            max_channels_per_connection: 1000,
+            max_connections: 1000,
+            timestamp_window: 600,
+            max_channels: 1_000_000,
+            max_connections_per_ip_per_second: 0,
+        }
+    }
+}
+
 /// The resolved configuration every worker shares.
 #[derive(Debug, Clone)]
 pub struct Config {

@@ -56,16 +56,9 @@ impl LocalChannels {
         Some(false)
     }
 
-    /// Whether `conn_id` is subscribed to `key`.
-    pub fn contains(&self, key: ChannelRef<'_>, conn_id: usize) -> bool {
-        self.map
-            .borrow()
-            .get(&key)
-            .is_some_and(|s| s.contains_key(&conn_id))
-    }
-
     /// Subscribers of `key` on this worker.
-    pub fn count(&self, key: ChannelRef<'_>) -> usize {
+    #[cfg(test)]
+    fn count(&self, key: ChannelRef<'_>) -> usize {
         self.map.borrow().get(&key).map_or(0, |s| s.len())
     }
 

@@ -48,17 +48,8 @@ impl Test {
             conn: ConnState::new(0),
             app: App::new("1", KEY, SECRET),
             limits: Limits {
-                max_message_size: 64 * 1024,
-                max_outbound_buffer: 1 << 20,
-                max_event_size: 10 * 1024,
-                max_event_channels: 100,
-                max_batch_events: 10,
-                max_request_body: 256 * 1024,
-                max_channels_per_connection: 1000,
-                max_connections: 1000,
-                timestamp_window: 600,
                 max_channels: 0,
-                max_connections_per_ip_per_second: 0,
+                ..Limits::defaults()
             },
             node: FakeNode::default(),
             socket_id: SocketId {
@@ -142,12 +133,7 @@ impl Test {
             .cloned()
             .unwrap_or_else(|| member("?"));
         let mut out = Vec::new();
-        let ctx = Ctx {
-            app: 0,
-            settings: &self.app,
-            limits: &self.limits,
-            now: self.now,
-        };
+        let ctx = ctx(&self.app, &self.limits, self.now);
         subscribe::on_joined(
             &mut self.conn,
             &ctx,
@@ -173,6 +159,16 @@ impl Test {
             "data": { "user_data": user_data, "auth": auth },
         });
         self.text(&msg.to_string())
+    }
+}
+
+/// The context of app 0 (the connection's state is borrowed apart from it).
+fn ctx<'a>(app: &'a App, limits: &'a Limits, now: Tick) -> Ctx<'a> {
+    Ctx {
+        app: 0,
+        settings: app,
+        limits,
+        now,
     }
 }
 

@@ -29,19 +29,12 @@ impl Worker {
         conn: &Rc<Conn>,
         rule: impl FnOnce(&mut ConnState, &Ctx<'_>, &mut Vec<Effect>),
     ) {
-        let Some(app) = conn.app else {
-            return;
-        };
-        let settings = self.app(app);
-        let ctx = Ctx {
-            app,
-            settings: &settings,
-            limits: &self.config().limits,
-            now: tick_now(),
-        };
-        let mut out = Vec::new();
-        rule(&mut conn.state.borrow_mut(), &ctx, &mut out);
-        self.carry_out(Some(conn), &ctx, out);
+        if let Some(app) = conn.app {
+            // The state is borrowed by the rule only: its effects are carried out after.
+            self.run_app_rule(app, Some(conn), |ctx, out| {
+                rule(&mut conn.state.borrow_mut(), ctx, out)
+            });
+        }
     }
 
     /// Runs a rule of `app` that needs no connection state (`conn`, if still open, gets any
