@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::Apps;
 use crate::config::Config;
-use crate::hub::{inbox, ChannelIndex, InboxReceiver, LocalBroker};
+use crate::hub::{inbox, ChannelIndex, InboxReceiver, LocalBroker, Router};
 use crate::metrics::Telemetry;
 use crate::runtime::{self, affinity, epoll::Epoll, uring::Uring, Backend, Runtime};
 use crate::session;
@@ -77,11 +77,12 @@ pub fn run(config: Config, apps: Apps) -> anyhow::Result<()> {
     let webhooks = Webhooks::start(apps.clone(), telemetry.webhooks.clone())
         .context("cannot start the webhook sender")?;
     let index = Arc::new(ChannelIndex::default());
+    let router = Router::new(index.clone(), senders.clone(), telemetry.clone());
     let shared = Arc::new(Shared {
         config,
         apps,
         telemetry,
-        broker: Arc::new(LocalBroker::new(index.clone())),
+        broker: Arc::new(LocalBroker::new(index.clone(), router)),
         index,
         inboxes: senders,
         connections: AtomicUsize::new(0),

@@ -39,8 +39,9 @@ pub enum WorkerMsg {
     Deliver(Vec<Delivery>),
     /// A user-level message (its connections may be on any worker).
     User(UserMsg),
-    /// The broker's answer to something this worker asked.
-    Answer(Answer),
+    /// The broker's answer to something this worker asked (boxed: answers are rare, and
+    /// every inbox slot is as large as the largest message).
+    Answer(Box<Answer>),
 }
 
 struct Signal {

@@ -24,9 +24,11 @@ mod channels;
 mod conn;
 pub mod inbox;
 mod index;
+mod router;
 
 pub use broker::{Answer, Broker, BrokerError, LocalBroker, Pending};
 pub use channels::{Delivered, LocalChannels};
 pub use conn::{Conn, Phase, Push, MAX_BATCH_BYTES, MAX_BATCH_FRAMES};
 pub use inbox::{inbox, Delivery, InboxReceiver, InboxSender, WorkerMsg};
 pub use index::{ChannelIndex, Occupancy, WorkerSet};
+pub use router::Router;

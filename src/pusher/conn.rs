@@ -269,15 +269,15 @@ pub fn established(socket_id: SocketId, activity_timeout_secs: u64, out: &mut Ve
 pub fn on_close(conn: &mut ConnState, out: &mut Vec<Effect>) {
     let members = conn.extra.as_mut().map(|e| std::mem::take(&mut e.presence));
     for channel in std::mem::take(&mut conn.channels) {
-        let member = members
+        let leave = members
             .as_ref()
             .and_then(|m| m.iter().find(|(c, _)| *c == channel))
-            .map(|(_, u)| u.clone());
+            .map(|(_, user)| super::subscribe::leaving(&channel, user));
         let kind = channel::parse(&channel).expect("subscribed channels have valid names");
         out.push(Effect::Unsubscribe {
             channel,
             kind,
-            member,
+            leave,
         });
     }
     if let Some(extra) = conn.extra.take() {
@@ -384,7 +384,6 @@ mod tests {
         t.signin("ann", &["bob"]);
         t.subscribe_public("news");
         t.subscribe_presence("presence-room", "ann");
-        t.joined("presence-room", super::super::Joined::First(vec![]));
         let mut out = Vec::new();
         on_close(&mut t.conn, &mut out);
         assert!(t.conn.channels().is_empty());
@@ -394,12 +393,15 @@ mod tests {
                 Effect::Unsubscribe {
                     channel: "news".into(),
                     kind: channel::ChannelKind::Public,
-                    member: None,
+                    leave: None,
                 },
                 Effect::Unsubscribe {
                     channel: "presence-room".into(),
                     kind: channel::ChannelKind::Presence,
-                    member: Some("ann".into()),
+                    leave: Some(super::super::Leaving {
+                        user: "ann".into(),
+                        announce: messages::member_removed("presence-room", "ann"),
+                    }),
                 },
                 Effect::SignOut {
                     user: "ann".into(),

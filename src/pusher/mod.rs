@@ -90,6 +90,16 @@ pub struct Member {
     pub user_info: Arc<str>,
 }
 
+/// A presence membership being left.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Leaving {
+    /// The user id it was joined as.
+    pub user: Arc<str>,
+    /// `pusher_internal:member_removed`, published by the broker if it is the user's last
+    /// connection.
+    pub announce: Bytes,
+}
+
 /// The broker's answer to a presence join.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Joined {
@@ -117,12 +127,15 @@ pub enum Effect {
     },
     /// End that connection now, whatever is queued.
     Kill,
-    /// Make the connection a subscriber of `channel` on this node.
+    /// Make the connection a subscriber of `channel` on this node; once the node receives
+    /// the channel's events from everywhere, [`subscribe::on_subscribed`] answers the client.
     Subscribe {
         /// The channel.
         channel: Arc<str>,
         /// Its kind.
         kind: ChannelKind,
+        /// The presence member it joins as, once subscribed.
+        member: Option<Member>,
     },
     /// End the connection's subscription of `channel`.
     Unsubscribe {
@@ -130,16 +143,18 @@ pub enum Effect {
         channel: Arc<str>,
         /// Its kind.
         kind: ChannelKind,
-        /// The presence member it leaves as, if it had joined as one.
-        member: Option<Arc<str>>,
+        /// The presence membership it leaves, if it had joined as a member.
+        leave: Option<Leaving>,
     },
-    /// Ask the broker to add the connection to `channel`'s presence members; the answer goes
-    /// to [`subscribe::on_joined`].
+    /// Ask the broker to add the connection to `channel`'s presence members (publishing
+    /// `announce` if it is the user's first); the answer goes to [`subscribe::on_joined`].
     JoinPresence {
         /// The channel.
         channel: Arc<str>,
         /// Who joins.
         member: Member,
+        /// `pusher_internal:member_added` for the other subscribers.
+        announce: Bytes,
     },
     /// Ask the broker for `channel`'s members, to answer a repeated subscription; the
     /// answer goes to [`subscribe::on_members`].

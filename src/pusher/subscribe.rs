@@ -2,10 +2,10 @@
 //! authorization of private, presence and `#server-to-user-` channels, presence membership
 //! (the broker decides first join and last leave), and the cache channels' replay.
 //!
-//! A subscription to a public or private channel is answered at once. A presence
-//! subscription becomes a subscriber right away (so no event published after the answer is
-//! missed) and asks the broker to join; [`on_joined`] answers the client with the members,
-//! or refuses it if the channel is full.
+//! A valid subscription makes the connection a subscriber at once; the client is answered
+//! when this node receives the channel's events from everywhere ([`on_subscribed`]), so no
+//! event published after the answer is missed. A presence subscription then asks the broker
+//! to join; [`on_joined`] answers with the members, or refuses it if the channel is full.
 
 use std::sync::Arc;
 
@@ -13,7 +13,8 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 
 use super::{
-    authorize, ConnState, Ctx, Effect, Joined, Member, MemberError, NodeView, SubscriptionError,
+    authorize, ConnState, Ctx, Effect, Joined, Leaving, Member, MemberError, NodeView,
+    SubscriptionError,
 };
 use crate::app::ChannelRef;
 use crate::protocol::channel::{self, ChannelKind};
@@ -95,31 +96,48 @@ fn try_subscribe(
     if kind.requires_auth() {
         conn.authorized = true;
     }
+    if let Some(member) = &member {
+        // Recorded now, so that leaving before the broker answers leaves as this member.
+        conn.join_presence(channel.clone(), member.user_id.clone());
+    }
+    out.push(Effect::Subscribe {
+        channel,
+        kind,
+        member,
+    });
+    Ok(())
+}
+
+/// The connection is a subscriber and this node receives the channel's events from
+/// everywhere: a presence subscription joins the members now (and is answered when the
+/// broker has decided), any other is answered at once — with the cache channel's last
+/// event after the answer.
+pub fn on_subscribed(
+    conn: &mut ConnState,
+    channel: &Arc<str>,
+    member: Option<Member>,
+    out: &mut Vec<Effect>,
+) {
+    if !conn.is_subscribed(channel) {
+        // Unsubscribed meanwhile.
+        return;
+    }
+    let kind = channel::parse(channel).expect("subscribed channels have valid names");
     match member {
+        Some(member) => out.push(Effect::JoinPresence {
+            announce: messages::member_added(channel, &member.user_id, &member.user_info),
+            channel: channel.clone(),
+            member,
+        }),
         None => {
-            // The answer (and the cached event) first, then what subscribing publishes
-            // (the subscription count): the client hears of its subscription before the
-            // channel's news. Nothing is written before all of it is done, so the
-            // connection is a subscriber before the answer leaves.
-            out.push(Effect::Send(messages::subscription_succeeded(name)));
+            out.push(Effect::Send(messages::subscription_succeeded(channel)));
             if kind.is_cache() {
                 out.push(Effect::ReplayCache {
                     channel: channel.clone(),
                 });
             }
-            out.push(Effect::Subscribe { channel, kind });
-        }
-        Some(member) => {
-            out.push(Effect::Subscribe {
-                channel: channel.clone(),
-                kind,
-            });
-            // Recorded now, so that leaving before the broker answers leaves as this member.
-            conn.join_presence(channel.clone(), member.user_id.clone());
-            out.push(Effect::JoinPresence { channel, member });
         }
     }
-    Ok(())
 }
 
 /// Whether a subscription may open `channel` under the channel limits: always when it is
@@ -163,13 +181,12 @@ fn refuse(channel: &str, e: &SubscriptionError, out: &mut Vec<Effect>) {
     )));
 }
 
-/// The broker's answer to [`Effect::JoinPresence`]: the client gets the members (and the
-/// others `member_added`, if this is the user's first connection), or, when the channel is
-/// full, a refusal and no subscription.
+/// The broker's answer to [`Effect::JoinPresence`]: the client gets the members (the
+/// others got `member_added` from the broker if this is the user's first connection, and
+/// the app gets the webhook), or, when the channel is full, a refusal and no subscription.
 pub fn on_joined(
     conn: &mut ConnState,
     ctx: &Ctx<'_>,
-    socket_id: SocketId,
     channel: &Arc<str>,
     member: &Member,
     joined: Joined,
@@ -187,7 +204,7 @@ pub fn on_joined(
             out.push(Effect::Unsubscribe {
                 channel: channel.clone(),
                 kind,
-                member: None,
+                leave: None,
             });
             let e = SubscriptionError::PresenceFull {
                 channel: channel.to_string(),
@@ -197,11 +214,6 @@ pub fn on_joined(
         }
         Joined::First(members) => {
             succeeded_with_members(channel, &members, out);
-            out.push(Effect::Publish {
-                channel: channel.clone(),
-                frame: messages::member_added(channel, &member.user_id, &member.user_info),
-                except: Some(socket_id),
-            });
             if let Some(e) = ctx.webhook(Kind::MemberAdded, channel) {
                 out.push(Effect::Webhook(e.with_user(&member.user_id)));
             }
@@ -257,16 +269,26 @@ pub fn unsubscribe(conn: &mut ConnState, channel: &str, out: &mut Vec<Effect>) {
         return;
     };
     let kind = channel::parse(&channel).expect("subscribed channels have valid names");
-    let member = conn.take_presence(&channel);
+    let leave = conn
+        .take_presence(&channel)
+        .map(|user| leaving(&channel, &user));
     out.push(Effect::Unsubscribe {
         channel,
         kind,
-        member,
+        leave,
     });
 }
 
+/// Leaving `channel`'s members as `user`: the event the broker publishes if it is the last.
+pub(super) fn leaving(channel: &str, user: &Arc<str>) -> Leaving {
+    Leaving {
+        user: user.clone(),
+        announce: messages::member_removed(channel, user),
+    }
+}
+
 /// The broker's answer to a presence leave: when it was the user's last connection in the
-/// channel, the others get `member_removed` and the app the `member_removed` webhook.
+/// channel (the others got `member_removed` from the broker), the app gets the webhook.
 pub fn on_left(
     ctx: &Ctx<'_>,
     channel: &Arc<str>,
@@ -277,11 +299,6 @@ pub fn on_left(
     if !last {
         return;
     }
-    out.push(Effect::Publish {
-        channel: channel.clone(),
-        frame: messages::member_removed(channel, user),
-        except: None,
-    });
     if let Some(e) = ctx.webhook(Kind::MemberRemoved, channel) {
         out.push(Effect::Webhook(e.with_user(user)));
     }
@@ -334,11 +351,12 @@ mod tests {
         assert_eq!(
             out,
             vec![
-                Effect::Send(messages::subscription_succeeded("news")),
                 Effect::Subscribe {
                     channel: "news".into(),
-                    kind: ChannelKind::Public
+                    kind: ChannelKind::Public,
+                    member: None,
                 },
+                Effect::Send(messages::subscription_succeeded("news")),
             ]
         );
         assert!(t.conn.is_subscribed("news"));
@@ -350,7 +368,7 @@ mod tests {
         let mut t = Test::new();
         let out = t.subscribe_public("foo-private-bar");
         assert!(matches!(
-            &out[1],
+            &out[0],
             Effect::Subscribe {
                 kind: ChannelKind::Public,
                 ..
@@ -373,7 +391,7 @@ mod tests {
         let mut t = Test::new();
         let auth = t.auth(&format!("{}:private-a", t.socket_id));
         let out = t.subscribe("private-a", Some(&auth), None);
-        assert!(matches!(&out[1], Effect::Subscribe { .. }));
+        assert!(matches!(&out[0], Effect::Subscribe { .. }));
         assert!(t.conn.authorized);
 
         for (auth, message) in [
@@ -414,7 +432,7 @@ mod tests {
         let auth = t.auth(&format!("{}:private-encrypted-a", t.socket_id));
         let out = t.subscribe("private-encrypted-a", Some(&auth), None);
         assert!(matches!(
-            out[1],
+            out[0],
             Effect::Subscribe {
                 kind: ChannelKind::PrivateEncrypted,
                 ..
@@ -429,7 +447,7 @@ mod tests {
             let auth = t.auth(&format!("{}:{name}", t.socket_id));
             let out = t.subscribe(name, Some(&auth), None);
             assert_eq!(
-                out[1],
+                out[2],
                 Effect::ReplayCache {
                     channel: name.into()
                 },
@@ -496,7 +514,7 @@ mod tests {
         );
         t.node.occupied.insert("busy".into());
         assert!(matches!(
-            t.subscribe_public("busy")[1],
+            t.subscribe_public("busy")[0],
             Effect::Subscribe { .. }
         ));
 
@@ -524,7 +542,7 @@ mod tests {
         assert_eq!(e["status"], 403);
         let out = t.subscribe_public("#server-to-user-ann");
         assert!(matches!(
-            out[1],
+            out[0],
             Effect::Subscribe {
                 kind: ChannelKind::ServerToUser,
                 ..
@@ -536,19 +554,22 @@ mod tests {
     fn presence_subscriptions_subscribe_then_ask_the_broker_to_join() {
         let mut t = Test::new();
         let out = t.subscribe_presence("presence-room", "7");
+        let seven = Member {
+            user_id: "7".into(),
+            user_info: r#"{"name":"7"}"#.into(),
+        };
         assert_eq!(
             out,
             vec![
                 Effect::Subscribe {
                     channel: "presence-room".into(),
-                    kind: ChannelKind::Presence
+                    kind: ChannelKind::Presence,
+                    member: Some(seven.clone()),
                 },
                 Effect::JoinPresence {
                     channel: "presence-room".into(),
-                    member: Member {
-                        user_id: "7".into(),
-                        user_info: r#"{"name":"7"}"#.into()
-                    }
+                    member: seven,
+                    announce: messages::member_added("presence-room", "7", r#"{"name":"7"}"#),
                 },
             ]
         );
@@ -606,24 +627,13 @@ mod tests {
             "presence-room",
             Joined::First(vec![member("3"), member("7")]),
         );
-        let [Effect::Send(answer), Effect::Publish {
-            channel,
-            frame,
-            except,
-        }, Effect::Webhook(hook)] = &out[..]
-        else {
+        // The others got member_added from the broker, which decided it.
+        let [Effect::Send(answer), Effect::Webhook(hook)] = &out[..] else {
             panic!("{out:?}")
         };
         let data = frame_data(answer);
         assert_eq!(data["presence"]["ids"], serde_json::json!(["3", "7"]));
         assert_eq!(data["presence"]["count"], 2);
-        assert_eq!(&**channel, "presence-room");
-        assert_eq!(frame_json(frame)["event"], "pusher_internal:member_added");
-        assert_eq!(
-            *except,
-            Some(t.socket_id),
-            "the joiner is not told of itself"
-        );
         assert_eq!(hook.kind, Kind::MemberAdded);
         assert_eq!(hook.user_id.as_deref(), Some("7"));
     }
@@ -648,7 +658,7 @@ mod tests {
             Effect::Unsubscribe {
                 channel: "presence-room".into(),
                 kind: ChannelKind::Presence,
-                member: None
+                leave: None
             }
         );
         assert_eq!(out[1], Effect::Limited(Limited::PresenceMembers));
@@ -671,7 +681,10 @@ mod tests {
             vec![Effect::Unsubscribe {
                 channel: "presence-room".into(),
                 kind: ChannelKind::Presence,
-                member: Some("7".into())
+                leave: Some(Leaving {
+                    user: "7".into(),
+                    announce: messages::member_removed("presence-room", "7"),
+                }),
             }]
         );
         assert!(t.joined("presence-room", Joined::First(vec![])).is_empty());
@@ -682,13 +695,18 @@ mod tests {
         let mut t = Test::new();
         t.app.webhooks = webhooks_for(&[Kind::CacheMiss]);
         let out = t.subscribe_public("cache-x");
+        assert!(matches!(out[0], Effect::Subscribe { .. }));
         assert_eq!(
-            out[1],
+            frame_json(sent(&out[1]))["event"],
+            "pusher_internal:subscription_succeeded"
+        );
+        assert_eq!(
+            out[2],
             Effect::ReplayCache {
                 channel: "cache-x".into()
-            }
+            },
+            "the last event comes after the answer"
         );
-        assert!(matches!(out[2], Effect::Subscribe { .. }));
         let last = messages::event_frame("e", Some("cache-x"), "1");
         let mut out = Vec::new();
         on_cache(&t.ctx(), "cache-x", Some(last.clone()), false, &mut out);
@@ -717,22 +735,44 @@ mod tests {
     }
 
     #[test]
-    fn the_last_leave_tells_the_others_member_removed() {
-        let t = Test::new();
+    fn the_last_leave_is_the_webhook_and_its_event_goes_with_the_leave() {
+        let mut t = Test::new();
+        t.app.webhooks = webhooks_for(&[Kind::MemberRemoved]);
         let (channel, user) = (Arc::from("presence-room"), Arc::from("7"));
         let mut out = Vec::new();
         on_left(&t.ctx(), &channel, &user, false, &mut out);
         assert!(out.is_empty(), "another tab of user 7 is still there");
         on_left(&t.ctx(), &channel, &user, true, &mut out);
-        let [Effect::Publish {
-            frame,
-            except: None,
-            ..
-        }] = &out[..]
-        else {
-            panic!("{out:?}")
-        };
-        assert_eq!(frame_data(frame)["user_id"], "7");
+        assert!(matches!(&out[..], [Effect::Webhook(e)] if e.kind == Kind::MemberRemoved));
+        // The event the broker publishes on the last leave.
+        let announce = leaving(&channel, &user).announce;
+        assert_eq!(
+            frame_json(&announce)["event"],
+            "pusher_internal:member_removed"
+        );
+        assert_eq!(frame_data(&announce)["user_id"], "7");
+    }
+
+    #[test]
+    fn a_subscription_is_answered_once_the_node_is_interested() {
+        let mut t = Test::new();
+        let out = t.text_unanswered(r#"{"event":"pusher:subscribe","data":{"channel":"news"}}"#);
+        assert!(
+            matches!(&out[..], [Effect::Subscribe { .. }]),
+            "nothing sent yet"
+        );
+        assert!(t.conn.is_subscribed("news"));
+        let mut answer = Vec::new();
+        on_subscribed(&mut t.conn, &Arc::from("news"), None, &mut answer);
+        assert_eq!(
+            answer,
+            vec![Effect::Send(messages::subscription_succeeded("news"))]
+        );
+        // A connection that left before the node was interested is not answered.
+        t.text(r#"{"event":"pusher:unsubscribe","data":{"channel":"news"}}"#);
+        let mut late = Vec::new();
+        on_subscribed(&mut t.conn, &Arc::from("news"), None, &mut late);
+        assert!(late.is_empty());
     }
 
     #[test]

@@ -62,23 +62,13 @@ impl Test {
     }
 
     pub fn ctx(&self) -> Ctx<'_> {
-        Ctx {
-            app: 0,
-            settings: &self.app,
-            limits: &self.limits,
-            now: self.now,
-        }
+        ctx(&self.app, &self.limits, self.now)
     }
 
-    /// The effects of a client text message.
-    pub fn text(&mut self, text: &str) -> Vec<Effect> {
+    /// The effects of a client text message, as they are before any broker answers.
+    pub fn text_unanswered(&mut self, text: &str) -> Vec<Effect> {
         let mut out = Vec::new();
-        let ctx = Ctx {
-            app: 0,
-            settings: &self.app,
-            limits: &self.limits,
-            now: self.now,
-        };
+        let ctx = ctx(&self.app, &self.limits, self.now);
         on_text(
             &mut self.conn,
             &ctx,
@@ -87,10 +77,29 @@ impl Test {
             &self.node,
             &mut out,
         );
-        for e in &out {
-            if let Effect::JoinPresence { channel, member } = e {
+        out
+    }
+
+    /// The effects of a client text message, with a subscription's interest answered at
+    /// once (as the one-node broker does).
+    pub fn text(&mut self, text: &str) -> Vec<Effect> {
+        let mut out = self.text_unanswered(text);
+        let mut i = 0;
+        while i < out.len() {
+            if let Effect::Subscribe {
+                channel, member, ..
+            } = &out[i]
+            {
+                let (channel, member) = (channel.clone(), member.clone());
+                subscribe::on_subscribed(&mut self.conn, &channel, member, &mut out);
+            }
+            if let Effect::JoinPresence {
+                channel, member, ..
+            } = &out[i]
+            {
                 self.members.insert(channel.to_string(), member.clone());
             }
+            i += 1;
         }
         out
     }
@@ -137,7 +146,6 @@ impl Test {
         subscribe::on_joined(
             &mut self.conn,
             &ctx,
-            self.socket_id,
             &Arc::from(channel),
             &member,
             joined,

@@ -20,7 +20,7 @@ use crate::hub::{Answer, Conn, Delivery};
 use crate::metrics::WorkerStats;
 use crate::protocol::channel::ChannelKind;
 use crate::pusher::occupancy::{self, Change};
-use crate::pusher::{subscribe, user, ConnState, Ctx, Effect};
+use crate::pusher::{subscribe, user, ConnState, Ctx, Effect, Leaving, Member};
 
 impl Worker {
     /// Runs a protocol rule for `conn` (of a valid app) and carries out its effects.
@@ -66,23 +66,36 @@ impl Worker {
                 }
                 (Effect::Close { code, reason }, Some(conn)) => conn.close(code, &reason),
                 (Effect::Kill, Some(conn)) => conn.kill(),
-                (Effect::Subscribe { channel, kind }, Some(conn)) => {
-                    self.subscribed(conn, app, channel, kind)
-                }
                 (
-                    Effect::Unsubscribe {
+                    Effect::Subscribe {
                         channel,
                         kind,
                         member,
                     },
                     Some(conn),
-                ) => self.unsubscribed(conn, app, channel, kind, member),
-                (Effect::JoinPresence { channel, member }, Some(conn)) => {
+                ) => self.subscribed(conn, app, channel, kind, member),
+                (
+                    Effect::Unsubscribe {
+                        channel,
+                        kind,
+                        leave,
+                    },
+                    Some(conn),
+                ) => self.unsubscribed(conn, app, channel, kind, leave),
+                (
+                    Effect::JoinPresence {
+                        channel,
+                        member,
+                        announce,
+                    },
+                    Some(conn),
+                ) => {
                     let req = Join {
                         conn: Self::conn_ref(conn),
                         channel: ChannelKey { app, name: channel },
                         member,
                         max_members: ctx.settings.max_presence_members,
+                        announce,
                     };
                     self.then(self.shared.broker.join(self.index, req));
                 }
@@ -142,19 +155,21 @@ impl Worker {
     /// Feeds a broker's answer to the rule waiting for it.
     pub(super) fn answer(&self, answer: Answer) {
         match answer {
+            Answer::Interested(channel) => {
+                let waiting = self.waiting.borrow_mut().remove(&channel);
+                for (conn, member) in waiting.into_iter().flatten() {
+                    if let Some(conn) = self.conn(conn) {
+                        self.run_rule(&conn, |state, _, out| {
+                            subscribe::on_subscribed(state, &channel.name, member, out)
+                        });
+                    }
+                }
+            }
             Answer::Joined(req, joined) => {
                 if let Some(conn) = self.conn(req.conn) {
                     let (channel, member) = (req.channel.name, req.member);
                     self.run_rule(&conn, |state, ctx, out| {
-                        subscribe::on_joined(
-                            state,
-                            ctx,
-                            conn.socket_id,
-                            &channel,
-                            &member,
-                            joined,
-                            out,
-                        )
+                        subscribe::on_joined(state, ctx, &channel, &member, joined, out)
                     });
                 }
             }
@@ -216,11 +231,22 @@ impl Worker {
     }
 
     /// Makes `conn` a subscriber of `channel` on this worker.
-    fn subscribed(&self, conn: &Rc<Conn>, app: AppIdx, channel: Arc<str>, kind: ChannelKind) {
+    /// Makes `conn` a subscriber of `channel` on this worker. The subscription is answered
+    /// ([`subscribe::on_subscribed`]) once this node receives the channel's events: at once
+    /// if this worker has subscribers of it already, otherwise when the broker answers the
+    /// worker's declaration of interest.
+    fn subscribed(
+        &self,
+        conn: &Rc<Conn>,
+        app: AppIdx,
+        channel: Arc<str>,
+        kind: ChannelKind,
+        member: Option<Member>,
+    ) {
         let key = ChannelKey { app, name: channel };
-        if self.channels.add(&key, conn).is_none() {
+        let Some(first_here) = self.channels.add(&key, conn) else {
             return;
-        }
+        };
         // Mark this worker in the shared index before the client hears of success.
         let count = self.shared.index.add(key.clone(), self.index);
         self.stats.subscription(kind, 1);
@@ -230,7 +256,22 @@ impl Worker {
                 .counters
                 .channels
                 .fetch_add(1, Ordering::Relaxed);
-            self.shared.broker.interest(key.as_ref(), true);
+        }
+        let waiting = (Self::conn_ref(conn), member);
+        let mut pending = self.waiting.borrow_mut();
+        if let Some(list) = pending.get_mut(&key) {
+            list.push(waiting);
+            drop(pending);
+        } else if first_here {
+            pending.insert(key.clone(), vec![waiting]);
+            drop(pending);
+            self.then(self.shared.broker.interest(self.index, key.as_ref(), true));
+        } else {
+            drop(pending);
+            let (_, member) = waiting;
+            self.run_rule(conn, |state, _, out| {
+                subscribe::on_subscribed(state, &key.name, member, out)
+            });
         }
         self.count(key, kind, Change::Subscribed, count);
     }
@@ -243,19 +284,23 @@ impl Worker {
         app: AppIdx,
         channel: Arc<str>,
         kind: ChannelKind,
-        member: Option<Arc<str>>,
+        leave: Option<Leaving>,
     ) {
         let key = ChannelKey { app, name: channel };
         let Some(last_here) = self.channels.remove(key.as_ref(), conn.id) else {
             return;
         };
-        if let Some(user) = member {
+        if let Some(Leaving { user, announce }) = leave {
             let req = Leave {
                 socket_id: conn.socket_id,
                 channel: key.clone(),
                 user,
+                announce,
             };
             self.then(self.shared.broker.leave(self.index, req));
+        }
+        if last_here {
+            self.then(self.shared.broker.interest(self.index, key.as_ref(), false));
         }
         let count = self.shared.index.remove(key.clone(), self.index, last_here);
         self.stats.subscription(kind, -1);
@@ -265,7 +310,6 @@ impl Worker {
                 .counters
                 .channels
                 .fetch_sub(1, Ordering::Relaxed);
-            self.shared.broker.interest(key.as_ref(), false);
         }
         if let Some(count) = count {
             self.count(key, kind, Change::Unsubscribed, count);

@@ -23,11 +23,12 @@ pub use publish::PublishError;
 
 use crate::app::{App, AppIdx, ChannelKey, ChannelRef, LiveApps};
 use crate::config::Config;
+use crate::hub::broker::ConnRef;
 use crate::hub::{Broker, ChannelIndex, Conn, InboxReceiver, InboxSender, LocalChannels};
 use crate::metrics::{LatencyRecorder, Telemetry, WorkerStats};
 use crate::protocol::SocketIdGen;
 use crate::pusher::occupancy::CountThrottle;
-use crate::pusher::NodeView;
+use crate::pusher::{Member, NodeView};
 use crate::runtime::RtHandle;
 use crate::webhooks::Webhooks;
 use ip_rate::IpRateTable;
@@ -94,7 +95,13 @@ pub struct Worker {
     watchers: RefCell<ConnsByUser>,
     /// When busy channels' subscription counts were last sent from this worker.
     counts: RefCell<CountThrottle>,
+    /// Subscriptions waiting for this worker's declaration of interest in their channel to
+    /// be answered, with the presence member each joins as then.
+    waiting: RefCell<Waiting>,
 }
+
+/// See [`Worker::waiting`].
+type Waiting = hashbrown::HashMap<ChannelKey, Vec<(ConnRef, Option<Member>)>, FastState>;
 
 impl Worker {
     /// The state of worker `index`.
@@ -122,6 +129,7 @@ impl Worker {
             signed_in: RefCell::default(),
             watchers: RefCell::default(),
             counts: RefCell::default(),
+            waiting: RefCell::default(),
         }
     }
 

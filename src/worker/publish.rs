@@ -216,7 +216,7 @@ impl Worker {
                 }
             }
             WorkerMsg::User(msg) => self.apply_user_msg(&msg),
-            WorkerMsg::Answer(answer) => self.answer(answer),
+            WorkerMsg::Answer(answer) => self.answer(*answer),
         }
     }
 

@@ -1,6 +1,8 @@
 //! The broker of a cluster of one: this process's workers share presence members,
 //! signed-in users, occupancy counts and cache channels' last events in memory, and there
-//! is no other node to send events to. Every answer is given at once.
+//! is no other node to send events to. Every answer is given at once; member events are
+//! routed to the workers under the presence channel's lock, so they keep the order of the
+//! decisions.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -12,7 +14,7 @@ use super::cache::EventCache;
 use super::presence::PresenceRegistry;
 use super::users::UserRegistry;
 use super::*;
-use crate::hub::ChannelIndex;
+use crate::hub::{ChannelIndex, Router};
 
 /// Most cache channels whose last event is kept (over all apps).
 pub const MAX_CACHED_CHANNELS: usize = 100_000;
@@ -21,20 +23,41 @@ pub const MAX_CACHED_CHANNELS: usize = 100_000;
 pub struct LocalBroker {
     /// The node's channel index: with one node, its counts are the cluster's.
     index: Arc<ChannelIndex>,
+    router: Router,
     presence: PresenceRegistry,
     users: UserRegistry,
     cache: EventCache,
 }
 
 impl LocalBroker {
-    /// A broker over this node's channel `index`.
-    pub fn new(index: Arc<ChannelIndex>) -> Self {
+    /// A broker over this node's channel `index`, delivering member events with `router`.
+    pub fn new(index: Arc<ChannelIndex>, router: Router) -> Self {
         Self {
             index,
+            router,
             presence: PresenceRegistry::default(),
             users: UserRegistry::default(),
             cache: EventCache::new(MAX_CACHED_CHANNELS),
         }
+    }
+}
+
+impl LocalBroker {
+    /// Delivers a member event to the channel's subscribers on every worker.
+    fn announce(
+        &self,
+        worker: usize,
+        channel: &ChannelKey,
+        frame: &Bytes,
+        except: Option<SocketId>,
+    ) {
+        let delivery = Delivery {
+            channel: channel.clone(),
+            frame: frame.clone(),
+            except,
+            published_at: 0,
+        };
+        self.router.route(worker, delivery);
     }
 }
 
@@ -47,27 +70,45 @@ impl Broker for LocalBroker {
         Pending::ready(())
     }
 
-    fn interest(&self, _channel: ChannelRef<'_>, _interested: bool) {}
+    fn interest(
+        &self,
+        _worker: usize,
+        channel: ChannelRef<'_>,
+        interested: bool,
+    ) -> Option<Answer> {
+        // Every event of this process reaches its workers through the index already.
+        interested.then(|| Answer::Interested(channel.to_key()))
+    }
 
     fn count(&self, _worker: usize, req: Count) -> Option<Answer> {
         let count = req.node_count;
         Some(Answer::Counted(req, count))
     }
 
-    fn join(&self, _worker: usize, req: Join) -> Option<Answer> {
+    fn join(&self, worker: usize, req: Join) -> Option<Answer> {
         let joined = self.presence.join(
             &req.channel,
             &req.member,
             req.conn.socket_id,
             req.max_members,
+            || {
+                self.announce(
+                    worker,
+                    &req.channel,
+                    &req.announce,
+                    Some(req.conn.socket_id),
+                )
+            },
         );
         Some(Answer::Joined(req, joined))
     }
 
-    fn leave(&self, _worker: usize, req: Leave) -> Option<Answer> {
+    fn leave(&self, worker: usize, req: Leave) -> Option<Answer> {
         let last = self
             .presence
-            .leave(req.channel.as_ref(), &req.user, req.socket_id);
+            .leave(req.channel.as_ref(), &req.user, req.socket_id, || {
+                self.announce(worker, &req.channel, &req.announce, None)
+            });
         Some(Answer::Left(req, last))
     }
 
@@ -166,6 +207,15 @@ mod tests {
         }
     }
 
+    fn broker(index: Arc<ChannelIndex>) -> LocalBroker {
+        let telemetry = Arc::new(crate::metrics::Telemetry::new(
+            1,
+            crate::runtime::Backend::Epoll,
+            Default::default(),
+        ));
+        LocalBroker::new(index.clone(), Router::new(index, Vec::new(), telemetry))
+    }
+
     fn join(b: &LocalBroker, user: &str, n: u64) -> Joined {
         let req = Join {
             conn: conn(n),
@@ -175,6 +225,7 @@ mod tests {
                 user_info: Arc::from("null"),
             },
             max_members: 100,
+            announce: Bytes::new(),
         };
         match b.join(0, req) {
             Some(Answer::Joined(_, joined)) => joined,
@@ -187,6 +238,7 @@ mod tests {
             socket_id: conn(n).socket_id,
             channel: ChannelKey::new(0, "presence-a"),
             user: Arc::from(user),
+            announce: Bytes::new(),
         };
         match b.leave(0, req) {
             Some(Answer::Left(_, last)) => last,
@@ -195,8 +247,72 @@ mod tests {
     }
 
     #[test]
+    fn member_events_go_to_every_subscribed_worker_as_they_are_decided() {
+        let index = Arc::new(ChannelIndex::default());
+        let (tx, rx) = crate::hub::inbox(16);
+        index.add(ChannelKey::new(0, "presence-a"), 0);
+        let telemetry = Arc::new(crate::metrics::Telemetry::new(
+            1,
+            crate::runtime::Backend::Epoll,
+            Default::default(),
+        ));
+        let b = LocalBroker::new(index.clone(), Router::new(index, vec![tx], telemetry));
+        let announced = |seq: u64, frame: &[u8]| {
+            let mut req = Join {
+                conn: conn(1),
+                channel: ChannelKey::new(0, "presence-a"),
+                member: Member {
+                    user_id: Arc::from("ann"),
+                    user_info: Arc::from("null"),
+                },
+                max_members: 100,
+                announce: Bytes::copy_from_slice(frame),
+            };
+            req.conn.socket_id.seq = seq;
+            req
+        };
+        b.join(0, announced(1, b"added"));
+        b.join(0, announced(2, b"again"));
+        b.leave(
+            0,
+            Leave {
+                socket_id: SocketId { random: 1, seq: 1 },
+                channel: ChannelKey::new(0, "presence-a"),
+                user: Arc::from("ann"),
+                announce: Bytes::from_static(b"not last"),
+            },
+        );
+        b.leave(
+            0,
+            Leave {
+                socket_id: SocketId { random: 1, seq: 2 },
+                channel: ChannelKey::new(0, "presence-a"),
+                user: Arc::from("ann"),
+                announce: Bytes::from_static(b"removed"),
+            },
+        );
+        let mut got = Vec::new();
+        while let Some(crate::hub::WorkerMsg::Deliver(batch)) = rx.try_recv() {
+            for d in batch {
+                got.push((d.frame, d.except));
+            }
+        }
+        assert_eq!(
+            got,
+            vec![
+                (
+                    Bytes::from_static(b"added"),
+                    Some(SocketId { random: 1, seq: 1 })
+                ),
+                (Bytes::from_static(b"removed"), None),
+            ],
+            "one event for the first join and one for the last leave, joiner excepted"
+        );
+    }
+
+    #[test]
     fn presence_first_join_and_last_leave_are_each_decided_once() {
-        let b = LocalBroker::new(Arc::default());
+        let b = broker(Arc::default());
         assert!(matches!(join(&b, "ann", 1), Joined::First(_)));
         assert!(matches!(join(&b, "ann", 2), Joined::Again(_)));
         assert!(!leave(&b, "ann", 1));
@@ -206,7 +322,7 @@ mod tests {
 
     #[test]
     fn a_user_is_online_from_its_first_sign_in_to_its_last_sign_out() {
-        let b = LocalBroker::new(Arc::default());
+        let b = broker(Arc::default());
         let sign_in = |user: &str, watch: &[&str]| {
             let req = SignIn {
                 conn: conn(1),
@@ -245,7 +361,7 @@ mod tests {
 
     #[test]
     fn cache_replays_the_last_event_and_reports_the_first_miss_once() {
-        let b = LocalBroker::new(Arc::default());
+        let b = broker(Arc::default());
         let replay = |n| match b.replay(
             0,
             ForConn {
@@ -274,7 +390,7 @@ mod tests {
         let index = Arc::new(ChannelIndex::default());
         index.add(ChannelKey::new(0, "a"), 0);
         index.add(ChannelKey::new(0, "a"), 1);
-        let b = LocalBroker::new(index);
+        let b = broker(index);
         let info = b.channel(ChannelRef { app: 0, name: "a" }).await.unwrap();
         assert_eq!(info.subscription_count, 2);
         assert_eq!(b.channels(0, "").await.unwrap(), vec![(Arc::from("a"), 2)]);

@@ -16,13 +16,20 @@
 //!
 //! # The contract
 //!
-//! * **Answers to one worker arrive in the order it asked**, and in order with the events
-//!   the broker delivers to that worker (both travel through its FIFO inbox).
+//! * **Answers to one worker arrive in the order it asked.**
+//! * **A subscription is live once answered.** A worker declares its interest in a channel
+//!   when the channel gets its first subscriber there, and answers its clients'
+//!   subscriptions only after [`Answer::Interested`]: from then on, every event published
+//!   to the channel on any node reaches this node.
 //! * **Presence is decided atomically per channel.** [`Broker::join`] answers
 //!   [`Joined::First`] for exactly one connection of a user (its first anywhere), and
 //!   [`Broker::leave`] answers `true` for exactly one (its last); a join and a leave of the
 //!   same connection are applied in the order they were asked. Membership is per
 //!   connection: leaving with a connection that never joined changes nothing.
+//! * **Member events keep the order of the decisions.** The broker publishes
+//!   `member_added` and `member_removed` itself, in the same step as the decision, so every
+//!   subscriber on every node sees a user's arrivals and departures in the order they were
+//!   decided, whichever workers or nodes decided them.
 //! * **Counts are exact.** [`Broker::count`] answers the channel's subscriptions over the
 //!   whole cluster after the change; 1 after [`Change::Subscribed`] and 0 after
 //!   [`Change::Unsubscribed`] each happen once per occupancy.
@@ -30,9 +37,9 @@
 //!   reaches every other node that declared interest in the channel before the event was
 //!   published; a node that was not interested receives nothing. `Pending` resolves once
 //!   the broker has accepted the events (not once they are delivered).
-//! * **Interest is eventually consistent.** [`Broker::interest`] may be applied later, in
-//!   batches; withdrawing interest may let a few more events arrive (workers drop events for
-//!   channels they have no subscriber of).
+//! * **Interest is batched.** Declarations made in one turn may share one round trip;
+//!   withdrawals may be applied later, letting a few more events arrive (workers drop
+//!   events for channels they have no subscriber of).
 //! * **When the broker is unavailable** calls with answers report [`BrokerError`] through
 //!   `Pending`, or (for worker calls) answer as if this node were alone, and the broker
 //!   restores its view of this node's state when it is back. [`LocalBroker`] is never
@@ -84,6 +91,9 @@ pub struct Join {
     pub member: Member,
     /// The app's `max_presence_members`.
     pub max_members: usize,
+    /// `pusher_internal:member_added`, published by the broker to the channel's other
+    /// subscribers everywhere if this is the user's first connection.
+    pub announce: Bytes,
 }
 
 /// Leave a presence channel's members.
@@ -95,6 +105,9 @@ pub struct Leave {
     pub channel: ChannelKey,
     /// The user id it joined as.
     pub user: Arc<str>,
+    /// `pusher_internal:member_removed`, published by the broker to the channel's
+    /// subscribers everywhere if this was the user's last connection.
+    pub announce: Bytes,
 }
 
 /// A change of a channel's subscriptions on this node.
@@ -157,9 +170,12 @@ pub enum Replay {
 /// A broker's answer to a worker, with the request it answers.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {
-    /// To [`Broker::join`].
+    /// To [`Broker::interest`]: this node receives the channel's events from every node now.
+    Interested(ChannelKey),
+    /// To [`Broker::join`]; the broker has published the member event if it was `First`.
     Joined(Join, Joined),
-    /// To [`Broker::leave`]: whether that was the user's last connection in the channel.
+    /// To [`Broker::leave`]: whether that was the user's last connection in the channel (the
+    /// broker has then published the member event).
     Left(Leave, bool),
     /// To [`Broker::count`]: the subscriptions over the cluster.
     Counted(Count, u64),
@@ -230,20 +246,23 @@ pub trait Broker: Send + Sync + 'static {
     /// Sends a user-level message to every other node.
     fn broadcast(&self, msg: &UserMsg) -> Pending<()>;
 
-    /// Declares (`true`) or withdraws this node's interest in `channel`'s events: called
-    /// when the channel gets its first subscriber on this node and when it loses its last.
-    fn interest(&self, channel: ChannelRef<'_>, interested: bool);
+    /// Declares (`true`) or withdraws worker `worker`'s interest in `channel`'s events:
+    /// called when the channel gets its first subscriber on that worker and when it loses
+    /// its last. A declaration is answered ([`Answer::Interested`]) once this node receives
+    /// the channel's events from every node; a withdrawal is not answered.
+    fn interest(&self, worker: usize, channel: ChannelRef<'_>, interested: bool) -> Option<Answer>;
 
     /// A change of `channel`'s subscriptions on this node; answers the count over the
     /// cluster.
     fn count(&self, worker: usize, req: Count) -> Option<Answer>;
 
     /// Adds a connection to a presence channel's members (unless the channel has
-    /// `max_members` other users); answers with the members after it.
+    /// `max_members` other users), publishing `announce` to the channel's other subscribers
+    /// if it is the user's first connection; answers with the members after it.
     fn join(&self, worker: usize, req: Join) -> Option<Answer>;
 
-    /// Removes a connection from a presence channel's members; answers whether it was the
-    /// user's last.
+    /// Removes a connection from a presence channel's members, publishing `announce` if it
+    /// was the user's last; answers whether it was.
     fn leave(&self, worker: usize, req: Leave) -> Option<Answer>;
 
     /// A presence channel's members, for a connection.

@@ -49,13 +49,15 @@ pub struct PresenceRegistry {
 
 impl PresenceRegistry {
     /// Adds connection `socket_id` of `member` to the channel, unless the channel has `max`
-    /// other users.
+    /// other users. `on_first` runs, still under the channel's lock, if this is the user's
+    /// first connection: what it publishes is ordered with every other decision.
     pub fn join(
         &self,
         key: &ChannelKey,
         member: &Member,
         socket_id: SocketId,
         max: usize,
+        on_first: impl FnOnce(),
     ) -> Joined {
         let r = key.as_ref();
         let mut shard = self.channels.lock(r);
@@ -82,6 +84,7 @@ impl PresenceRegistry {
         };
         let members = channel.members();
         if first {
+            on_first();
             Joined::First(members)
         } else {
             Joined::Again(members)
@@ -89,8 +92,14 @@ impl PresenceRegistry {
     }
 
     /// Removes connection `socket_id` of `user`; returns whether that was the user's last,
-    /// so the member left.
-    pub fn leave(&self, key: ChannelRef<'_>, user: &str, socket_id: SocketId) -> bool {
+    /// so the member left. `on_last` runs then, still under the channel's lock.
+    pub fn leave(
+        &self,
+        key: ChannelRef<'_>,
+        user: &str,
+        socket_id: SocketId,
+        on_last: impl FnOnce(),
+    ) -> bool {
         let mut shard = self.channels.lock(key);
         let Some(channel) = shard.get_mut(&key) else {
             return false;
@@ -109,6 +118,7 @@ impl PresenceRegistry {
         if channel.members.is_empty() {
             shard.remove(&key);
         }
+        on_last();
         true
     }
 
@@ -151,36 +161,36 @@ mod tests {
         let key = ChannelKey::new(0, "presence-room");
         let r = key.as_ref();
         let ann = member("1", r#"{"name":"Ann"}"#);
-        let Joined::First(members) = reg.join(&key, &ann, socket(1), 100) else {
+        let Joined::First(members) = reg.join(&key, &ann, socket(1), 100, || {}) else {
             panic!()
         };
         assert_eq!(members, vec![ann.clone()]);
         assert!(matches!(
-            reg.join(&key, &ann, socket(2), 100),
+            reg.join(&key, &ann, socket(2), 100, || {}),
             Joined::Again(_)
         ));
         assert!(matches!(
-            reg.join(&key, &member("2", "null"), socket(3), 100),
+            reg.join(&key, &member("2", "null"), socket(3), 100, || {}),
             Joined::First(_)
         ));
         assert_eq!(reg.user_count(r), 2);
         assert!(
-            !reg.leave(r, "1", socket(1)),
+            !reg.leave(r, "1", socket(1), || {}),
             "one tab of user 1 is still there"
         );
-        assert!(reg.leave(r, "1", socket(2)));
+        assert!(reg.leave(r, "1", socket(2), || {}));
         assert_eq!(reg.members(r), vec![member("2", "null")]);
-        assert!(reg.leave(r, "2", socket(3)));
+        assert!(reg.leave(r, "2", socket(3), || {}));
         assert_eq!(reg.user_count(r), 0);
-        assert!(!reg.leave(r, "2", socket(3)));
+        assert!(!reg.leave(r, "2", socket(3), || {}));
     }
 
     #[test]
     fn leaving_with_a_connection_that_never_joined_changes_nothing() {
         let reg = PresenceRegistry::default();
         let key = ChannelKey::new(0, "presence-room");
-        reg.join(&key, &member("1", "null"), socket(1), 100);
-        assert!(!reg.leave(key.as_ref(), "1", socket(9)));
+        reg.join(&key, &member("1", "null"), socket(1), 100, || {});
+        assert!(!reg.leave(key.as_ref(), "1", socket(9), || {}));
         assert_eq!(reg.user_count(key.as_ref()), 1);
     }
 
@@ -190,14 +200,17 @@ mod tests {
         let key = ChannelKey::new(0, "presence-x");
         for u in 0..3 {
             let m = member(&u.to_string(), "null");
-            assert!(matches!(reg.join(&key, &m, socket(u), 3), Joined::First(_)));
+            assert!(matches!(
+                reg.join(&key, &m, socket(u), 3, || {}),
+                Joined::First(_)
+            ));
         }
         assert_eq!(
-            reg.join(&key, &member("9", "null"), socket(9), 3),
+            reg.join(&key, &member("9", "null"), socket(9), 3, || {}),
             Joined::Full
         );
         assert!(matches!(
-            reg.join(&key, &member("0", "null"), socket(10), 3),
+            reg.join(&key, &member("0", "null"), socket(10), 3, || {}),
             Joined::Again(_)
         ));
     }
