@@ -12,8 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::Apps;
 use crate::config::Config;
-use crate::hub::{inbox, ChannelIndex, InboxReceiver, LocalBroker, Router};
-use crate::metrics::Telemetry;
+use crate::hub::broker::redis::{RedisBroker, RedisSettings};
+use crate::hub::{inbox, Broker, ChannelIndex, InboxReceiver, LocalBroker, Router};
+use crate::metrics::{BrokerStats, Telemetry};
 use crate::runtime::{self, affinity, epoll::Epoll, uring::Uring, Backend, Runtime};
 use crate::session;
 use crate::tls::Tls;
@@ -73,16 +74,42 @@ pub fn run(config: Config, apps: Apps) -> anyhow::Result<()> {
     let workers = config.workers;
     let apps = Arc::new(arc_swap::ArcSwap::from_pointee(apps));
     let shutdown = CancellationToken::new();
-    let telemetry = Arc::new(Telemetry::new(workers, choice.backend, shutdown.clone()));
+    let broker_stats = Arc::new(BrokerStats::default());
+    let mut telemetry = Telemetry::new(workers, choice.backend, shutdown.clone());
+    if let Some(c) = &config.cluster {
+        telemetry = telemetry.with_broker(broker_stats.clone(), c.readiness_requires_redis);
+    }
+    let telemetry = Arc::new(telemetry);
     let webhooks = Webhooks::start(apps.clone(), telemetry.webhooks.clone())
         .context("cannot start the webhook sender")?;
     let index = Arc::new(ChannelIndex::default());
     let router = Router::new(index.clone(), senders.clone(), telemetry.clone());
+    let broker: Arc<dyn Broker> = match &config.cluster {
+        None => Arc::new(LocalBroker::new(index.clone(), router)),
+        Some(c) => {
+            tracing::info!(node = %c.node_id, prefix = %c.prefix, "clustering over Redis");
+            let settings = RedisSettings {
+                url: c.redis_url.clone(),
+                prefix: c.prefix.clone(),
+                node_id: c.node_id.clone(),
+                node_timeout: c.node_timeout,
+            };
+            let broker = RedisBroker::start(
+                settings,
+                apps.clone(),
+                router,
+                broker_stats,
+                webhooks.clone(),
+            )
+            .context("cannot start the broker thread")?;
+            Arc::new(broker)
+        }
+    };
     let shared = Arc::new(Shared {
         config,
         apps,
         telemetry,
-        broker: Arc::new(LocalBroker::new(index.clone(), router)),
+        broker,
         index,
         inboxes: senders,
         connections: AtomicUsize::new(0),

@@ -294,6 +294,11 @@ impl Apps {
         &self.apps[idx as usize]
     }
 
+    /// The app at `idx`, if this registry has one there.
+    pub fn try_get(&self, idx: AppIdx) -> Option<&Arc<App>> {
+        self.apps.get(idx as usize)
+    }
+
     /// All apps.
     pub fn iter(&self) -> impl Iterator<Item = &App> {
         self.apps.iter().map(|a| &**a)

@@ -193,6 +193,39 @@ pub struct Cli {
     #[arg(long, env = "RINGCAST_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
+    /// Redis (or Valkey) shared by the nodes of a cluster: `redis://[user:password@]host:port[/db]`,
+    /// or `rediss://…` for TLS. Without it the server runs alone and needs no Redis (see
+    /// docs/cluster.md).
+    #[arg(long, env = "RINGCAST_REDIS_URL", value_parser = parse_redis_url, hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key and pub/sub channel, so several deployments can share one
+    /// Redis.
+    #[arg(long, env = "RINGCAST_REDIS_PREFIX", default_value = "ringcast", value_parser = parse_redis_prefix)]
+    pub redis_prefix: String,
+
+    /// This node's id in the cluster (default: a random one, logged at start). A node
+    /// restarted with the same id clears what its previous run held at once, instead of
+    /// after --node-timeout.
+    #[arg(long, env = "RINGCAST_NODE_ID", value_parser = parse_node_id)]
+    pub node_id: Option<String>,
+
+    /// Seconds after which a node that stopped renewing its lease in Redis (crashed, cut
+    /// off) counts as dead: another node removes its connections' subscriptions, presence
+    /// members and sign-ins, and sends the webhooks. Every node of a cluster should use
+    /// the same value.
+    #[arg(long, env = "RINGCAST_NODE_TIMEOUT", default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=3600), requires = "redis_url")]
+    pub node_timeout: u64,
+
+    /// Report not ready (`/readyz` 503) while Redis cannot be reached. Off by default: one
+    /// node's trouble reaching Redis should not take every node out of the load balancer.
+    #[arg(
+        long,
+        env = "RINGCAST_READINESS_REQUIRES_REDIS",
+        requires = "redis_url"
+    )]
+    pub readiness_requires_redis: bool,
+
     /// Log format.
     #[arg(long, env = "RINGCAST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -254,6 +287,36 @@ pub(super) fn parse_cpu_list(s: &str) -> Result<CpuList, String> {
         return Err("empty CPU list".into());
     }
     Ok(CpuList(cpus))
+}
+
+fn parse_redis_url(s: &str) -> Result<String, String> {
+    let scheme_ok = s.starts_with("redis://") || s.starts_with("rediss://");
+    if !scheme_ok || redis::Client::open(s).is_err() {
+        return Err("expected redis://[user:password@]host:port[/db] or rediss://…".into());
+    }
+    Ok(s.to_string())
+}
+
+fn parse_redis_prefix(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'{' | b'}'));
+    match ok {
+        true => Ok(s.to_string()),
+        false => Err("1 to 64 printable characters, without spaces or braces".into()),
+    }
+}
+
+fn parse_node_id(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    match ok {
+        true => Ok(s.to_string()),
+        false => Err("1 to 64 characters of A-Z a-z 0-9 - _ .".into()),
+    }
 }
 
 fn parse_path(s: &str) -> Result<String, String> {

@@ -230,7 +230,24 @@ impl Effective {
         if let Some(s) = cli.app_secret.as_deref() {
             t.insert("app_secret".into(), mask(s).into());
         }
+        if let Some(url) = cli.redis_url.as_deref() {
+            t.insert("redis_url".into(), mask_url_password(url).into());
+        }
         Effective(t)
+    }
+}
+
+/// A Redis URL with its password (if any) masked.
+pub fn mask_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, password)) => format!("{scheme}://{user}:{}@{host}", mask(password)),
+        None => url.to_string(),
     }
 }
 
@@ -315,6 +332,22 @@ mod tests {
             assert!(!shown.contains("9f86d081884c7d65"), "{shown}");
             assert!(!shown.contains("9086081884"), "{shown}");
         }
+    }
+
+    #[test]
+    fn redis_passwords_are_masked() {
+        assert_eq!(
+            mask_url_password("redis://ann:s3cret@10.0.0.1:6379/2"),
+            "redis://ann:<6 characters, masked>@10.0.0.1:6379/2"
+        );
+        assert_eq!(
+            mask_url_password("rediss://:s3cret@redis"),
+            "rediss://:<6 characters, masked>@redis"
+        );
+        assert_eq!(
+            mask_url_password("redis://redis:6379"),
+            "redis://redis:6379"
+        );
     }
 
     #[test]

@@ -97,6 +97,23 @@ pub struct Config {
     pub apps_source: AppsSource,
     /// TLS certificate and key files, when TLS is on.
     pub tls: Option<TlsFiles>,
+    /// Clustering over Redis, if on.
+    pub cluster: Option<Cluster>,
+}
+
+/// How this node shares channels with others (`--redis-url`).
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// The Redis URL (it may hold a password: never logged).
+    pub redis_url: String,
+    /// Prefix of every key and pub/sub channel.
+    pub prefix: String,
+    /// This node's id.
+    pub node_id: String,
+    /// How long a node's lease lasts without renewal.
+    pub node_timeout: Duration,
+    /// Whether readiness fails while Redis cannot be reached.
+    pub readiness_requires_redis: bool,
 }
 
 /// Where the certificate chain and its private key are read from (PEM).
@@ -249,6 +266,16 @@ impl Config {
                 .clone()
                 .zip(cli.tls_key.clone())
                 .map(|(cert, key)| TlsFiles { cert, key }),
+            cluster: cli.redis_url.as_ref().map(|url| Cluster {
+                redis_url: url.clone(),
+                prefix: cli.redis_prefix.clone(),
+                node_id: cli
+                    .node_id
+                    .clone()
+                    .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>())),
+                node_timeout: Duration::from_secs(cli.node_timeout),
+                readiness_requires_redis: cli.readiness_requires_redis,
+            }),
         };
         Ok(Resolved { config, apps })
     }

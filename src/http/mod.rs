@@ -252,7 +252,17 @@ async fn respond<R: Runtime>(
     {
         return match crate::api::handle::<R>(worker, req).await {
             Ok(body) => json(StatusCode::OK, body),
-            Err(e) => error(e.status, &e.message),
+            Err(e) => {
+                let mut res = error(e.status, &e.message);
+                if e.status == StatusCode::SERVICE_UNAVAILABLE {
+                    // Overloaded or cut off from Redis: both pass within seconds.
+                    res.headers_mut().insert(
+                        hyper::header::RETRY_AFTER,
+                        hyper::header::HeaderValue::from_static("1"),
+                    );
+                }
+                res
+            }
         };
     }
     let get = req.method() == Method::GET || req.method() == Method::HEAD;

@@ -136,6 +136,14 @@ impl ChannelIndex {
         after.get()
     }
 
+    /// Every occupied channel, with its subscriptions.
+    pub fn all(&self) -> Vec<(ChannelKey, u64)> {
+        let map = self.map.pin();
+        map.iter()
+            .map(|(k, o)| (k.clone(), o.subscription_count))
+            .collect()
+    }
+
     /// Occupied channels of `app` whose name starts with `prefix`.
     pub fn channels(&self, app: AppIdx, prefix: &str) -> Vec<(Arc<str>, Occupancy)> {
         let map = self.map.pin();

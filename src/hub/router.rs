@@ -6,11 +6,14 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::broker::{Answer, UserMsg};
 use super::inbox::{Delivery, InboxSender, WorkerMsg};
 use super::ChannelIndex;
+use crate::app::ChannelKey;
 use crate::metrics::Telemetry;
 
 /// The node's routing table and inboxes.
+#[derive(Clone)]
 pub struct Router {
     index: Arc<ChannelIndex>,
     inboxes: Vec<InboxSender>,
@@ -42,15 +45,45 @@ impl Router {
         for w in occupancy.workers.iter() {
             let msg = WorkerMsg::Deliver(vec![delivery.clone()]);
             if self.inboxes[w].try_send(msg).is_err() {
-                if let Some(stats) = self.telemetry.workers.get(from) {
-                    stats.inbox_full.fetch_add(1, Ordering::Relaxed);
-                }
-                tracing::warn!(
-                    worker = w,
-                    channel = &*delivery.channel.name,
-                    "inbox full: event not delivered to that worker"
-                );
+                self.full(from, w, "event");
             }
         }
+    }
+
+    /// Queues a user message to every worker (a user's connections may be on any), like
+    /// [`Router::route`].
+    pub fn route_user(&self, from: usize, msg: &UserMsg) {
+        for (w, inbox) in self.inboxes.iter().enumerate() {
+            if inbox.try_send(WorkerMsg::User(msg.clone())).is_err() {
+                self.full(from, w, "user message");
+            }
+        }
+    }
+
+    /// Hands `answer` to worker `worker`; gives it back if the inbox is full (the caller
+    /// keeps it and tries again: an answer is never dropped).
+    pub fn answer(&self, worker: usize, answer: Box<Answer>) -> Result<(), Box<Answer>> {
+        match self.inboxes[worker].try_send(WorkerMsg::Answer(answer)) {
+            Ok(()) => Ok(()),
+            Err(WorkerMsg::Answer(a)) => Err(a),
+            Err(_) => unreachable!("try_send gives back what it was given"),
+        }
+    }
+
+    /// Workers on this node.
+    pub fn workers(&self) -> usize {
+        self.inboxes.len()
+    }
+
+    /// Every channel with subscribers on this node, with how many.
+    pub fn channels(&self) -> Vec<(ChannelKey, u64)> {
+        self.index.all()
+    }
+
+    fn full(&self, from: usize, worker: usize, what: &str) {
+        if let Some(stats) = self.telemetry.workers.get(from) {
+            stats.inbox_full.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::warn!(worker, "inbox full: {what} not delivered to that worker");
     }
 }

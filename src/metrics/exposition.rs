@@ -380,6 +380,9 @@ impl PromCollector for Collector {
             MetricType::Counter,
             [(vec![], ConstCounter::new(h.cancelled))],
         )?;
+        if let Some(b) = &shared.broker {
+            encode_broker(&mut encoder, b)?;
+        }
 
         let (publish, frame) = latency::merged(stats);
         family(
@@ -398,6 +401,86 @@ impl PromCollector for Collector {
         )?;
         Ok(())
     }
+}
+
+/// The cluster broker's families (only when clustering over Redis).
+fn encode_broker(
+    encoder: &mut DescriptorEncoder,
+    b: &super::BrokerStats,
+) -> Result<(), std::fmt::Error> {
+    let connected = b.connected.load(Ordering::Relaxed) as i64;
+    family(
+        encoder,
+        "ringcast_broker_connected",
+        "1 while this node reaches Redis, 0 while it serves its own connections alone.",
+        MetricType::Gauge,
+        [(vec![], ConstGauge::new(connected))],
+    )?;
+    let counters: [(&str, &str, &AtomicU64); 8] = [
+        (
+            "ringcast_broker_commands",
+            "Requests handed to Redis.",
+            &b.commands,
+        ),
+        (
+            "ringcast_broker_events_published",
+            "Events published to Redis for other nodes.",
+            &b.published,
+        ),
+        (
+            "ringcast_broker_events_received",
+            "Events received from other nodes.",
+            &b.received,
+        ),
+        (
+            "ringcast_broker_interest_changes",
+            "Channels subscribed to or unsubscribed from in Redis.",
+            &b.interest_changes,
+        ),
+        (
+            "ringcast_broker_fallbacks",
+            "Requests answered from this node's own view because Redis could not be reached.",
+            &b.fallbacks,
+        ),
+        (
+            "ringcast_broker_resyncs",
+            "Times this node registered its state again after reaching Redis anew.",
+            &b.resyncs,
+        ),
+        (
+            "ringcast_broker_nodes_reaped",
+            "Dead nodes' sessions this node cleared (their members removed, webhooks sent).",
+            &b.reaped,
+        ),
+        (
+            "ringcast_broker_leases_lost",
+            "Times this node found its lease expired and registered under a new session.",
+            &b.leases_lost,
+        ),
+    ];
+    for (name, help, c) in counters {
+        family(
+            encoder,
+            name,
+            help,
+            MetricType::Counter,
+            [(vec![], ConstCounter::new(c.load(Ordering::Relaxed)))],
+        )?;
+    }
+    let round_trip = b
+        .round_trip
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .unwrap_or_else(latency::new_histogram);
+    family(
+        encoder,
+        "ringcast_broker_round_trip_seconds",
+        "Round trips to Redis: a publish handed over and acknowledged, a heartbeat.",
+        MetricType::Histogram,
+        [(Labels::new(), LatencyHistogram(round_trip))],
+    )?;
+    Ok(())
 }
 
 /// Renders every metric in the Prometheus text format.

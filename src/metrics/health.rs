@@ -20,7 +20,9 @@ pub fn reply(telemetry: &Telemetry, readiness: bool, draining: bool) -> (StatusC
 }
 
 /// Readiness and the per-worker report behind `/healthz` and `/readyz`: ready unless
-/// shutting down or a worker has not swept for [`STUCK_AFTER_SECS`].
+/// shutting down, a worker has not swept for [`STUCK_AFTER_SECS`], or (with
+/// `--readiness-requires-redis`) the cluster broker cannot reach Redis. The broker's state
+/// is reported either way.
 pub fn report(telemetry: &Telemetry, draining: bool) -> (bool, String) {
     let workers: Vec<serde_json::Value> = telemetry
         .workers
@@ -37,17 +39,29 @@ pub fn report(telemetry: &Telemetry, draining: bool) -> (bool, String) {
         })
         .collect();
     let ages: Vec<f64> = telemetry.workers.iter().map(|s| heartbeat_age(s)).collect();
-    let (ready, status) = assess(draining, &ages);
-    let body = serde_json::json!({ "status": status, "workers": workers });
+    let connected = telemetry
+        .broker
+        .as_ref()
+        .map(|b| b.connected.load(std::sync::atomic::Ordering::Relaxed));
+    let broker_down = telemetry.readiness_requires_broker && connected == Some(false);
+    let (ready, status) = assess(draining, &ages, broker_down);
+    let broker = match connected {
+        None => serde_json::json!({ "kind": "local" }),
+        Some(c) => serde_json::json!({ "kind": "redis", "connected": c }),
+    };
+    let body = serde_json::json!({ "status": status, "workers": workers, "broker": broker });
     (ready, body.to_string())
 }
 
-/// Readiness from the drain state and each worker's heartbeat age (seconds).
-fn assess(draining: bool, heartbeat_ages: &[f64]) -> (bool, &'static str) {
+/// Readiness from the drain state, each worker's heartbeat age (seconds) and whether the
+/// broker's outage counts.
+fn assess(draining: bool, heartbeat_ages: &[f64], broker_down: bool) -> (bool, &'static str) {
     if draining {
         (false, "shutting down")
     } else if heartbeat_ages.iter().any(|&a| a >= STUCK_AFTER_SECS) {
         (false, "worker stuck")
+    } else if broker_down {
+        (false, "redis unreachable")
     } else {
         (true, "ready")
     }
@@ -59,11 +73,12 @@ mod tests {
 
     #[test]
     fn a_stuck_worker_or_a_drain_makes_the_server_unready() {
-        assert_eq!(assess(false, &[0.5, 1.2]), (true, "ready"));
+        assert_eq!(assess(false, &[0.5, 1.2], false), (true, "ready"));
         assert_eq!(
-            assess(false, &[0.5, STUCK_AFTER_SECS + 1.0]),
+            assess(false, &[0.5, STUCK_AFTER_SECS + 1.0], false),
             (false, "worker stuck")
         );
-        assert_eq!(assess(true, &[0.5, 0.5]), (false, "shutting down"));
+        assert_eq!(assess(true, &[0.5, 0.5], false), (false, "shutting down"));
+        assert_eq!(assess(false, &[0.5], true), (false, "redis unreachable"));
     }
 }

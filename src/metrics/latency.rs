@@ -11,7 +11,7 @@ use super::stats::WorkerStats;
 
 /// Lowest and highest latencies kept (100 ns to 60 s), at 2 significant digits: about
 /// 64 KiB per histogram.
-pub(super) fn new_histogram() -> Histogram<u64> {
+pub(crate) fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(100, 60_000_000_000, 2).expect("valid histogram bounds")
 }
 

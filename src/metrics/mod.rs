@@ -21,7 +21,9 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use latency::LatencyRecorder;
-pub use stats::{Endpoint, Limited, Rejected, WebhookCounts, WebhookStats, WorkerStats};
+pub use stats::{
+    BrokerStats, Endpoint, Limited, Rejected, WebhookCounts, WebhookStats, WorkerStats,
+};
 
 use crate::clock::now_ns;
 use crate::runtime::Backend;
@@ -39,6 +41,10 @@ pub struct Telemetry {
     pub started: Instant,
     /// Cancelled when the server starts shutting down (readiness turns 503).
     pub draining: CancellationToken,
+    /// The cluster broker's state, when clustering over Redis.
+    pub broker: Option<Arc<BrokerStats>>,
+    /// Whether readiness fails while the broker cannot reach Redis.
+    pub readiness_requires_broker: bool,
 }
 
 impl Telemetry {
@@ -52,7 +58,20 @@ impl Telemetry {
             backend,
             started: Instant::now(),
             draining,
+            broker: None,
+            readiness_requires_broker: false,
         }
+    }
+
+    /// The same, reporting a cluster broker's state.
+    pub fn with_broker(
+        mut self,
+        broker: Arc<BrokerStats>,
+        readiness_requires_broker: bool,
+    ) -> Self {
+        self.broker = Some(broker);
+        self.readiness_requires_broker = readiness_requires_broker;
+        self
     }
 }
 

@@ -297,6 +297,43 @@ impl WorkerStats {
     }
 }
 
+/// The cluster broker's state and counters (`--redis-url`).
+#[derive(Debug, Default)]
+pub struct BrokerStats {
+    /// Whether Redis answers.
+    pub connected: std::sync::atomic::AtomicBool,
+    /// Requests sent to Redis.
+    pub commands: AtomicU64,
+    /// Events published to Redis.
+    pub published: AtomicU64,
+    /// Events received from other nodes.
+    pub received: AtomicU64,
+    /// Pub/sub channels subscribed to and unsubscribed from.
+    pub interest_changes: AtomicU64,
+    /// Requests answered from this node's own view because Redis could not be reached.
+    pub fallbacks: AtomicU64,
+    /// Times the node registered its state again after reaching Redis anew.
+    pub resyncs: AtomicU64,
+    /// Dead nodes' sessions this node cleared.
+    pub reaped: AtomicU64,
+    /// Times this node found its own lease expired (cut off from Redis for longer than
+    /// `--node-timeout`) and registered under a new session.
+    pub leases_lost: AtomicU64,
+    /// Round trips to Redis (publishes and heartbeats), in nanoseconds. Written by the
+    /// broker thread only; read by scrapes.
+    pub round_trip: std::sync::Mutex<Option<hdrhistogram::Histogram<u64>>>,
+}
+
+impl BrokerStats {
+    /// Records one round trip to Redis that began at `started`.
+    pub fn round_trip(&self, started: std::time::Instant) {
+        let ns = started.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+        let mut h = self.round_trip.lock().unwrap_or_else(|e| e.into_inner());
+        h.get_or_insert_with(super::latency::new_histogram)
+            .saturating_record(ns.max(100));
+    }
+}
+
 /// The webhook sender's counters.
 #[derive(Debug, Default)]
 pub struct WebhookStats {

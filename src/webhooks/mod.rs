@@ -92,6 +92,7 @@ impl Job {
 }
 
 /// The workers' handle on the sender thread.
+#[derive(Clone)]
 pub struct Webhooks {
     tx: tokio::sync::mpsc::Sender<Job>,
     budget: Arc<Budget>,

@@ -355,11 +355,12 @@ impl Worker {
             remove_conn(&self.watchers, ChannelRef { app, name: w }, conn.id);
         }
         remove_conn(&self.signed_in, ChannelRef { app, name: &user }, conn.id);
-        self.then(
-            self.shared
-                .broker
-                .sign_out(self.index, SignOut { app, user }),
-        );
+        let req = SignOut {
+            socket_id: conn.socket_id,
+            app,
+            user,
+        };
+        self.then(self.shared.broker.sign_out(self.index, req));
     }
 
     /// Applies a user-level message to this worker's connections.

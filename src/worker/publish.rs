@@ -35,6 +35,7 @@ impl Worker {
     /// other workers get one inbox message each. A full inbox is waited on
     /// (asynchronously) for a while, then reported, never silently skipped.
     pub async fn publish(&self, deliveries: Vec<Delivery>) -> Result<(), PublishError> {
+        self.other_nodes_reachable()?;
         let other_nodes = self.shared.broker.publish(&deliveries);
         // Earlier events from other workers first (see `drain_inbox`): what is queued now,
         // not what keeps arriving, so a busy inbox cannot hold this worker here.
@@ -49,18 +50,28 @@ impl Worker {
         result
     }
 
+    /// Refuses a publish the other nodes cannot be told of now: the caller (the HTTP API)
+    /// answers 503 and may retry, and no subscriber has had it twice.
+    fn other_nodes_reachable(&self) -> Result<(), PublishError> {
+        match self.shared.broker.available() {
+            true => Ok(()),
+            false => Err(PublishError::Broker(BrokerError::Unavailable(
+                "Redis cannot be reached; nothing was delivered".into(),
+            ))),
+        }
+    }
+
     /// Publishes for callers that cannot wait (the protocol rules): delivered to this
     /// worker's subscribers and queued to the other workers' inboxes now, so events follow
     /// one another in the order the rules decided them. Only an inbox found full is waited
     /// on, in a task of its own, and reported like [`Worker::publish`] does.
     pub fn publish_now(&self, deliveries: Vec<Delivery>) {
-        let other_nodes = self.shared.broker.publish(&deliveries);
+        self.shared.broker.publish_detached(&deliveries);
         for (w, batch) in self.route(deliveries) {
             if let Err(msg) = self.shared.inboxes[w].try_send(WorkerMsg::Deliver(batch)) {
                 self.send_later(w, msg);
             }
         }
-        self.report_later(other_nodes);
     }
 
     /// Delivers to this worker's subscribers, and returns the batches for the others.
@@ -94,6 +105,7 @@ impl Worker {
     /// Sends a user-level message to every worker of every node; waits for full inboxes
     /// like [`Worker::publish`].
     pub async fn send_to_users(&self, msg: UserMsg) -> Result<(), PublishError> {
+        self.other_nodes_reachable()?;
         let other_nodes = self.shared.broker.broadcast(&msg);
         let mut result = Ok(());
         for w in 0..self.shared.inboxes.len() {

@@ -5,7 +5,9 @@
 #![allow(dead_code)]
 
 pub mod deps;
+pub mod hooks;
 pub mod raw;
+pub mod redis;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -245,6 +247,15 @@ impl Server {
             .filter(|l| l.starts_with(&prefix))
             .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
             .collect()
+    }
+
+    /// The value of an unlabelled sample of `/metrics`; panics if there is none.
+    pub async fn metric_value(&self, name: &str) -> u64 {
+        let samples = self.metric_samples().await;
+        match samples.get(name) {
+            Some(v) => *v as u64,
+            None => panic!("no sample {name} in /metrics"),
+        }
     }
 
     /// The sum of a Prometheus metric over all workers.

@@ -66,6 +66,8 @@ impl Broker for LocalBroker {
         Pending::ready(())
     }
 
+    fn publish_detached(&self, _deliveries: &[Delivery]) {}
+
     fn broadcast(&self, _msg: &UserMsg) -> Pending<()> {
         Pending::ready(())
     }
@@ -348,6 +350,7 @@ mod tests {
         let sign_out = |user: &str| match b.sign_out(
             0,
             SignOut {
+                socket_id: conn(1).socket_id,
                 app: 0,
                 user: Arc::from(user),
             },

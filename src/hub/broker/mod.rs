@@ -48,6 +48,7 @@
 mod cache;
 mod local;
 mod presence;
+pub mod redis;
 mod sharded;
 mod users;
 
@@ -148,6 +149,8 @@ pub struct SignIn {
 /// A signed-in connection went away.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SignOut {
+    /// The connection.
+    pub socket_id: SocketId,
     /// The app.
     pub app: AppIdx,
     /// The user id.
@@ -239,9 +242,20 @@ pub enum BrokerError {
 
 /// See the [module documentation](self) for the contract.
 pub trait Broker: Send + Sync + 'static {
+    /// Whether the other nodes can be reached now. A caller that can be told "try again"
+    /// (the HTTP API) is refused up front while they cannot, rather than reaching this
+    /// node's subscribers only.
+    fn available(&self) -> bool {
+        true
+    }
+
     /// Sends event frames to their channels' subscribers on the other nodes (this node's
     /// workers are the caller's to reach). Resolves once the broker has them.
     fn publish(&self, deliveries: &[Delivery]) -> Pending<()>;
+
+    /// [`Broker::publish`] for callers that cannot wait (the protocol rules): a failure is
+    /// the broker's to count and log.
+    fn publish_detached(&self, deliveries: &[Delivery]);
 
     /// Sends a user-level message to every other node.
     fn broadcast(&self, msg: &UserMsg) -> Pending<()>;

@@ -131,6 +131,21 @@ impl PresenceRegistry {
             .unwrap_or_default()
     }
 
+    /// Calls `f` with every membership: channel, member, connection.
+    pub fn for_each(&self, mut f: impl FnMut(&ChannelKey, &Member, SocketId)) {
+        self.channels.for_each(|key, channel| {
+            for (id, e) in &channel.members {
+                let member = Member {
+                    user_id: id.clone(),
+                    user_info: e.info.clone(),
+                };
+                for socket in &e.sockets {
+                    f(key, &member, *socket);
+                }
+            }
+        });
+    }
+
     /// How many distinct users are in the channel.
     pub fn user_count(&self, key: ChannelRef<'_>) -> usize {
         self.channels

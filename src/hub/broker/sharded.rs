@@ -37,4 +37,14 @@ impl<V> Sharded<V> {
         let shard = &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS];
         shard.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Calls `f` with every entry, one shard locked at a time.
+    pub fn for_each(&self, mut f: impl FnMut(&ChannelKey, &V)) {
+        for shard in self.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            for (k, v) in shard.iter() {
+                f(k, v);
+            }
+        }
+    }
 }

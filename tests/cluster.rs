@@ -1,0 +1,270 @@
+//! Several ringcast nodes sharing one Redis behave, for clients and the HTTP API, like one
+//! server: each client on a different node, the API called on yet another. Redis and the
+//! nodes are started by the tests.
+
+mod common;
+
+use std::time::Duration;
+
+use common::redis::{node, Redis};
+use common::{api, eventually_api, publish, Client, Server, APP_ID};
+use serde_json::{json, Value};
+
+on_both_backends!(
+    events_reach_subscribers_on_every_node_in_publish_order,
+    a_node_receives_only_the_channels_it_has_subscribers_of,
+    presence_is_one_member_list_across_nodes,
+    the_api_answers_for_the_whole_cluster,
+    cache_channels_replay_on_any_node,
+    client_events_and_users_cross_nodes,
+);
+
+/// Redis and three nodes, or `None` when Redis is not installed (skipped loudly).
+async fn cluster(backend: &'static str) -> Option<(Redis, Vec<Server>)> {
+    let redis = Redis::start()?;
+    let mut nodes = Vec::new();
+    for id in ["a", "b", "c"] {
+        nodes.push(node(&redis, backend, id, &[]).await);
+    }
+    Some((redis, nodes))
+}
+
+async fn events_reach_subscribers_on_every_node_in_publish_order(backend: &'static str) {
+    let Some((_redis, nodes)) = cluster(backend).await else {
+        return;
+    };
+    let mut on_a = Client::connect(&nodes[0]).await;
+    let mut on_b = Client::connect(&nodes[1]).await;
+    on_a.subscribe("news").await;
+    on_b.subscribe("news").await;
+    for i in 0..50 {
+        publish(&nodes[2], &["news"], "tick", &i.to_string()).await;
+    }
+    for c in [&mut on_a, &mut on_b] {
+        for i in 0..50 {
+            let m = c.recv().await;
+            assert_eq!(
+                (m["event"].as_str(), m["data"].as_str()),
+                (Some("tick"), Some(&*i.to_string())),
+                "{m}"
+            );
+        }
+    }
+    // The publisher's own socket is left out, whichever node it is on.
+    let (status, _) = api(
+        &nodes[2],
+        "POST",
+        &format!("/apps/{APP_ID}/events"),
+        &[],
+        Some(&json!({"name": "mine", "channel": "news", "data": "x", "socket_id": on_a.socket_id})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(on_b.recv().await["event"], "mine");
+    assert_eq!(on_a.try_recv(Duration::from_millis(300)).await, None);
+}
+
+async fn a_node_receives_only_the_channels_it_has_subscribers_of(backend: &'static str) {
+    let Some((redis, nodes)) = cluster(backend).await else {
+        return;
+    };
+    let mut on_a = Client::connect(&nodes[0]).await;
+    on_a.subscribe("only-a").await;
+    let numsub = |redis: &Redis| -> i64 {
+        let (_, n): (String, i64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(format!("ringcast:{{{APP_ID}/only-a}}:ev"))
+            .query::<(String, i64)>(&mut redis.client())
+            .unwrap();
+        n
+    };
+    assert_eq!(numsub(&redis), 1, "only node a listens to the channel");
+    let before = redis.calls("publish");
+    for _ in 0..10 {
+        publish(&nodes[1], &["only-a"], "e", "{}").await;
+    }
+    for _ in 0..10 {
+        assert_eq!(on_a.recv().await["event"], "e");
+    }
+    assert_eq!(
+        redis.calls("publish") - before,
+        10,
+        "one PUBLISH per event, whatever the number of nodes"
+    );
+    for n in &nodes[1..] {
+        assert_eq!(
+            n.metric_value("ringcast_broker_events_received_total")
+                .await,
+            0
+        );
+    }
+    drop(on_a);
+    let deadline = std::time::Instant::now() + common::WAIT;
+    while numsub(&redis) != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "interest not withdrawn"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn presence_is_one_member_list_across_nodes(backend: &'static str) {
+    let Some((_redis, nodes)) = cluster(backend).await else {
+        return;
+    };
+    let channel = "presence-room";
+    let mut observer = Client::connect(&nodes[2]).await;
+    observer
+        .send_presence_subscribe(channel, &json!({"user_id": "obs"}))
+        .await;
+    assert_eq!(
+        observer.recv().await["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+
+    let mut ann_a = Client::connect(&nodes[0]).await;
+    ann_a
+        .send_presence_subscribe(channel, &json!({"user_id": "ann"}))
+        .await;
+    let first = ann_a.recv().await;
+    assert_eq!(first["event"], "pusher_internal:subscription_succeeded");
+    let added = observer.recv().await;
+    assert_eq!(added["event"], "pusher_internal:member_added", "{added}");
+
+    // Ann's second tab, on another node, is the same member: nobody is told.
+    let mut ann_b = Client::connect(&nodes[1]).await;
+    ann_b
+        .send_presence_subscribe(channel, &json!({"user_id": "ann"}))
+        .await;
+    let again = ann_b.recv().await;
+    let data: Value = serde_json::from_str(again["data"].as_str().unwrap()).unwrap();
+    assert_eq!(data["presence"]["count"], 2, "{data}");
+    assert_eq!(observer.try_recv(Duration::from_millis(300)).await, None);
+    eventually_api(
+        &nodes[1],
+        &format!("/apps/{APP_ID}/channels/{channel}/users"),
+        &[],
+        json!({"users": [{"id": "obs"}, {"id": "ann"}]}),
+    )
+    .await;
+
+    // Leaving one node keeps the member; leaving the last removes it, once.
+    drop(ann_a);
+    assert_eq!(observer.try_recv(Duration::from_millis(500)).await, None);
+    drop(ann_b);
+    let removed = observer.recv().await;
+    assert_eq!(
+        removed["event"], "pusher_internal:member_removed",
+        "{removed}"
+    );
+    let data: Value = serde_json::from_str(removed["data"].as_str().unwrap()).unwrap();
+    assert_eq!(data["user_id"], "ann");
+    assert_eq!(observer.try_recv(Duration::from_millis(300)).await, None);
+}
+
+async fn the_api_answers_for_the_whole_cluster(backend: &'static str) {
+    let Some((_redis, nodes)) = cluster(backend).await else {
+        return;
+    };
+    let mut clients = Vec::new();
+    for n in &nodes[..2] {
+        for _ in 0..2 {
+            let mut c = Client::connect(n).await;
+            c.subscribe("shared").await;
+            clients.push(c);
+        }
+    }
+    for n in &nodes {
+        eventually_api(
+            n,
+            &format!("/apps/{APP_ID}/channels/shared"),
+            &[("info", "subscription_count")],
+            json!({"occupied": true, "subscription_count": 4}),
+        )
+        .await;
+        eventually_api(
+            n,
+            &format!("/apps/{APP_ID}/channels"),
+            &[("info", "subscription_count")],
+            json!({"channels": {"shared": {"subscription_count": 4}}}),
+        )
+        .await;
+    }
+    clients.clear();
+    eventually_api(
+        &nodes[2],
+        &format!("/apps/{APP_ID}/channels"),
+        &[],
+        json!({"channels": {}}),
+    )
+    .await;
+}
+
+async fn cache_channels_replay_on_any_node(backend: &'static str) {
+    let Some((_redis, nodes)) = cluster(backend).await else {
+        return;
+    };
+    let mut first = Client::connect(&nodes[0]).await;
+    first.subscribe("cache-quote").await;
+    assert_eq!(first.recv().await["event"], "pusher:cache_miss");
+    publish(&nodes[1], &["cache-quote"], "price", "42").await;
+    assert_eq!(first.recv().await["event"], "price");
+    let mut late = Client::connect(&nodes[2]).await;
+    late.subscribe("cache-quote").await;
+    let replayed = late.recv().await;
+    assert_eq!(
+        (replayed["event"].as_str(), replayed["data"].as_str()),
+        (Some("price"), Some("42"))
+    );
+}
+
+async fn client_events_and_users_cross_nodes(backend: &'static str) {
+    let Some((_redis, nodes)) = cluster(backend).await else {
+        return;
+    };
+    // A client event sent on one node reaches a subscriber on another.
+    let mut sender = Client::connect(&nodes[0]).await;
+    let mut receiver = Client::connect(&nodes[1]).await;
+    for c in [&mut sender, &mut receiver] {
+        c.send_private_subscribe("private-chat").await;
+        assert_eq!(
+            c.recv().await["event"],
+            "pusher_internal:subscription_succeeded"
+        );
+    }
+    sender
+        .send(json!({"event": "client-typing", "channel": "private-chat", "data": {"n": 1}}))
+        .await;
+    let m = receiver.recv().await;
+    assert_eq!(
+        (m["event"].as_str(), &m["data"]),
+        (Some("client-typing"), &json!({"n": 1}))
+    );
+
+    // A watcher on one node hears a user come online on another, and the user's
+    // connections anywhere are terminated from any node.
+    let mut watcher = Client::connect(&nodes[2]).await;
+    watcher
+        .send_signin(&json!({"id": "wat", "watchlist": ["ann"]}))
+        .await;
+    assert_eq!(watcher.recv().await["event"], "pusher:signin_success");
+    let mut ann = Client::connect(&nodes[0]).await;
+    ann.send_signin(&json!({"id": "ann"})).await;
+    assert_eq!(ann.recv().await["event"], "pusher:signin_success");
+    let online = watcher.recv().await;
+    assert_eq!(
+        online["event"], "pusher_internal:watchlist_events",
+        "{online}"
+    );
+    let (status, _) = api(
+        &nodes[1],
+        "POST",
+        &format!("/apps/{APP_ID}/users/ann/terminate_connections"),
+        &[],
+        Some(&json!({})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(common::close_code(&ann.closed().await), 4009);
+}

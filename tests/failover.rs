@@ -1,0 +1,274 @@
+//! A cluster when things go wrong: a node killed with SIGKILL, Redis frozen (SIGSTOP) past
+//! the node timeout and back, a node restarted with the same id. Redis, the nodes and a
+//! webhook receiver are started by the tests.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::hooks::Receiver;
+use common::redis::{node, Redis};
+use common::{api, eventually_api, publish, signed_url, Client, Server, APP_ID, WAIT};
+use serde_json::{json, Value};
+
+on_both_backends!(
+    a_killed_nodes_members_are_removed_and_announced_once,
+    clients_stay_through_a_redis_outage_and_the_cluster_heals,
+    a_node_restarted_with_its_id_clears_its_previous_run_at_once,
+);
+
+/// Joins `channel` as `user` and reads the subscription's answer.
+async fn join(c: &mut Client, channel: &str, user: &str) -> Value {
+    c.send_presence_subscribe(channel, &json!({ "user_id": user }))
+        .await;
+    let ok = c.recv().await;
+    assert_eq!(
+        ok["event"], "pusher_internal:subscription_succeeded",
+        "{ok}"
+    );
+    ok
+}
+
+/// Waits for a member event about `user` (skipping anything else).
+async fn member_event(c: &mut Client, user: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let m = c
+            .try_recv(left)
+            .await
+            .unwrap_or_else(|| panic!("no member event about {user}"));
+        let event = m["event"].as_str().unwrap_or_default();
+        if event.starts_with("pusher_internal:member_") {
+            let data: Value = serde_json::from_str(m["data"].as_str().unwrap()).unwrap();
+            if data["user_id"] == user {
+                return event.to_string();
+            }
+        }
+    }
+}
+
+fn users(ids: &[&str]) -> Value {
+    json!({ "users": ids.iter().map(|id| json!({ "id": id })).collect::<Vec<_>>() })
+}
+
+async fn a_killed_nodes_members_are_removed_and_announced_once(backend: &'static str) {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let rx = Receiver::start(vec![]).await;
+    let args = ["--node-timeout", "3", "--webhook-url", &rx.url];
+    let a = node(&redis, backend, "a", &args).await;
+    let b = node(&redis, backend, "b", &args).await;
+    let c = node(&redis, backend, "c", &args).await;
+
+    let mut observer = Client::connect(&b).await;
+    join(&mut observer, "presence-room", "obs").await;
+    let mut ann = Client::connect(&a).await;
+    join(&mut ann, "presence-room", "ann").await;
+    ann.subscribe("only-on-a").await;
+    assert_eq!(
+        member_event(&mut observer, "ann").await,
+        "pusher_internal:member_added"
+    );
+    rx.wait_for_event(|e| e["name"] == "channel_occupied" && e["channel"] == "only-on-a")
+        .await;
+
+    a.signal(libc::SIGKILL);
+    // Node b or c finds a's lease expired and clears what it held: the observer hears
+    // that ann left, and the API of any node agrees.
+    assert_eq!(
+        member_event(&mut observer, "ann").await,
+        "pusher_internal:member_removed"
+    );
+    eventually_api(
+        &c,
+        &format!("/apps/{APP_ID}/channels/presence-room/users"),
+        &[],
+        users(&["obs"]),
+    )
+    .await;
+    eventually_api(
+        &b,
+        &format!("/apps/{APP_ID}/channels"),
+        &[],
+        json!({ "channels": { "presence-room": {} } }),
+    )
+    .await;
+
+    // The webhooks go out once, from whichever node cleared it (after the 3 s debounce).
+    rx.wait_for_event(|e| e["name"] == "member_removed" && e["user_id"] == "ann")
+        .await;
+    rx.wait_for_event(|e| e["name"] == "channel_vacated" && e["channel"] == "only-on-a")
+        .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let names = rx.event_names();
+    let count = |n: &str| names.iter().filter(|x| *x == n).count();
+    assert_eq!(count("member_removed"), 1, "{names:?}");
+    assert_eq!(count("channel_vacated"), 1, "{names:?}");
+    let reaped = b.metric_value("ringcast_broker_nodes_reaped_total").await
+        + c.metric_value("ringcast_broker_nodes_reaped_total").await;
+    assert_eq!(reaped, 1, "one node cleared the dead one");
+    assert_eq!(observer.try_recv(Duration::from_millis(200)).await, None);
+}
+
+async fn clients_stay_through_a_redis_outage_and_the_cluster_heals(backend: &'static str) {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let args = ["--node-timeout", "3"];
+    let a = node(&redis, backend, "a", &args).await;
+    let b = node(&redis, backend, "b", &args).await;
+    let mut on_a = Client::connect(&a).await;
+    let mut on_b = Client::connect(&b).await;
+    on_a.subscribe("news").await;
+    on_b.subscribe("news").await;
+    join(&mut on_a, "presence-room", "ann").await;
+    join(&mut on_b, "presence-room", "obs").await;
+    assert_eq!(
+        member_event(&mut on_a, "obs").await,
+        "pusher_internal:member_added"
+    );
+
+    redis.signal(libc::SIGSTOP);
+    let stopped = Instant::now();
+    // An HTTP publish gets 503 with a JSON reason and Retry-After: at first after Redis
+    // fails to answer in time (this node's subscribers may have had it), then, once node a
+    // knows Redis is out of reach, at once and with nothing delivered anywhere.
+    let deadline = Instant::now() + WAIT;
+    let path = format!("/apps/{APP_ID}/events");
+    let refused = "refused-up-front";
+    loop {
+        let body = json!({"name": "e", "channel": "news", "data": "during"}).to_string();
+        let url = signed_url(&a, "POST", &path, &[], body.as_bytes(), common::now_secs());
+        let resp = reqwest::Client::new()
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body)
+            .timeout(WAIT)
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 503 {
+            assert_eq!(resp.headers()["retry-after"], "1");
+            let reason: Value = resp.json().await.unwrap();
+            let reason = reason["error"].as_str().unwrap().to_string();
+            assert!(reason.contains("Redis"), "{reason}");
+            if reason.contains("cannot be reached") {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "publishes still accepted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let body = json!({"name": "e", "channel": "news", "data": refused});
+    let (status, _) = api(&a, "POST", &path, &[], Some(&body)).await;
+    assert_eq!(status, 503);
+    // Past the node timeout: every lease has expired by the time Redis is back.
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(stopped.elapsed())).await;
+    redis.signal(libc::SIGCONT);
+
+    // Both clients are still connected; publishing through either node reaches both again.
+    let deadline = Instant::now() + WAIT;
+    let mut n = 0;
+    'healed: loop {
+        n += 1;
+        let (status, _) = api(
+            &a,
+            "POST",
+            &format!("/apps/{APP_ID}/events"),
+            &[],
+            Some(&json!({"name": "after", "channel": "news", "data": n.to_string()})),
+        )
+        .await;
+        if status == 200 {
+            for _ in 0..20 {
+                match on_b.try_recv(Duration::from_millis(100)).await {
+                    Some(m) if m["event"] == "after" => break 'healed,
+                    _ => {}
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "the cluster did not heal");
+    }
+    publish(&b, &["news"], "back", "x").await;
+    for c in [&mut on_a, &mut on_b] {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let m = c.recv().await;
+            assert_ne!(
+                m["data"], refused,
+                "a publish refused up front was delivered"
+            );
+            if m["event"] == "back" {
+                break;
+            }
+            assert!(Instant::now() < deadline);
+        }
+    }
+    // One member list again, each member once, whatever was cleared meanwhile.
+    eventually_api(
+        &a,
+        &format!("/apps/{APP_ID}/channels/presence-room/users"),
+        &[],
+        users(&["ann", "obs"]),
+    )
+    .await;
+    eventually_api(
+        &b,
+        &format!("/apps/{APP_ID}/channels/news"),
+        &[("info", "subscription_count")],
+        json!({"occupied": true, "subscription_count": 2}),
+    )
+    .await;
+    assert!(a.metric_value("ringcast_broker_resyncs_total").await >= 2);
+    assert!(a.metric_value("ringcast_broker_leases_lost_total").await >= 1);
+    assert!(a.log().iter().any(|l| l.contains("Redis unreachable")));
+}
+
+async fn a_node_restarted_with_its_id_clears_its_previous_run_at_once(backend: &'static str) {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    // A node timeout far beyond the test: only the restart can clear the old run.
+    let args = ["--node-timeout", "600"];
+    let a = node(&redis, backend, "a", &args).await;
+    let b = node(&redis, backend, "b", &args).await;
+    let mut observer = Client::connect(&b).await;
+    join(&mut observer, "presence-room", "obs").await;
+    let mut ann = Client::connect(&a).await;
+    join(&mut ann, "presence-room", "ann").await;
+    assert_eq!(
+        member_event(&mut observer, "ann").await,
+        "pusher_internal:member_added"
+    );
+
+    a.signal(libc::SIGKILL);
+    drop(ann);
+    let a: Server = node(&redis, backend, "a", &args).await;
+    assert_eq!(
+        member_event(&mut observer, "ann").await,
+        "pusher_internal:member_removed"
+    );
+    let path = format!("/apps/{APP_ID}/channels/presence-room/users");
+    eventually_api(&b, &path, &[], users(&["obs"])).await;
+
+    // Ann comes back on the restarted node: one member, announced once.
+    let mut ann = Client::connect(&a).await;
+    let ok = join(&mut ann, "presence-room", "ann").await;
+    let data: Value = serde_json::from_str(ok["data"].as_str().unwrap()).unwrap();
+    let ids: BTreeSet<&str> = data["presence"]["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(ids, BTreeSet::from(["ann", "obs"]));
+    assert_eq!(
+        member_event(&mut observer, "ann").await,
+        "pusher_internal:member_added"
+    );
+    eventually_api(&b, &path, &[], users(&["obs", "ann"])).await;
+    assert_eq!(observer.try_recv(Duration::from_millis(300)).await, None);
+}
