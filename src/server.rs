@@ -102,6 +102,8 @@ pub fn run(config: Config, apps: Apps) -> anyhow::Result<()> {
                 webhooks.clone(),
             )
             .context("cannot start the broker thread")?;
+            // Held leaves are confirmed with the cluster before their webhooks go out.
+            webhooks.set_confirm(broker.confirmer());
             Arc::new(broker)
         }
     };

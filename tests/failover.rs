@@ -16,18 +16,31 @@ on_both_backends!(
     a_killed_nodes_members_are_removed_and_announced_once,
     clients_stay_through_a_redis_outage_and_the_cluster_heals,
     a_node_restarted_with_its_id_clears_its_previous_run_at_once,
+    a_member_moving_to_another_node_within_the_debounce_sends_no_webhooks,
+    a_rolling_restart_loses_no_events_and_flaps_no_member,
 );
 
 /// Joins `channel` as `user` and reads the subscription's answer.
 async fn join(c: &mut Client, channel: &str, user: &str) -> Value {
     c.send_presence_subscribe(channel, &json!({ "user_id": user }))
         .await;
-    let ok = c.recv().await;
-    assert_eq!(
-        ok["event"], "pusher_internal:subscription_succeeded",
-        "{ok}"
-    );
-    ok
+    loop {
+        let ok = c.recv().await;
+        // A member event decided while the join was on its way may come first; the member
+        // list in the answer is the one after it.
+        if ok["event"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("pusher_internal:member_")
+        {
+            continue;
+        }
+        assert_eq!(
+            ok["event"], "pusher_internal:subscription_succeeded",
+            "{ok}"
+        );
+        return ok;
+    }
 }
 
 /// Waits for a member event about `user` (skipping anything else).
@@ -271,4 +284,126 @@ async fn a_node_restarted_with_its_id_clears_its_previous_run_at_once(backend: &
     );
     eventually_api(&b, &path, &[], users(&["obs", "ann"])).await;
     assert_eq!(observer.try_recv(Duration::from_millis(300)).await, None);
+}
+
+async fn a_member_moving_to_another_node_within_the_debounce_sends_no_webhooks(
+    backend: &'static str,
+) {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let rx = Receiver::start(vec![]).await;
+    let args = ["--webhook-url", &rx.url];
+    let a = node(&redis, backend, "a", &args).await;
+    let b = node(&redis, backend, "b", &args).await;
+    let mut ann = Client::connect(&a).await;
+    join(&mut ann, "presence-room", "ann").await;
+    ann.subscribe("solo").await;
+    rx.wait_for_event(|e| e["name"] == "member_added").await;
+    rx.wait_for_event(|e| e["name"] == "channel_occupied" && e["channel"] == "solo")
+        .await;
+
+    // Ann's page moves to node b (a reload, a rolling deploy): her connection on a closes
+    // and one on b opens within the 3 s debounce.
+    drop(ann);
+    eventually_api(
+        &b,
+        &format!("/apps/{APP_ID}/channels"),
+        &[],
+        json!({ "channels": {} }),
+    )
+    .await;
+    let mut ann = Client::connect(&b).await;
+    join(&mut ann, "presence-room", "ann").await;
+    ann.subscribe("solo").await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let names = rx.event_names();
+    let count = |n: &str| names.iter().filter(|x| *x == n).count();
+    assert_eq!(count("member_added"), 1, "{names:?}");
+    assert_eq!(count("member_removed"), 0, "{names:?}");
+    assert_eq!(
+        count("channel_occupied"),
+        2,
+        "presence-room and solo, once: {names:?}"
+    );
+    assert_eq!(count("channel_vacated"), 0, "{names:?}");
+
+    // Leaving for good still tells the app, once.
+    drop(ann);
+    rx.wait_for_event(|e| e["name"] == "member_removed").await;
+    rx.wait_for_event(|e| e["name"] == "channel_vacated" && e["channel"] == "solo")
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let names = rx.event_names();
+    let count = |n: &str| names.iter().filter(|x| *x == n).count();
+    assert_eq!(count("member_removed"), 1, "{names:?}");
+    assert_eq!(count("channel_vacated"), 2, "{names:?}");
+}
+
+async fn a_rolling_restart_loses_no_events_and_flaps_no_member(backend: &'static str) {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let rx = Receiver::start(vec![]).await;
+    let args = ["--webhook-url", &rx.url, "--shutdown-timeout", "2"];
+    let mut a = node(&redis, backend, "a", &args).await;
+    let b = node(&redis, backend, "b", &args).await;
+    let c = node(&redis, backend, "c", &args).await;
+    let mut stay_b = Client::connect(&b).await;
+    let mut stay_c = Client::connect(&c).await;
+    stay_b.subscribe("feed").await;
+    stay_c.subscribe("feed").await;
+    let mut moving = Client::connect(&a).await;
+    join(&mut moving, "presence-room", "ann").await;
+    moving.subscribe("feed").await;
+    rx.wait_for_event(|e| e["name"] == "member_added").await;
+
+    // Events flow through node c while node a is stopped.
+    let total = 200;
+    let path = format!("/apps/{APP_ID}/events");
+    let requests: Vec<(String, String)> = (0..total)
+        .map(|i| {
+            let body = json!({"name": "seq", "channel": "feed", "data": i.to_string()});
+            let body = body.to_string();
+            let url = signed_url(&c, "POST", &path, &[], body.as_bytes(), common::now_secs());
+            (url, body)
+        })
+        .collect();
+    let pump = tokio::spawn(async move {
+        for (url, body) in requests {
+            let (status, reply) = common::send_raw("POST", &url, body.into_bytes()).await;
+            assert_eq!(status, 200, "{reply}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.signal(libc::SIGTERM);
+    // The client on a is told to reconnect (4200) and does, to node b.
+    assert_eq!(common::close_code(&moving.closed().await), 4200);
+    let mut moved = Client::connect(&b).await;
+    join(&mut moved, "presence-room", "ann").await;
+    assert!(a.wait_exit(WAIT).success());
+    pump.await.unwrap();
+
+    for client in [&mut stay_b, &mut stay_c] {
+        for i in 0..total {
+            let m = client.recv_event().await;
+            assert_eq!(
+                (m["event"].as_str(), m["data"].as_str()),
+                (Some("seq"), Some(&*i.to_string()))
+            );
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let names = rx.event_names();
+    assert_eq!(
+        names.iter().filter(|n| *n == "member_added").count(),
+        1,
+        "{names:?}"
+    );
+    assert_eq!(
+        names.iter().filter(|n| *n == "member_removed").count(),
+        0,
+        "{names:?}"
+    );
 }

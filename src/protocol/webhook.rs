@@ -67,6 +67,9 @@ pub struct Event {
     pub user_id: Option<Arc<str>>,
     /// The fields only some kinds carry.
     pub detail: Detail,
+    /// For a debounced leave decided by the cluster: the decision to confirm before it
+    /// is sent (not part of the webhook body).
+    pub confirm: Option<Arc<str>>,
 }
 
 /// Fields of a webhook event beyond its name, channel and user.
@@ -95,6 +98,7 @@ impl Event {
             channel: Arc::from(channel),
             user_id: None,
             detail: Detail::None,
+            confirm: None,
         }
     }
 

@@ -108,8 +108,42 @@ pub enum Joined {
     First(Vec<Member>),
     /// Another connection of a member already there. Carries the members now.
     Again(Vec<Member>),
+    /// The user's first connection again, within the webhook debounce of their leaving
+    /// (decided on another node, which drops its held `member_removed`): the others are
+    /// told `member_added`, the app nothing.
+    Back(Vec<Member>),
     /// The channel has its maximum of members and this user is not one of them.
     Full,
+}
+
+/// How the cluster decided a change that has a webhook (`channel_occupied`/`vacated`,
+/// `member_removed`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Verdict {
+    /// Send the webhook (a leave after the debounce): the decision is this node's alone.
+    #[default]
+    Send,
+    /// A return within the debounce of a leave decided on another node: no webhook, and
+    /// that node drops its held leave.
+    Quiet,
+    /// A leave whose webhook the debounce holds; at its end the webhook goes out only if
+    /// the cluster confirms that no return, on any node, cancelled it. The token names the
+    /// decision.
+    Confirm(Arc<str>),
+}
+
+impl Verdict {
+    /// `event` as this verdict sends it: `None` when quiet.
+    pub fn apply(&self, mut event: webhook::Event) -> Option<webhook::Event> {
+        match self {
+            Verdict::Send => Some(event),
+            Verdict::Quiet => None,
+            Verdict::Confirm(token) => {
+                event.confirm = Some(token.clone());
+                Some(event)
+            }
+        }
+    }
 }
 
 /// What a rule decided. The worker carries effects out in the order they were pushed.

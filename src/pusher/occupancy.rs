@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Ctx, Effect};
+use super::{Ctx, Effect, Verdict};
 use crate::app::{AppIdx, ChannelKey, ChannelRef};
 use crate::clock::{ticks, Tick};
 use crate::protocol::channel::ChannelKind;
@@ -34,16 +34,35 @@ pub enum Change {
     Due,
 }
 
-/// The broker's count of `channel`'s subscriptions after `change`.
+/// The broker's count of a channel's subscriptions after a change.
+#[derive(Debug, Clone, Copy)]
+pub struct Counted<'a> {
+    /// The channel.
+    pub channel: &'a Arc<str>,
+    /// Its kind.
+    pub kind: ChannelKind,
+    /// What changed.
+    pub change: Change,
+    /// Subscriptions over the cluster after it.
+    pub count: u64,
+    /// How the cluster decided an occupancy change.
+    pub verdict: &'a Verdict,
+}
+
+/// The broker's count of a channel's subscriptions after a change.
 pub fn on_count(
     ctx: &Ctx<'_>,
     throttle: &mut CountThrottle,
-    channel: &Arc<str>,
-    kind: ChannelKind,
-    change: Change,
-    count: u64,
+    c: Counted<'_>,
     out: &mut Vec<Effect>,
 ) {
+    let Counted {
+        channel,
+        kind,
+        change,
+        count,
+        verdict,
+    } = c;
     // `#server-to-user-` channels are per-user delivery: no channel webhooks or counts.
     if kind == ChannelKind::ServerToUser {
         return;
@@ -51,12 +70,12 @@ pub fn on_count(
     match change {
         Change::Subscribed if count == 1 => {
             if let Some(e) = ctx.webhook(Kind::ChannelOccupied, channel) {
-                out.push(Effect::Webhook(e));
+                out.extend(verdict.apply(e).map(Effect::Webhook));
             }
         }
         Change::Unsubscribed if count == 0 => {
             if let Some(e) = ctx.webhook(Kind::ChannelVacated, channel) {
-                out.push(Effect::Webhook(e));
+                out.extend(verdict.apply(e).map(Effect::Webhook));
             }
             return;
         }
@@ -173,15 +192,15 @@ mod tests {
     ) -> Vec<Effect> {
         let mut out = Vec::new();
         let kind = crate::protocol::channel::parse(channel).unwrap();
-        on_count(
-            &t.ctx(),
-            throttle,
-            &Arc::from(channel),
+        let channel = Arc::from(channel);
+        let counted = Counted {
+            channel: &channel,
             kind,
             change,
-            n,
-            &mut out,
-        );
+            count: n,
+            verdict: &Verdict::Send,
+        };
+        on_count(&t.ctx(), throttle, counted, &mut out);
         out
     }
 
@@ -208,6 +227,32 @@ mod tests {
         assert_eq!(
             kinds(&count(&t, &mut th, "news", Change::Unsubscribed, 0)),
             [Kind::ChannelVacated]
+        );
+    }
+
+    #[test]
+    fn the_cluster_verdict_quiets_a_return_and_holds_a_vacancy_for_confirmation() {
+        let mut t = Test::new();
+        t.app.webhooks = webhooks_for(&[Kind::ChannelOccupied, Kind::ChannelVacated]);
+        let mut th = CountThrottle::default();
+        let channel = Arc::from("news");
+        let mut at = |change, count, verdict: &Verdict| {
+            let mut out = Vec::new();
+            let c = Counted {
+                channel: &channel,
+                kind: ChannelKind::Public,
+                change,
+                count,
+                verdict,
+            };
+            on_count(&t.ctx(), &mut th, c, &mut out);
+            out
+        };
+        assert!(at(Change::Subscribed, 1, &Verdict::Quiet).is_empty());
+        let token = Verdict::Confirm(Arc::from("node-b#2\n9"));
+        let out = at(Change::Unsubscribed, 0, &token);
+        assert!(
+            matches!(&out[..], [Effect::Webhook(e)] if e.kind == Kind::ChannelVacated && e.confirm.is_some())
         );
     }
 

@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 
 use super::{
     authorize, ConnState, Ctx, Effect, Joined, Leaving, Member, MemberError, NodeView,
-    SubscriptionError,
+    SubscriptionError, Verdict,
 };
 use crate::app::ChannelRef;
 use crate::protocol::channel::{self, ChannelKind};
@@ -218,7 +218,9 @@ pub fn on_joined(
                 out.push(Effect::Webhook(e.with_user(&member.user_id)));
             }
         }
-        Joined::Again(members) => succeeded_with_members(channel, &members, out),
+        Joined::Again(members) | Joined::Back(members) => {
+            succeeded_with_members(channel, &members, out)
+        }
     }
     if kind.is_cache() {
         out.push(Effect::ReplayCache {
@@ -294,13 +296,16 @@ pub fn on_left(
     channel: &Arc<str>,
     user: &Arc<str>,
     last: bool,
+    verdict: &Verdict,
     out: &mut Vec<Effect>,
 ) {
     if !last {
         return;
     }
     if let Some(e) = ctx.webhook(Kind::MemberRemoved, channel) {
-        out.push(Effect::Webhook(e.with_user(user)));
+        if let Some(e) = verdict.apply(e.with_user(user)) {
+            out.push(Effect::Webhook(e));
+        }
     }
 }
 
@@ -649,6 +654,16 @@ mod tests {
     }
 
     #[test]
+    fn a_member_back_within_the_debounce_is_answered_without_a_webhook() {
+        let mut t = Test::new();
+        t.app.webhooks = webhooks_for(&[Kind::MemberAdded]);
+        t.subscribe_presence("presence-room", "7");
+        let out = t.joined("presence-room", Joined::Back(vec![member("7")]));
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(matches!(out[0], Effect::Send(_)));
+    }
+
+    #[test]
     fn a_full_presence_channel_refuses_with_limit_reached_403_and_unsubscribes() {
         let mut t = Test::new();
         t.subscribe_presence("presence-room", "7");
@@ -740,10 +755,17 @@ mod tests {
         t.app.webhooks = webhooks_for(&[Kind::MemberRemoved]);
         let (channel, user) = (Arc::from("presence-room"), Arc::from("7"));
         let mut out = Vec::new();
-        on_left(&t.ctx(), &channel, &user, false, &mut out);
+        on_left(&t.ctx(), &channel, &user, false, &Verdict::Send, &mut out);
         assert!(out.is_empty(), "another tab of user 7 is still there");
-        on_left(&t.ctx(), &channel, &user, true, &mut out);
+        on_left(&t.ctx(), &channel, &user, true, &Verdict::Send, &mut out);
         assert!(matches!(&out[..], [Effect::Webhook(e)] if e.kind == Kind::MemberRemoved));
+        // Decided by the cluster: the held webhook carries the decision to confirm.
+        out.clear();
+        let token = Verdict::Confirm(Arc::from("node-a#1\n7"));
+        on_left(&t.ctx(), &channel, &user, true, &token, &mut out);
+        assert!(
+            matches!(&out[..], [Effect::Webhook(e)] if e.confirm.as_deref() == Some("node-a#1\n7"))
+        );
         // The event the broker publishes on the last leave.
         let announce = leaving(&channel, &user).announce;
         assert_eq!(

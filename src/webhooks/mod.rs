@@ -91,12 +91,26 @@ impl Job {
     }
 }
 
+/// Asks the cluster whether a held leave still stands at the end of its debounce (no
+/// return on another node took its decision back). Installed by a clustered node's
+/// broker; without one, held leaves are sent when due.
+pub trait Confirm: Send + Sync + 'static {
+    /// Resolves to whether `event` (which carries its decision's token) is to be sent.
+    /// A broker that cannot tell answers `true`: a webhook is never dropped for lack of an
+    /// answer.
+    fn confirm(&self, app: AppIdx, event: &Event) -> tokio::sync::oneshot::Receiver<bool>;
+}
+
+/// Where the sender finds the [`Confirm`], once installed.
+type ConfirmSlot = Arc<std::sync::OnceLock<Arc<dyn Confirm>>>;
+
 /// The workers' handle on the sender thread.
 #[derive(Clone)]
 pub struct Webhooks {
     tx: tokio::sync::mpsc::Sender<Job>,
     budget: Arc<Budget>,
     stats: Arc<WebhookStats>,
+    confirm: ConfirmSlot,
 }
 
 impl Webhooks {
@@ -105,7 +119,9 @@ impl Webhooks {
     pub fn start(apps: LiveApps, stats: Arc<WebhookStats>) -> std::io::Result<Self> {
         let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
         let budget = Arc::new(Budget::default());
+        let confirm = ConfirmSlot::default();
         let (thread_stats, thread_budget) = (stats.clone(), budget.clone());
+        let thread_confirm = confirm.clone();
         std::thread::Builder::new()
             .name("ringcast-webhooks".into())
             .spawn(move || {
@@ -113,9 +129,25 @@ impl Webhooks {
                     .enable_all()
                     .build()
                     .expect("a current-thread runtime builds");
-                rt.block_on(sender::run(apps, rx, thread_stats, thread_budget));
+                rt.block_on(sender::run(
+                    apps,
+                    rx,
+                    thread_stats,
+                    thread_budget,
+                    thread_confirm,
+                ));
             })?;
-        Ok(Self { tx, budget, stats })
+        Ok(Self {
+            tx,
+            budget,
+            stats,
+            confirm,
+        })
+    }
+
+    /// Installs the cluster's [`Confirm`] (once; later calls are ignored).
+    pub fn set_confirm(&self, confirm: Arc<dyn Confirm>) {
+        let _ = self.confirm.set(confirm);
     }
 
     /// Hands `event` of `app`, happening now, to the sender thread; never blocks. Over the

@@ -38,6 +38,7 @@ pub(super) async fn run(
     mut rx: tokio::sync::mpsc::Receiver<Job>,
     stats: Arc<WebhookStats>,
     budget: Arc<Budget>,
+    confirm: ConfirmSlot,
 ) {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
@@ -57,8 +58,11 @@ pub(super) async fn run(
     let mut batches: HashMap<(AppIdx, Arc<str>), Batch> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Held leaves the cluster confirmed (at most as many as are held: bounded by QUEUE).
+    let (confirmed_tx, mut confirmed) = tokio::sync::mpsc::unbounded_channel::<Job>();
     loop {
         tokio::select! {
+            Some(job) = confirmed.recv() => sender.route(job, &mut batches),
             job = rx.recv() => {
                 let Some(job) = job else { break };
                 match debounce.offer(job, Instant::now()) {
@@ -78,7 +82,22 @@ pub(super) async fn run(
         }
         let now = Instant::now();
         for job in debounce.due(now) {
-            sender.route(job, &mut batches);
+            match (confirm.get(), job.event.confirm.is_some()) {
+                (Some(c), true) => {
+                    let answer = c.confirm(job.app, &job.event);
+                    let (tx, stats, budget) = (confirmed_tx.clone(), stats.clone(), budget.clone());
+                    tokio::spawn(async move {
+                        // No answer (the broker stopped): send rather than lose it.
+                        if answer.await.unwrap_or(true) {
+                            let _ = tx.send(job);
+                        } else {
+                            stats.cancelled.fetch_add(1, Ordering::Relaxed);
+                            budget.give(job.cost);
+                        }
+                    });
+                }
+                _ => sender.route(job, &mut batches),
+            }
         }
         let full: Vec<(AppIdx, Arc<str>)> = batches
             .iter()

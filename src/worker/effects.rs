@@ -173,23 +173,22 @@ impl Worker {
                     });
                 }
             }
-            Answer::Left(req, last) => {
+            Answer::Left(req, last, verdict) => {
                 self.run_app_rule(req.channel.app, None, |ctx, out| {
-                    subscribe::on_left(ctx, &req.channel.name, &req.user, last, out)
+                    subscribe::on_left(ctx, &req.channel.name, &req.user, last, &verdict, out)
                 });
             }
-            Answer::Counted(req, count) => {
+            Answer::Counted(req, count, verdict) => {
                 self.run_app_rule(req.channel.app, None, |ctx, out| {
                     let mut throttle = self.counts.borrow_mut();
-                    occupancy::on_count(
-                        ctx,
-                        &mut throttle,
-                        &req.channel.name,
-                        req.kind,
-                        req.change,
+                    let counted = occupancy::Counted {
+                        channel: &req.channel.name,
+                        kind: req.kind,
+                        change: req.change,
                         count,
-                        out,
-                    )
+                        verdict: &verdict,
+                    };
+                    occupancy::on_count(ctx, &mut throttle, counted, out)
                 });
             }
             Answer::Members(req, members) => {

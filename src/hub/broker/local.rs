@@ -84,7 +84,7 @@ impl Broker for LocalBroker {
 
     fn count(&self, _worker: usize, req: Count) -> Option<Answer> {
         let count = req.node_count;
-        Some(Answer::Counted(req, count))
+        Some(Answer::Counted(req, count, Verdict::Send))
     }
 
     fn join(&self, worker: usize, req: Join) -> Option<Answer> {
@@ -111,7 +111,7 @@ impl Broker for LocalBroker {
             .leave(req.channel.as_ref(), &req.user, req.socket_id, || {
                 self.announce(worker, &req.channel, &req.announce, None)
             });
-        Some(Answer::Left(req, last))
+        Some(Answer::Left(req, last, Verdict::Send))
     }
 
     fn members(&self, _worker: usize, req: ForConn) -> Option<Answer> {
@@ -243,7 +243,7 @@ mod tests {
             announce: Bytes::new(),
         };
         match b.leave(0, req) {
-            Some(Answer::Left(_, last)) => last,
+            Some(Answer::Left(_, last, _)) => last,
             other => panic!("{other:?}"),
         }
     }
@@ -403,6 +403,6 @@ mod tests {
             change: Change::Subscribed,
             node_count: 2,
         };
-        assert!(matches!(b.count(0, req), Some(Answer::Counted(_, 2))));
+        assert!(matches!(b.count(0, req), Some(Answer::Counted(_, 2, _))));
     }
 }

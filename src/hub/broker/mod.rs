@@ -68,7 +68,7 @@ use crate::app::{AppIdx, ChannelKey, ChannelRef};
 use crate::protocol::channel::ChannelKind;
 use crate::protocol::SocketId;
 use crate::pusher::occupancy::Change;
-use crate::pusher::{Joined, Member};
+use crate::pusher::{Joined, Member, Verdict};
 
 /// A connection on a worker, as answers name it: its slot in the worker's table and its
 /// socket id (a slot is reused; the socket id tells whether it is still the same
@@ -179,9 +179,9 @@ pub enum Answer {
     Joined(Join, Joined),
     /// To [`Broker::leave`]: whether that was the user's last connection in the channel (the
     /// broker has then published the member event).
-    Left(Leave, bool),
+    Left(Leave, bool, Verdict),
     /// To [`Broker::count`]: the subscriptions over the cluster.
-    Counted(Count, u64),
+    Counted(Count, u64, Verdict),
     /// To [`Broker::members`].
     Members(ForConn, Vec<Member>),
     /// To [`Broker::replay`].

@@ -14,6 +14,8 @@
 //! | `P:{A/C}:seq` | string | the joining order counter |
 //! | `P:{A/C}:cache` | string, with TTL | a cache channel's last event |
 //! | `P:{A/C}:missed` | string, 60 s | a cache miss was reported |
+//! | `P:{A/C}:vacated` | string, 60 s | a held `channel_vacated` webhook's decision |
+//! | `P:{A/C}:left` | hash user → decision, 60 s | held `member_removed` webhooks' decisions |
 //! | `P:app:{A}:channels` | set | an app's occupied channels (for listing) |
 //! | `P:user:{A/U}` | set of `node\nsocket` | a user's signed-in connections |
 //! | `P:control` | pub/sub channel | user messages for every node (terminate, watchlist) |
@@ -57,6 +59,10 @@ pub struct ChannelKeys {
     pub cache: String,
     /// A reported cache miss.
     pub missed: String,
+    /// The decision of a held `channel_vacated` webhook.
+    pub vacated: String,
+    /// The decisions of held `member_removed` webhooks, by user.
+    pub left: String,
 }
 
 impl Keys {
@@ -81,6 +87,8 @@ impl Keys {
             seq: format!("{base}:seq"),
             cache: format!("{base}:cache"),
             missed: format!("{base}:missed"),
+            vacated: format!("{base}:vacated"),
+            left: format!("{base}:left"),
         }
     }
 

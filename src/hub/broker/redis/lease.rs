@@ -108,10 +108,12 @@ impl Reaper {
             .query_async(&mut conn)
             .await?;
         let mut reaped = Reaped::default();
+        // The webhooks this decides are held and confirmed like any leave's.
+        let token: Arc<str> = Arc::from(format!("{me}\nclearing {dead}"));
         for entry in held.iter().filter_map(|e| Held::parse(e)) {
             match entry {
                 Held::Channel(app_id, name) => {
-                    self.channel(&mut conn, dead, &app_id, &name, &mut reaped)
+                    self.channel(&mut conn, dead, &app_id, &name, &token, &mut reaped)
                         .await?
                 }
                 Held::User(app_id, user) => {
@@ -145,6 +147,7 @@ impl Reaper {
         dead: &str,
         app_id: &str,
         name: &str,
+        token: &Arc<str>,
         reaped: &mut Reaped,
     ) -> RedisResult<()> {
         let k = self.keys.channel(app_id, name);
@@ -157,9 +160,12 @@ impl Reaper {
             .key(&k.uconns)
             .key(&k.seq)
             .key(&k.events)
+            .key(&k.vacated)
+            .key(&k.left)
             .arg(dead)
             .arg(name)
             .arg("PUBLISH")
+            .arg(&**token)
             .invoke_async(conn)
             .await?;
         let mut it = out.into_iter();
@@ -195,13 +201,15 @@ impl Reaper {
         }
         for user in &removed {
             if app.wants_webhook(Kind::MemberRemoved) {
-                self.webhooks
-                    .send(idx, Event::new(Kind::MemberRemoved, name).with_user(user));
+                let mut e = Event::new(Kind::MemberRemoved, name).with_user(user);
+                e.confirm = Some(token.clone());
+                self.webhooks.send(idx, e);
             }
         }
         if vacated && app.wants_webhook(Kind::ChannelVacated) {
-            self.webhooks
-                .send(idx, Event::new(Kind::ChannelVacated, name));
+            let mut e = Event::new(Kind::ChannelVacated, name);
+            e.confirm = Some(token.clone());
+            self.webhooks.send(idx, e);
         }
         Ok(())
     }

@@ -138,6 +138,12 @@ pub(super) enum Command {
         req: ForConn,
     },
     Query(Query),
+    /// Whether a held leave's webhook still stands.
+    Confirm {
+        app: AppIdx,
+        event: crate::protocol::webhook::Event,
+        reply: oneshot::Sender<bool>,
+    },
 }
 
 /// Occupied channels with their subscription counts.
@@ -245,6 +251,42 @@ impl RedisBroker {
     }
 }
 
+impl RedisBroker {
+    /// The webhook sender's way to confirm held leaves with the cluster.
+    pub fn confirmer(&self) -> Arc<dyn crate::webhooks::Confirm> {
+        Arc::new(Confirmer {
+            commands: self.commands.clone(),
+        })
+    }
+}
+
+/// Confirms held leaves through the broker thread.
+struct Confirmer {
+    commands: mpsc::Sender<Command>,
+}
+
+impl crate::webhooks::Confirm for Confirmer {
+    fn confirm(
+        &self,
+        app: AppIdx,
+        event: &crate::protocol::webhook::Event,
+    ) -> oneshot::Receiver<bool> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::Confirm {
+            app,
+            event: event.clone(),
+            reply,
+        };
+        if let Err(e) = self.commands.try_send(cmd) {
+            // No room: the webhook goes out unconfirmed rather than not at all.
+            if let Command::Confirm { reply, .. } = e.into_inner() {
+                let _ = reply.send(true);
+            }
+        }
+        rx
+    }
+}
+
 impl Broker for RedisBroker {
     fn available(&self) -> bool {
         self.status.connected.load(Ordering::Relaxed)
@@ -304,7 +346,7 @@ impl Broker for RedisBroker {
         let req2 = req.clone();
         match self.send(Command::Count { worker, req }) {
             true => None,
-            false => Some(Answer::Counted(req2, fallback)),
+            false => Some(Answer::Counted(req2, fallback, Verdict::Send)),
         }
     }
 
@@ -328,7 +370,7 @@ impl Broker for RedisBroker {
             self.mirror
                 .presence
                 .leave(req.channel.as_ref(), &req.user, req.socket_id, || {});
-        let answer = Answer::Left(req.clone(), local);
+        let answer = Answer::Left(req.clone(), local, Verdict::Send);
         match self.send(Command::Leave { worker, req, local }) {
             true => None,
             false => Some(answer),

@@ -29,7 +29,7 @@ use crate::hub::broker::{Answer, BrokerError, Cached, ChannelInfo, Replay, UserM
 use crate::hub::{Delivery, Router};
 use crate::protocol::messages;
 use crate::protocol::webhook::{Event, Kind};
-use crate::pusher::{Joined, Member};
+use crate::pusher::{Joined, Member, Verdict};
 use crate::webhooks::Webhooks;
 
 /// Longest a Redis command may take before it counts as failed.
@@ -90,6 +90,8 @@ pub(super) struct Node {
     reaping: HashSet<String>,
     reaper: Reaper,
     webhooks: Webhooks,
+    /// Decisions made, for their tokens.
+    decisions: u64,
 }
 
 impl Node {
@@ -118,6 +120,7 @@ impl Node {
                 lease: settings.node_timeout,
             },
             webhooks,
+            decisions: 0,
             keys,
             settings,
             origin,
@@ -407,14 +410,16 @@ impl Node {
                 continue;
             };
             let k = self.keys.channel(&app_id, &key.name);
-            let (before, total): (i64, i64) = scripts::SET_COUNT
+            let (before, total, quiet): (i64, i64, i64) = scripts::SET_COUNT
                 .key(&k.subs)
                 .key(&k.total)
+                .key(&k.vacated)
                 .arg(&node)
                 .arg(count)
                 .invoke_async(&mut conn)
                 .await?;
-            if announce && before == 0 && total > 0 && !key.name.starts_with('#') {
+            let occupied = before == 0 && total > 0 && quiet == 0;
+            if announce && occupied && !key.name.starts_with('#') {
                 if let Some(app) = apps.try_get(key.app) {
                     if app.wants_webhook(Kind::ChannelOccupied) {
                         self.webhooks
@@ -457,6 +462,7 @@ impl Node {
                 .key(&k.uconns)
                 .key(&k.seq)
                 .key(&k.events)
+                .key(&k.left)
                 .arg(&*member.user_id)
                 .arg(&*member.user_info)
                 .arg(entry)
@@ -573,7 +579,10 @@ impl Node {
             }
             Command::Count { worker, req } => {
                 let Some(app_id) = self.app_id(req.channel.app) else {
-                    return self.answer(worker, Answer::Counted(req.clone(), req.node_count));
+                    return self.answer(
+                        worker,
+                        Answer::Counted(req.clone(), req.node_count, Verdict::Send),
+                    );
                 };
                 let k = self.keys.channel(&app_id, &req.channel.name);
                 let app_channels = self.keys.app_channels(&app_id);
@@ -582,16 +591,25 @@ impl Node {
                     crate::pusher::occupancy::Change::Unsubscribed => -1,
                     crate::pusher::occupancy::Change::Due => 0,
                 };
+                let token = self.decision();
                 in_flight.push_back(Box::pin(async move {
-                    let res: RedisResult<i64> = scripts::COUNT
+                    let res: RedisResult<(i64, i64)> = scripts::COUNT
                         .key(&k.subs)
                         .key(&k.total)
+                        .key(&k.vacated)
                         .arg(&node)
                         .arg(delta)
+                        .arg(&*token)
                         .invoke_async(&mut conn)
                         .await;
+                    let mut verdict = Verdict::Send;
                     let count = match res {
-                        Ok(n) => {
+                        Ok((n, v)) => {
+                            verdict = match v {
+                                1 => Verdict::Quiet,
+                                2 => Verdict::Confirm(token),
+                                _ => Verdict::Send,
+                            };
                             // The app's list of channels follows occupancy (best effort: a
                             // listing checks each channel's count).
                             if !req.channel.name.starts_with('#') {
@@ -615,7 +633,7 @@ impl Node {
                             req.node_count
                         }
                     };
-                    Some((worker, Answer::Counted(req, count)))
+                    Some((worker, Answer::Counted(req, count, verdict)))
                 }));
             }
             Command::Join { worker, req, local } => {
@@ -635,6 +653,7 @@ impl Node {
                         .key(&k.uconns)
                         .key(&k.seq)
                         .key(&k.events)
+                        .key(&k.left)
                         .arg(&*req.member.user_id)
                         .arg(&*req.member.user_info)
                         .arg(entry)
@@ -662,13 +681,14 @@ impl Node {
             }
             Command::Leave { worker, req, local } => {
                 let Some(app_id) = self.app_id(req.channel.app) else {
-                    return self.answer(worker, Answer::Left(req, local));
+                    return self.answer(worker, Answer::Left(req, local, Verdict::Send));
                 };
                 let k = self.keys.channel(&app_id, &req.channel.name);
                 let payload = wire::event(None, None, &req.announce);
                 let entry = format!("{node}\n{}", req.socket_id);
                 let status = self.status.clone();
                 let router = self.router_handle();
+                let token = self.decision();
                 in_flight.push_back(Box::pin(async move {
                     let res: RedisResult<i64> = scripts::LEAVE
                         .key(&k.members)
@@ -677,14 +697,20 @@ impl Node {
                         .key(&k.uconns)
                         .key(&k.seq)
                         .key(&k.events)
+                        .key(&k.left)
                         .arg(&*req.user)
                         .arg(entry)
                         .arg(payload.as_ref())
                         .arg("PUBLISH")
+                        .arg(&*token)
                         .invoke_async(&mut conn)
                         .await;
+                    let mut verdict = Verdict::Send;
                     let last = match res {
-                        Ok(n) => n == 1,
+                        Ok(n) => {
+                            verdict = Verdict::Confirm(token);
+                            n == 1
+                        }
                         Err(e) => {
                             tracing::debug!(error = %e, "presence not shared: this node's own");
                             status.fallbacks.fetch_add(1, Ordering::Relaxed);
@@ -694,7 +720,7 @@ impl Node {
                             local
                         }
                     };
-                    Some((worker, Answer::Left(req, last)))
+                    Some((worker, Answer::Left(req, last, verdict)))
                 }));
             }
             Command::Members { worker, req } => {
@@ -829,6 +855,24 @@ impl Node {
                 }));
             }
             Command::Query(q) => self.query(q, conn, in_flight),
+            Command::Confirm { app, event, reply } => {
+                let (Some(app_id), Some(token)) = (self.app_id(app), event.confirm.clone()) else {
+                    let _ = reply.send(true);
+                    return;
+                };
+                let k = self.keys.channel(&app_id, &event.channel);
+                let mut script = scripts::CONFIRM.prepare_invoke();
+                match &event.user_id {
+                    Some(user) => script.key(&k.left).arg(&*token).arg(&**user),
+                    None => script.key(&k.vacated).arg(&*token),
+                };
+                in_flight.push_back(Box::pin(async move {
+                    let res: RedisResult<i64> = script.invoke_async(&mut conn).await;
+                    // Redis out of reach: sent unconfirmed rather than lost.
+                    let _ = reply.send(res.map_or(true, |n| n == 1));
+                    None
+                }));
+            }
         }
     }
 
@@ -1154,6 +1198,13 @@ impl Node {
         self.backlog = still;
     }
 
+    /// A token naming one decision of this node (a vacated channel, a member's last leave),
+    /// unique in the cluster.
+    fn decision(&mut self) -> Arc<str> {
+        self.decisions += 1;
+        Arc::from(format!("{}\n{}", self.session, self.decisions))
+    }
+
     /// Records that the session registers something in `held` (before it does: requests
     /// run in order), so that it can be cleared if this node dies.
     fn note_held(
@@ -1281,6 +1332,7 @@ fn parse_joined(v: Vec<Value>) -> Option<Joined> {
         0 => Some(Joined::Full),
         1 => Some(Joined::First(members)),
         2 => Some(Joined::Again(members)),
+        3 => Some(Joined::Back(members)),
         _ => None,
     }
 }

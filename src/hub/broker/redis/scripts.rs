@@ -10,25 +10,38 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// KEYS: subs, total. ARGV: node, delta. Adds `delta` to the node's share and the total;
-/// returns the total after (0 removes both).
+/// KEYS: subs, total, vacated. ARGV: node, delta, decision token. Adds `delta` to the
+/// node's share and the total. Returns `{total after, verdict}`: verdict 1 when the channel
+/// is occupied again while a `channel_vacated` webhook is held (its decision is taken
+/// back: neither webhook is sent), 2 when this vacates it (the webhook is held under the
+/// token), 0 otherwise.
 pub static COUNT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local mine = redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
+local delta = tonumber(ARGV[2])
+local mine = redis.call('HINCRBY', KEYS[1], ARGV[1], delta)
 if mine <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
-local n = redis.call('INCRBY', KEYS[2], ARGV[2])
+local n = redis.call('INCRBY', KEYS[2], delta)
 if n <= 0 then
   redis.call('DEL', KEYS[2])
   n = 0
 end
-return n
+local verdict = 0
+if delta > 0 and n == delta then
+  verdict = redis.call('DEL', KEYS[3])
+elseif delta < 0 and n == 0 then
+  redis.call('SET', KEYS[3], ARGV[3], 'PX', 60000)
+  verdict = 2
+end
+return {n, verdict}
 "#,
     )
 });
 
-/// KEYS: subs, total. ARGV: node, n. Sets the node's share to `n` (registering anew after
-/// reaching Redis again), the total following; returns `{total before, total after}`.
+/// KEYS: subs, total, vacated. ARGV: node, n. Sets the node's share to `n` (registering
+/// anew after reaching Redis again), the total following; returns `{total before, total
+/// after, quiet}`, `quiet` 1 when this occupies the channel again while a
+/// `channel_vacated` webhook is held.
 pub static SET_COUNT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -41,17 +54,20 @@ if n <= 0 then
   redis.call('DEL', KEYS[2])
   n = 0
 end
-return {before, n}
+local quiet = 0
+if before == 0 and n > 0 then quiet = redis.call('DEL', KEYS[3]) end
+return {before, n, quiet}
 "#,
     )
 });
 
-/// KEYS: members, order, conns, uconns, seq, events. ARGV: user, user_info, `node\nsocket`,
-/// max members, member_added payload, PUBLISH or SPUBLISH.
+/// KEYS: members, order, conns, uconns, seq, events, left. ARGV: user, user_info,
+/// `node\nsocket`, max members, member_added payload, PUBLISH or SPUBLISH.
 ///
 /// Returns `{kind, id, info, id, info, …}`: kind 1 for the user's first connection (the
-/// event is published), 2 for another one, 0 when the channel is full (and the members are
-/// not listed).
+/// event is published), 3 for a first connection while the user's `member_removed`
+/// webhook is held (published too; the held webhook's decision is taken back), 2 for
+/// another connection, 0 when the channel is full (and the members are not listed).
 pub static JOIN: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -72,6 +88,7 @@ else
   redis.call('HSET', KEYS[4], user, 1)
   redis.call(ARGV[6], KEYS[6], ARGV[5])
   kind = 1
+  if redis.call('HDEL', KEYS[7], user) == 1 then kind = 3 end
 end
 local out = {kind}
 for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
@@ -83,9 +100,10 @@ return out
     )
 });
 
-/// KEYS: members, order, conns, uconns, seq, events. ARGV: user, `node\nsocket`,
-/// member_removed payload, PUBLISH or SPUBLISH. Returns 1 if that was the user's last
-/// connection (the event is published), 0 otherwise (or if the connection had not joined).
+/// KEYS: members, order, conns, uconns, seq, events, left. ARGV: user, `node\nsocket`,
+/// member_removed payload, PUBLISH or SPUBLISH, decision token. Returns 1 if that was the
+/// user's last connection (the event is published, the webhook held under the token), 0
+/// otherwise (or if the connection had not joined).
 pub static LEAVE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -97,6 +115,8 @@ redis.call('HDEL', KEYS[1], user)
 redis.call('ZREM', KEYS[2], user)
 if redis.call('HLEN', KEYS[1]) == 0 then redis.call('DEL', KEYS[5]) end
 redis.call(ARGV[4], KEYS[6], ARGV[3])
+redis.call('HSET', KEYS[7], user, ARGV[5])
+redis.call('PEXPIRE', KEYS[7], 60000)
 return 1
 "#,
     )
@@ -189,8 +209,9 @@ return out
     )
 });
 
-/// KEYS: subs, total, members, order, conns, uconns, seq, events. ARGV: dead session,
-/// channel name, PUBLISH or SPUBLISH. Removes what the session held in the channel: its
+/// KEYS: subs, total, members, order, conns, uconns, seq, events, vacated, left. ARGV:
+/// dead session, channel name, PUBLISH or SPUBLISH, decision token (the held webhooks'
+/// decisions are recorded as for a leave). Removes what the session held in the channel: its
 /// share of the count and its member connections, publishing `member_removed` (as JSON,
 /// framed by each receiving node) for each user who had no other connection. Returns
 /// `{total before, total after, removed user…}`. Idempotent: a second run finds nothing.
@@ -221,11 +242,14 @@ for _, conn in ipairs(redis.call('SMEMBERS', KEYS[5])) do
       local data = cjson.encode({user_id = user})
       local event = cjson.encode({event = 'pusher_internal:member_removed', channel = ARGV[2], data = data})
       redis.call(ARGV[3], KEYS[8], '\2' .. event)
+      redis.call('HSET', KEYS[10], user, ARGV[4])
+      redis.call('PEXPIRE', KEYS[10], 60000)
       out[#out + 1] = user
     end
   end
 end
 if redis.call('HLEN', KEYS[3]) == 0 then redis.call('DEL', KEYS[7]) end
+if before > 0 and total == 0 then redis.call('SET', KEYS[9], ARGV[4], 'PX', 60000) end
 return out
 "#,
     )
@@ -244,6 +268,28 @@ for _, e in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   end
 end
 if n > 0 and redis.call('SCARD', KEYS[1]) == 0 then return 1 end
+return 0
+"#,
+    )
+});
+
+/// KEYS: vacated, or left. ARGV: token, user (for left). At the end of a held leave's
+/// debounce: returns 1 (and forgets the decision) if it still stands, 0 if a return on
+/// some node took it back (or a later leave replaced it), so the webhook is dropped.
+pub static CONFIRM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if ARGV[2] == nil or ARGV[2] == '' then
+  if redis.call('GET', KEYS[1]) == ARGV[1] then
+    redis.call('DEL', KEYS[1])
+    return 1
+  end
+  return 0
+end
+if redis.call('HGET', KEYS[1], ARGV[2]) == ARGV[1] then
+  redis.call('HDEL', KEYS[1], ARGV[2])
+  return 1
+end
 return 0
 "#,
     )
