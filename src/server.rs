@@ -235,6 +235,13 @@ pub fn run(config: Config, apps: Apps) -> anyhow::Result<()> {
     }
     signals.close();
     join_all(threads);
+    // What the closed connections left goes out: the other nodes are told, and held
+    // webhooks are sent at the end of their debounce.
+    let within = Duration::from_secs(5);
+    shared.broker.depart(within);
+    if !shared.webhooks.flush(within) {
+        tracing::warn!("some webhooks were not sent before exiting");
+    }
     match failure {
         Some(f) => Err(anyhow!(f)),
         None => {
@@ -414,5 +421,12 @@ async fn worker_main<R: Runtime>(start: WorkerStart) {
         while worker.conn_count() > 0 && Instant::now() < grace {
             R::sleep(Duration::from_millis(5)).await;
         }
+    }
+    // The broker's answers about the closed connections (a last leave's webhook) are
+    // carried out before the worker stops.
+    worker.settle();
+    let settle_by = Instant::now() + Duration::from_secs(2);
+    while !worker.settled.get() && Instant::now() < settle_by {
+        R::sleep(Duration::from_millis(5)).await;
     }
 }

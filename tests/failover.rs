@@ -356,7 +356,13 @@ async fn a_rolling_restart_loses_no_events_and_flaps_no_member(backend: &'static
     let mut moving = Client::connect(&a).await;
     join(&mut moving, "presence-room", "ann").await;
     moving.subscribe("feed").await;
-    rx.wait_for_event(|e| e["name"] == "member_added").await;
+    // Bob, also on node a, does not come back.
+    let mut leaving = Client::connect(&a).await;
+    join(&mut leaving, "presence-room", "bob").await;
+    rx.wait_for_event(|e| e["name"] == "member_added" && e["user_id"] == "ann")
+        .await;
+    rx.wait_for_event(|e| e["name"] == "member_added" && e["user_id"] == "bob")
+        .await;
 
     // Events flow through node c while node a is stopped.
     let total = 200;
@@ -382,7 +388,16 @@ async fn a_rolling_restart_loses_no_events_and_flaps_no_member(backend: &'static
     assert_eq!(common::close_code(&moving.closed().await), 4200);
     let mut moved = Client::connect(&b).await;
     join(&mut moved, "presence-room", "ann").await;
+    drop(leaving);
     assert!(a.wait_exit(WAIT).success());
+    // Node a sent what it held before exiting: Bob's leave, at the end of its debounce.
+    rx.wait_for_event(|e| e["name"] == "member_removed" && e["user_id"] == "bob")
+        .await;
+    assert!(
+        a.log().iter().any(|l| l.contains("left the cluster")),
+        "{:?}",
+        a.log()
+    );
     pump.await.unwrap();
 
     for client in [&mut stay_b, &mut stay_c] {
@@ -396,14 +411,11 @@ async fn a_rolling_restart_loses_no_events_and_flaps_no_member(backend: &'static
     }
     tokio::time::sleep(Duration::from_secs(4)).await;
     let names = rx.event_names();
+    let count = |n: &str| names.iter().filter(|x| *x == n).count();
     assert_eq!(
-        names.iter().filter(|n| *n == "member_added").count(),
-        1,
-        "{names:?}"
+        count("member_added"),
+        2,
+        "Ann and Bob, once each: {names:?}"
     );
-    assert_eq!(
-        names.iter().filter(|n| *n == "member_removed").count(),
-        0,
-        "{names:?}"
-    );
+    assert_eq!(count("member_removed"), 1, "only Bob: {names:?}");
 }

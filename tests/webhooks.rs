@@ -20,6 +20,7 @@ on_both_backends!(
     failed_deliveries_are_retried_until_accepted,
     a_hanging_receiver_does_not_stall_the_server,
     a_reload_while_events_are_batched_drops_them_cleanly,
+    held_webhooks_go_out_before_the_server_exits,
 );
 
 fn unsubscribe(channel: &str) -> Value {
@@ -294,4 +295,18 @@ async fn a_reload_while_events_are_batched_drops_them_cleanly(backend: &'static 
         "{:?}",
         server.log()
     );
+}
+
+async fn held_webhooks_go_out_before_the_server_exits(backend: &'static str) {
+    let rx = Receiver::start(vec![]).await;
+    let mut server = Server::start(backend, &["--webhook-url", &rx.url]);
+    let mut c = Client::connect(&server).await;
+    c.subscribe("room").await;
+    rx.wait_for(1).await;
+    // SIGTERM closes the last subscriber: `channel_vacated` is held for its debounce, and
+    // the server waits for it (and its delivery) before exiting.
+    server.signal(libc::SIGTERM);
+    assert_eq!(common::close_code(&c.closed().await), 4200);
+    assert!(server.wait_exit(WAIT).success());
+    assert_eq!(rx.event_names(), ["channel_occupied", "channel_vacated"]);
 }

@@ -45,6 +45,11 @@ impl Debounce {
         }
     }
 
+    /// Whether nothing is held.
+    pub(super) fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
     /// Takes `job`, arriving at `now`.
     pub(super) fn offer(&mut self, job: Job, now: Instant) -> Offer {
         let key = (

@@ -111,6 +111,7 @@ pub struct Webhooks {
     budget: Arc<Budget>,
     stats: Arc<WebhookStats>,
     confirm: ConfirmSlot,
+    flush: tokio::sync::mpsc::Sender<std::sync::mpsc::Sender<()>>,
 }
 
 impl Webhooks {
@@ -122,6 +123,7 @@ impl Webhooks {
         let confirm = ConfirmSlot::default();
         let (thread_stats, thread_budget) = (stats.clone(), budget.clone());
         let thread_confirm = confirm.clone();
+        let (flush, flush_rx) = tokio::sync::mpsc::channel(1);
         std::thread::Builder::new()
             .name("ringcast-webhooks".into())
             .spawn(move || {
@@ -135,6 +137,7 @@ impl Webhooks {
                     thread_stats,
                     thread_budget,
                     thread_confirm,
+                    flush_rx,
                 ));
             })?;
         Ok(Self {
@@ -142,7 +145,19 @@ impl Webhooks {
             budget,
             stats,
             confirm,
+            flush,
         })
+    }
+
+    /// At shutdown: waits, at most `within`, until every event handed over so far has
+    /// been sent (held leaves at the end of their debounce, batches at once) and answered.
+    /// Returns whether everything went out.
+    pub fn flush(&self, within: std::time::Duration) -> bool {
+        let (done, wait) = std::sync::mpsc::channel();
+        if self.flush.try_send(done).is_err() {
+            return false;
+        }
+        wait.recv_timeout(within).is_ok()
     }
 
     /// Installs the cluster's [`Confirm`] (once; later calls are ignored).

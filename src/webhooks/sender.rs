@@ -39,6 +39,7 @@ pub(super) async fn run(
     stats: Arc<WebhookStats>,
     budget: Arc<Budget>,
     confirm: ConfirmSlot,
+    mut flush: tokio::sync::mpsc::Receiver<std::sync::mpsc::Sender<()>>,
 ) {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
@@ -60,8 +61,12 @@ pub(super) async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Held leaves the cluster confirmed (at most as many as are held: bounded by QUEUE).
     let (confirmed_tx, mut confirmed) = tokio::sync::mpsc::unbounded_channel::<Job>();
+    let confirming = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Shutting down: batches go out at once, and whoever waits hears when nothing is left.
+    let mut flushing: Option<std::sync::mpsc::Sender<()>> = None;
     loop {
         tokio::select! {
+            Some(done) = flush.recv() => flushing = Some(done),
             Some(job) = confirmed.recv() => sender.route(job, &mut batches),
             job = rx.recv() => {
                 let Some(job) = job else { break };
@@ -86,6 +91,8 @@ pub(super) async fn run(
                 (Some(c), true) => {
                     let answer = c.confirm(job.app, &job.event);
                     let (tx, stats, budget) = (confirmed_tx.clone(), stats.clone(), budget.clone());
+                    let pending = confirming.clone();
+                    pending.fetch_add(1, Ordering::Relaxed);
                     tokio::spawn(async move {
                         // No answer (the broker stopped): send rather than lose it.
                         if answer.await.unwrap_or(true) {
@@ -94,6 +101,7 @@ pub(super) async fn run(
                             stats.cancelled.fetch_add(1, Ordering::Relaxed);
                             budget.give(job.cost);
                         }
+                        pending.fetch_sub(1, Ordering::Relaxed);
                     });
                 }
                 _ => sender.route(job, &mut batches),
@@ -101,12 +109,24 @@ pub(super) async fn run(
         }
         let full: Vec<(AppIdx, Arc<str>)> = batches
             .iter()
-            .filter(|(_, b)| b.is_due(now))
+            .filter(|(_, b)| flushing.is_some() || b.is_due(now))
             .map(|(k, _)| k.clone())
             .collect();
         for k in full {
             if let Some(b) = batches.remove(&k) {
                 sender.dispatch(k.0, &k.1, b.time_ms, b.events, b.cost);
+            }
+        }
+        if flushing.is_some()
+            && rx.is_empty()
+            && debounce.is_empty()
+            && batches.is_empty()
+            && confirming.load(Ordering::Relaxed) == 0
+            && confirmed.is_empty()
+            && stats.outstanding.load(Ordering::Relaxed) == 0
+        {
+            if let Some(done) = flushing.take() {
+                let _ = done.send(());
             }
         }
     }

@@ -146,6 +146,12 @@ impl Worker {
 
     /// Carries on with the broker's answer, if it came at once (otherwise it comes through
     /// the inbox).
+    /// Asks the broker to say when it has answered everything this worker asked
+    /// ([`Worker::settled`]).
+    pub fn settle(&self) {
+        self.then(self.shared.broker.barrier(self.index));
+    }
+
     fn then(&self, answer: Option<Answer>) {
         if let Some(answer) = answer {
             self.answer(answer);
@@ -155,6 +161,7 @@ impl Worker {
     /// Feeds a broker's answer to the rule waiting for it.
     pub(super) fn answer(&self, answer: Answer) {
         match answer {
+            Answer::Barrier => self.settled.set(true),
             Answer::Interested(channel) => {
                 let waiting = self.waiting.borrow_mut().remove(&channel);
                 for (conn, member) in waiting.into_iter().flatten() {

@@ -98,6 +98,8 @@ pub struct Worker {
     /// Subscriptions waiting for this worker's declaration of interest in their channel to
     /// be answered, with the presence member each joins as then.
     waiting: RefCell<Waiting>,
+    /// Shutting down: whether the broker has answered everything this worker asked.
+    pub(crate) settled: Cell<bool>,
 }
 
 /// See [`Worker::waiting`].
@@ -125,6 +127,7 @@ impl Worker {
             conns: RefCell::new(Slab::new()),
             socket_ids: RefCell::new(SocketIdGen::new(index, workers)),
             http_conns: Cell::new(0),
+            settled: Cell::new(false),
             this,
             signed_in: RefCell::default(),
             watchers: RefCell::default(),

@@ -175,6 +175,8 @@ pub enum Replay {
 pub enum Answer {
     /// To [`Broker::interest`]: this node receives the channel's events from every node now.
     Interested(ChannelKey),
+    /// To [`Broker::barrier`]: every earlier request of the worker has been answered.
+    Barrier,
     /// To [`Broker::join`]; the broker has published the member event if it was `First`.
     Joined(Join, Joined),
     /// To [`Broker::leave`]: whether that was the user's last connection in the channel (the
@@ -247,6 +249,21 @@ pub trait Broker: Send + Sync + 'static {
     /// node's subscribers only.
     fn available(&self) -> bool {
         true
+    }
+
+    /// At shutdown, once every worker has stopped: waits, at most `within`, until the
+    /// other nodes have been told what this node's connections left (a networked broker
+    /// hands over its queued requests and clears what its session still holds).
+    fn depart(&self, within: Duration) {
+        let _ = within;
+    }
+
+    /// Answered once every request `worker` made before it has been answered (at once, by
+    /// a broker that answers everything at once): a worker shutting down waits for it so
+    /// that no decision about its connections (and no webhook) is lost.
+    fn barrier(&self, worker: usize) -> Option<Answer> {
+        let _ = worker;
+        Some(Answer::Barrier)
     }
 
     /// Sends event frames to their channels' subscribers on the other nodes (this node's

@@ -85,12 +85,14 @@ pub(super) struct Reaped {
 
 impl Reaper {
     /// Clears session `dead` on behalf of session `me`; `None` if another node has claimed
-    /// it.
+    /// it. With `forget`, its lease and `held` set go too (otherwise they stay until the
+    /// lease expires and another node clears it again, finding what is left, if anything).
     pub async fn reap(
         &self,
         mut conn: ConnectionManager,
         me: &str,
         dead: &str,
+        forget: bool,
     ) -> RedisResult<Option<Reaped>> {
         let claimed: Option<String> = redis::cmd("SET")
             .arg(self.keys.reaper(dead))
@@ -122,22 +124,16 @@ impl Reaper {
                 }
             }
         }
-        redis::pipe()
-            .cmd("DEL")
-            .arg(self.keys.held(dead))
-            .ignore()
-            .cmd("ZREM")
-            .arg(self.keys.nodes())
-            .arg(dead)
-            .ignore()
-            .cmd("DEL")
-            .arg(self.keys.reaper(dead))
-            .ignore()
-            .query_async::<()>(&mut conn)
-            .await?;
-        self.status
-            .reaped
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut done = redis::pipe();
+        if forget {
+            done.cmd("DEL").arg(self.keys.held(dead)).ignore();
+            done.cmd("ZREM").arg(self.keys.nodes()).arg(dead).ignore();
+            self.status
+                .reaped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        done.cmd("DEL").arg(self.keys.reaper(dead)).ignore();
+        done.query_async::<()>(&mut conn).await?;
         Ok(Some(reaped))
     }
 

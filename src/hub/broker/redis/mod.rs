@@ -138,6 +138,15 @@ pub(super) enum Command {
         req: ForConn,
     },
     Query(Query),
+    /// Shutting down: clear what this node still holds once every earlier request is
+    /// done, then say so.
+    Depart {
+        done: std::sync::mpsc::Sender<()>,
+    },
+    /// Answer the worker once everything it asked before is answered.
+    Barrier {
+        worker: usize,
+    },
     /// Whether a held leave's webhook still stands.
     Confirm {
         app: AppIdx,
@@ -290,6 +299,24 @@ impl crate::webhooks::Confirm for Confirmer {
 impl Broker for RedisBroker {
     fn available(&self) -> bool {
         self.status.connected.load(Ordering::Relaxed)
+    }
+
+    fn barrier(&self, worker: usize) -> Option<Answer> {
+        match self.send(Command::Barrier { worker }) {
+            true => None,
+            false => Some(Answer::Barrier),
+        }
+    }
+
+    fn depart(&self, within: Duration) {
+        let (done, wait) = std::sync::mpsc::channel();
+        if self.commands.try_send(Command::Depart { done }).is_ok()
+            && wait.recv_timeout(within).is_ok()
+        {
+            tracing::info!("left the cluster: this node's entries cleared from Redis");
+        } else {
+            tracing::warn!("could not clear this node's entries from Redis before exiting: other nodes will after --node-timeout");
+        }
     }
 
     fn publish(&self, deliveries: &[Delivery]) -> Pending<()> {

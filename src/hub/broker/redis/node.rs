@@ -55,6 +55,8 @@ type InFlight = Pin<Box<dyn Future<Output = Done>>>;
 enum Upkeep {
     Beat(RedisResult<Beat>),
     Reaped(String, RedisResult<Option<Reaped>>),
+    /// This node's own entries cleared at shutdown (or not).
+    Departed,
 }
 type Background = Pin<Box<dyn Future<Output = Upkeep>>>;
 
@@ -92,6 +94,8 @@ pub(super) struct Node {
     webhooks: Webhooks,
     /// Decisions made, for their tokens.
     decisions: u64,
+    /// Shutting down: who waits for this node's entries to be cleared.
+    departing: Option<std::sync::mpsc::Sender<()>>,
 }
 
 impl Node {
@@ -121,6 +125,7 @@ impl Node {
             },
             webhooks,
             decisions: 0,
+            departing: None,
             keys,
             settings,
             origin,
@@ -213,6 +218,7 @@ impl Node {
                             retry_at = Instant::now() + retry_in;
                         }
                     }
+                    Upkeep::Departed => {}
                     Upkeep::Reaped(session, res) => {
                         self.reaping.remove(&session);
                         match res {
@@ -283,6 +289,27 @@ impl Node {
                             }
                         }
                     }
+                }
+            }
+            // Shutting down, and every earlier request is done: clear what this session
+            // holds (its lease is left to expire, so anything a straggling request adds is
+            // cleared by another node after the node timeout).
+            if self.departing.is_some() && in_flight.is_empty() {
+                let done = self.departing.take().expect("checked");
+                match pubsub.is_some() {
+                    true => {
+                        let (reaper, c, me) =
+                            (self.reaper.clone(), conn.clone(), self.session.clone());
+                        upkeep.push(Box::pin(async move {
+                            if let Err(e) = reaper.reap(c, &me, &me, false).await {
+                                tracing::warn!(error = %e, "clearing this node's entries failed");
+                            } else {
+                                let _ = done.send(());
+                            }
+                            Upkeep::Departed
+                        }));
+                    }
+                    false => drop(done),
                 }
             }
             match pubsub.as_mut() {
@@ -855,6 +882,11 @@ impl Node {
                 }));
             }
             Command::Query(q) => self.query(q, conn, in_flight),
+            Command::Depart { done } => self.departing = Some(done),
+            // Answers are handed back in the order asked: this one comes after the rest.
+            Command::Barrier { worker } => {
+                in_flight.push_back(Box::pin(async move { Some((worker, Answer::Barrier)) }))
+            }
             Command::Confirm { app, event, reply } => {
                 let (Some(app_id), Some(token)) = (self.app_id(app), event.confirm.clone()) else {
                     let _ = reply.send(true);
@@ -1278,7 +1310,7 @@ impl Node {
         }
         let (reaper, conn, me) = (self.reaper.clone(), conn.clone(), self.session.clone());
         upkeep.push(Box::pin(async move {
-            let res = reaper.reap(conn, &me, &dead).await;
+            let res = reaper.reap(conn, &me, &dead, true).await;
             Upkeep::Reaped(dead, res)
         }));
     }
