@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::Apps;
 use crate::config::Config;
-use crate::hub::broker::redis::{RedisBroker, RedisSettings};
+use crate::hub::broker::redis::{RedisBroker, RedisSettings, Target};
 use crate::hub::{inbox, Broker, ChannelIndex, InboxReceiver, LocalBroker, Router};
 use crate::metrics::{BrokerStats, Telemetry};
 use crate::runtime::{self, affinity, epoll::Epoll, uring::Uring, Backend, Runtime};
@@ -88,8 +88,12 @@ pub fn run(config: Config, apps: Apps) -> anyhow::Result<()> {
         None => Arc::new(LocalBroker::new(index.clone(), router)),
         Some(c) => {
             tracing::info!(node = %c.node_id, prefix = %c.prefix, "clustering over Redis");
+            let target = match c.redis_cluster {
+                true => Target::Cluster(c.redis_url.split(',').map(str::to_string).collect()),
+                false => Target::Single(c.redis_url.clone()),
+            };
             let settings = RedisSettings {
-                url: c.redis_url.clone(),
+                target,
                 prefix: c.prefix.clone(),
                 node_id: c.node_id.clone(),
                 node_timeout: c.node_timeout,

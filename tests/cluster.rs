@@ -6,11 +6,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::redis::{node, Redis};
+use common::redis::{node, Kind, Redis};
 use common::{api, eventually_api, publish, Client, Server, APP_ID};
 use serde_json::{json, Value};
 
-on_both_backends!(
+on_backends_and_redis!(
     events_reach_subscribers_on_every_node_in_publish_order,
     a_node_receives_only_the_channels_it_has_subscribers_of,
     presence_is_one_member_list_across_nodes,
@@ -20,8 +20,8 @@ on_both_backends!(
 );
 
 /// Redis and three nodes, or `None` when Redis is not installed (skipped loudly).
-async fn cluster(backend: &'static str) -> Option<(Redis, Vec<Server>)> {
-    let redis = Redis::start()?;
+async fn cluster(backend: &'static str, kind: Kind) -> Option<(Redis, Vec<Server>)> {
+    let redis = Redis::start_kind(kind)?;
     let mut nodes = Vec::new();
     for id in ["a", "b", "c"] {
         nodes.push(node(&redis, backend, id, &[]).await);
@@ -29,8 +29,11 @@ async fn cluster(backend: &'static str) -> Option<(Redis, Vec<Server>)> {
     Some((redis, nodes))
 }
 
-async fn events_reach_subscribers_on_every_node_in_publish_order(backend: &'static str) {
-    let Some((_redis, nodes)) = cluster(backend).await else {
+async fn events_reach_subscribers_on_every_node_in_publish_order(
+    backend: &'static str,
+    kind: Kind,
+) {
+    let Some((_redis, nodes)) = cluster(backend, kind).await else {
         return;
     };
     let mut on_a = Client::connect(&nodes[0]).await;
@@ -64,22 +67,19 @@ async fn events_reach_subscribers_on_every_node_in_publish_order(backend: &'stat
     assert_eq!(on_a.try_recv(Duration::from_millis(300)).await, None);
 }
 
-async fn a_node_receives_only_the_channels_it_has_subscribers_of(backend: &'static str) {
-    let Some((redis, nodes)) = cluster(backend).await else {
+async fn a_node_receives_only_the_channels_it_has_subscribers_of(
+    backend: &'static str,
+    kind: Kind,
+) {
+    let Some((redis, nodes)) = cluster(backend, kind).await else {
         return;
     };
     let mut on_a = Client::connect(&nodes[0]).await;
     on_a.subscribe("only-a").await;
-    let numsub = |redis: &Redis| -> i64 {
-        let (_, n): (String, i64) = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg(format!("ringcast:{{{APP_ID}/only-a}}:ev"))
-            .query::<(String, i64)>(&mut redis.client())
-            .unwrap();
-        n
-    };
+    let numsub = |redis: &Redis| redis.subscribers(&format!("ringcast:{{{APP_ID}/only-a}}:ev"));
     assert_eq!(numsub(&redis), 1, "only node a listens to the channel");
-    let before = redis.calls("publish");
+    let publish_cmd = redis.publish_command();
+    let before = redis.calls(publish_cmd);
     for _ in 0..10 {
         publish(&nodes[1], &["only-a"], "e", "{}").await;
     }
@@ -87,7 +87,7 @@ async fn a_node_receives_only_the_channels_it_has_subscribers_of(backend: &'stat
         assert_eq!(on_a.recv().await["event"], "e");
     }
     assert_eq!(
-        redis.calls("publish") - before,
+        redis.calls(publish_cmd) - before,
         10,
         "one PUBLISH per event, whatever the number of nodes"
     );
@@ -109,8 +109,8 @@ async fn a_node_receives_only_the_channels_it_has_subscribers_of(backend: &'stat
     }
 }
 
-async fn presence_is_one_member_list_across_nodes(backend: &'static str) {
-    let Some((_redis, nodes)) = cluster(backend).await else {
+async fn presence_is_one_member_list_across_nodes(backend: &'static str, kind: Kind) {
+    let Some((_redis, nodes)) = cluster(backend, kind).await else {
         return;
     };
     let channel = "presence-room";
@@ -163,8 +163,8 @@ async fn presence_is_one_member_list_across_nodes(backend: &'static str) {
     assert_eq!(observer.try_recv(Duration::from_millis(300)).await, None);
 }
 
-async fn the_api_answers_for_the_whole_cluster(backend: &'static str) {
-    let Some((_redis, nodes)) = cluster(backend).await else {
+async fn the_api_answers_for_the_whole_cluster(backend: &'static str, kind: Kind) {
+    let Some((_redis, nodes)) = cluster(backend, kind).await else {
         return;
     };
     let mut clients = Vec::new();
@@ -201,8 +201,8 @@ async fn the_api_answers_for_the_whole_cluster(backend: &'static str) {
     .await;
 }
 
-async fn cache_channels_replay_on_any_node(backend: &'static str) {
-    let Some((_redis, nodes)) = cluster(backend).await else {
+async fn cache_channels_replay_on_any_node(backend: &'static str, kind: Kind) {
+    let Some((_redis, nodes)) = cluster(backend, kind).await else {
         return;
     };
     let mut first = Client::connect(&nodes[0]).await;
@@ -219,8 +219,8 @@ async fn cache_channels_replay_on_any_node(backend: &'static str) {
     );
 }
 
-async fn client_events_and_users_cross_nodes(backend: &'static str) {
-    let Some((_redis, nodes)) = cluster(backend).await else {
+async fn client_events_and_users_cross_nodes(backend: &'static str, kind: Kind) {
+    let Some((_redis, nodes)) = cluster(backend, kind).await else {
         return;
     };
     // A client event sent on one node reaches a subscriber on another.

@@ -1,8 +1,10 @@
 //! The deployment files under `deploy/`: the install script puts the binary, the systemd
 //! unit and an example configuration in place with the right modes and never overwrites an
 //! operator's configuration; systemd accepts the unit; the example configuration is valid
-//! TOML; and the Grafana dashboard queries only metrics ringcast exports, with their labels,
-//! so that the dashboard and the server cannot drift apart unnoticed.
+//! TOML; the Grafana dashboard queries only metrics ringcast exports, with their labels,
+//! so that the dashboard and the server cannot drift apart unnoticed; and the 3-node
+//! cluster example of `deploy/cluster/` (Docker Compose, HAProxy, Dockerfile, apps file)
+//! agrees with itself and with ringcast's flags, and HAProxy accepts its configuration.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -631,4 +633,462 @@ fn the_server_exports_every_metric_the_dashboard_uses() {
             );
         }
     }
+}
+
+// --- The cluster example (deploy/cluster/) ---------------------------------------------
+// Docker is not needed: the compose file, the HAProxy configuration, the Dockerfile and
+// the apps file are checked against each other and against ringcast itself.
+
+/// The 3-node cluster example: Docker Compose, HAProxy, the Dockerfile and the apps file.
+fn cluster() -> PathBuf {
+    repo().join("deploy/cluster")
+}
+
+/// `ringcast --help`: the flags a compose file may pass.
+fn server_help() -> String {
+    let help = Command::new(server_binary())
+        .arg("--help")
+        .output()
+        .unwrap();
+    String::from_utf8(help.stdout).unwrap()
+}
+
+/// Whether `--help` lists `flag` (`--node-id`) as a flag of its own, not a prefix of one.
+fn help_lists(help: &str, flag: &str) -> bool {
+    help.lines().any(|l| {
+        let l = l.trim_start();
+        l == flag || l.starts_with(&format!("{flag} ")) || l.starts_with(&format!("{flag},"))
+    })
+}
+
+/// A duration as Docker Compose (`1m30s`) and HAProxy (`1h`, `500ms`) write them: numbers
+/// each followed by a unit, `h`, `m`, `s`, `ms`, `us` or `d`.
+fn parse_duration(text: &str) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut rest = text.trim();
+    assert!(!rest.is_empty(), "empty duration");
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let number: u64 = rest[..digits]
+            .parse()
+            .unwrap_or_else(|_| panic!("not a duration: {text:?}"));
+        rest = &rest[digits..];
+        let unit = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        total += match &rest[..unit] {
+            "d" => Duration::from_secs(number * 86400),
+            "h" => Duration::from_secs(number * 3600),
+            "m" => Duration::from_secs(number * 60),
+            "s" => Duration::from_secs(number),
+            "ms" => Duration::from_millis(number),
+            "us" => Duration::from_micros(number),
+            other => panic!("unit {other:?} in duration {text:?} (write one, e.g. 15s)"),
+        };
+        rest = &rest[unit..];
+    }
+    total
+}
+
+#[test]
+fn durations_are_read_as_compose_and_haproxy_write_them() {
+    assert_eq!(parse_duration("15s"), Duration::from_secs(15));
+    assert_eq!(parse_duration("1m30s"), Duration::from_secs(90));
+    assert_eq!(parse_duration("1h"), Duration::from_secs(3600));
+    assert_eq!(parse_duration("1500ms"), Duration::from_millis(1500));
+}
+
+/// The `haproxy` executable (Debian package `haproxy`; `.ci/run` installs it): on PATH, or
+/// in /usr/sbin, which is not on every user's PATH.
+fn haproxy() -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("haproxy"))
+            .find(|p| p.is_file())
+    });
+    on_path.or_else(|| Some(PathBuf::from("/usr/sbin/haproxy")).filter(|p| p.is_file()))
+}
+
+/// The lines of haproxy.cfg without comments and surrounding blanks.
+fn haproxy_directives(config: &str) -> Vec<&str> {
+    config
+        .lines()
+        .map(|l| l.split('#').next().unwrap().trim())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+#[test]
+fn haproxy_accepts_the_cluster_example() {
+    let config = cluster().join("haproxy.cfg");
+    let text = fs::read_to_string(&config).unwrap();
+    let directives = haproxy_directives(&text);
+    // Once upgraded, a WebSocket is closed after `timeout tunnel` of silence: it must
+    // outlast ringcast's activity_timeout (120 s) + pong_timeout (30 s).
+    let tunnel = directives
+        .iter()
+        .find_map(|l| l.strip_prefix("timeout tunnel "))
+        .expect("no `timeout tunnel`: WebSockets would be cut after `timeout client`");
+    assert!(
+        parse_duration(tunnel) > Duration::from_secs(150),
+        "{tunnel}"
+    );
+    assert!(directives
+        .iter()
+        .any(|l| l.starts_with("timeout http-request ")));
+    // ringcast drains by itself (4200, then pusher-js reconnects): HAProxy must not cut
+    // a node's connections when its /readyz turns 503.
+    assert!(
+        !directives.iter().any(|l| l.contains("shutdown-sessions")),
+        "haproxy.cfg cuts sessions on mark-down"
+    );
+
+    let Some(haproxy) = haproxy() else {
+        common::deps::unavailable(
+            "haproxy (apt-get install haproxy), so `haproxy -c` could not check \
+             deploy/cluster/haproxy.cfg",
+        );
+        return;
+    };
+    let out = Command::new(&haproxy)
+        .arg("-c")
+        .arg("-f")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{} -c rejects deploy/cluster/haproxy.cfg ({:?}):\n{report}",
+        haproxy.display(),
+        out.status
+    );
+    // Outside Docker the nodes' names do not resolve (init-addr ... none lets HAProxy start
+    // anyway): that is the only warning allowed.
+    for line in report
+        .lines()
+        .filter(|l| l.contains("[WARNING]") || l.contains("[ALERT]"))
+    {
+        assert!(
+            line.contains("could not resolve address 'ringcast-"),
+            "haproxy warns about deploy/cluster/haproxy.cfg: {line}\n{report}"
+        );
+    }
+}
+
+#[test]
+fn the_cluster_example_compose_file_is_consistent() {
+    let text = fs::read_to_string(cluster().join("compose.yaml")).unwrap();
+    let mut compose: serde_norway::Value = serde_norway::from_str(&text).expect("not valid YAML");
+    // Docker Compose merges `<<: *anchor` keys; so must the test.
+    compose.apply_merge().unwrap();
+    let services = compose["services"].as_mapping().expect("no services");
+    let service_names: BTreeSet<&str> = services.keys().filter_map(|k| k.as_str()).collect();
+    let help = server_help();
+    let haproxy_cfg = fs::read_to_string(cluster().join("haproxy.cfg")).unwrap();
+    // `server NAME ADDRESS ...` lines of the backend.
+    let servers: Vec<(&str, &str)> = haproxy_directives(&haproxy_cfg)
+        .into_iter()
+        .filter_map(|l| {
+            let mut words = l.strip_prefix("server ")?.split_whitespace();
+            Some((words.next()?, words.next()?))
+        })
+        .collect();
+
+    let nodes: Vec<(&str, &serde_norway::Value)> = services
+        .iter()
+        .filter_map(|(name, service)| Some((name.as_str()?, service)))
+        .filter(|(name, _)| name.starts_with("ringcast-"))
+        .collect();
+    assert_eq!(nodes.len(), 3, "the example has 3 ringcast nodes");
+
+    let (mut ids, mut redis_urls) = (BTreeSet::new(), BTreeSet::new());
+    for (name, service) in &nodes {
+        let args: Vec<&str> = service["command"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("{name}: `command` is not a list"))
+            .iter()
+            .map(|a| a.as_str().expect("a command argument is not a string"))
+            .collect();
+        for flag in args.iter().filter(|a| a.starts_with("--")) {
+            assert!(
+                help_lists(&help, flag),
+                "{name} runs ringcast with {flag}, which `ringcast --help` does not list"
+            );
+        }
+        let value = |flag: &str| -> &str {
+            let at = args
+                .iter()
+                .position(|a| *a == flag)
+                .unwrap_or_else(|| panic!("{name} has no {flag}"));
+            args.get(at + 1)
+                .unwrap_or_else(|| panic!("{name}: {flag} has no value"))
+        };
+        // The node id is the service name: logs, Redis and HAProxy's stats agree.
+        let id = value("--node-id");
+        assert_eq!(id, *name, "{name} runs with --node-id {id}");
+        ids.insert(id);
+        redis_urls.insert(value("--redis-url"));
+        // Reachable by HAProxy on the compose network: the WebSocket listener and /readyz.
+        assert_eq!(value("--host"), "0.0.0.0", "{name}");
+        assert_eq!(value("--metrics-host"), "0.0.0.0", "{name}");
+
+        // The apps file (secrets) is mounted read-only where --apps-file looks.
+        let apps_file = value("--apps-file");
+        let mounts = service["volumes"].as_sequence().expect("no volumes");
+        let mount = mounts
+            .iter()
+            .find(|m| m["target"].as_str() == Some(apps_file))
+            .unwrap_or_else(|| panic!("{name}: nothing is mounted at {apps_file}"));
+        assert_eq!(
+            mount["read_only"].as_bool(),
+            Some(true),
+            "{name}: {mount:?}"
+        );
+        assert_eq!(mount["source"].as_str(), Some("./apps.toml"), "{name}");
+
+        // Docker's SIGKILL must not cut ringcast's drain short.
+        let grace = service["stop_grace_period"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name} has no stop_grace_period (Docker's is 10 s)"));
+        assert!(
+            parse_duration(grace) > Duration::from_secs(DEFAULT_SHUTDOWN_TIMEOUT_SECS),
+            "{name}: stop_grace_period {grace} would kill ringcast during its drain"
+        );
+
+        let build = &service["build"];
+        let dockerfile = build["dockerfile"].as_str().expect("no build.dockerfile");
+        let context = cluster().join(build["context"].as_str().expect("no build.context"));
+        assert!(
+            context.join(dockerfile).is_file(),
+            "{name}: no {dockerfile}"
+        );
+
+        // HAProxy balances over every node, on ringcast's default port.
+        assert!(
+            servers.contains(&(*name, &*format!("{name}:6001"))),
+            "haproxy.cfg has no `server {name} {name}:6001` line: {servers:?}"
+        );
+    }
+    assert_eq!(
+        ids.len(),
+        3,
+        "the nodes' --node-id are not distinct: {ids:?}"
+    );
+    assert_eq!(
+        redis_urls.len(),
+        1,
+        "the nodes use different Redis: {redis_urls:?}"
+    );
+    let redis_url = redis_urls.pop_first().unwrap();
+    let redis_host = redis_url
+        .strip_prefix("redis://")
+        .and_then(|rest| rest.split([':', '/']).next())
+        .unwrap_or_else(|| panic!("unexpected --redis-url {redis_url}"));
+    assert!(
+        service_names.contains(redis_host),
+        "--redis-url {redis_url} names no service of the compose file"
+    );
+    // And HAProxy sends clients to nothing else.
+    assert_eq!(
+        servers.len(),
+        nodes.len(),
+        "haproxy.cfg servers: {servers:?}"
+    );
+
+    // Clients reach the cluster through HAProxy only.
+    let ports: Vec<&str> = services["haproxy"]["ports"]
+        .as_sequence()
+        .expect("haproxy publishes no port")
+        .iter()
+        .filter_map(|p| p.as_str())
+        .collect();
+    assert!(ports.contains(&"6001:6001"), "{ports:?}");
+    for (name, service) in &nodes {
+        assert!(
+            service.get("ports").is_none(),
+            "{name} is published past HAProxy"
+        );
+    }
+}
+
+#[test]
+fn the_cluster_apps_example_is_refused_until_its_secret_is_changed() {
+    let example = cluster().join("apps.toml.example");
+    let text = fs::read_to_string(&example).unwrap();
+    let apps: toml::Table = text.parse().expect("not valid TOML");
+    assert_eq!(
+        apps.keys().collect::<Vec<_>>(),
+        ["app"],
+        "an apps file holds only [[app]]"
+    );
+
+    // As the nodes run it, on a public address: no default secret.
+    let out = Command::new(server_binary())
+        .arg("--apps-file")
+        .arg(&example)
+        .args(["--host", "0.0.0.0", "--port", "0", "--metrics-port", "0"])
+        .args(["--workers", "1"])
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("placeholder"), "{stderr}");
+
+    // With the placeholders replaced it is an apps file ringcast starts with.
+    let dir = TempDir::new("cluster-apps");
+    let apps_file = dir.0.join("apps.toml");
+    fs::write(&apps_file, text.replace("CHANGE-ME", "replaced")).unwrap();
+    let mut child = Command::new(server_binary())
+        .arg("--apps-file")
+        .arg(&apps_file)
+        .args(["--port", "0", "--metrics-port", "0", "--workers", "1"])
+        .args(["--log-format", "json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let _server = Running(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut log = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|e| {
+                panic!("ringcast did not start with the edited example ({e}):\n{log:#?}")
+            });
+        if line.contains("metrics endpoint") {
+            break;
+        }
+        log.push(line);
+    }
+}
+
+#[test]
+fn the_cluster_dockerfile_copies_everything_the_build_reads() {
+    let dockerfile = fs::read_to_string(cluster().join("Dockerfile")).unwrap();
+    // One entry per instruction: continuation lines joined, comments left out.
+    let instructions = dockerfile
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace("\\\n", " ");
+    let lines: Vec<&str> = instructions.lines().collect();
+    // Sources of the build stage's COPY lines (all words but the destination).
+    let copied: Vec<PathBuf> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("COPY "))
+        .filter(|l| !l.starts_with("--from"))
+        .flat_map(|l| {
+            let words: Vec<&str> = l
+                .split_whitespace()
+                .filter(|w| !w.starts_with("--"))
+                .collect();
+            words[..words.len() - 1]
+                .iter()
+                .map(|w| PathBuf::from(w.trim_end_matches('/')))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let is_copied = |p: &Path| copied.iter().any(|c| p.starts_with(c));
+
+    let manifest: toml::Table = fs::read_to_string(repo().join("Cargo.toml"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut needed: Vec<PathBuf> = ["Cargo.toml", "Cargo.lock", "src"]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+    if repo().join("build.rs").exists() {
+        needed.push("build.rs".into());
+    }
+    // Workspace members: cargo loads their manifests and finds their targets.
+    for member in manifest["workspace"]["members"].as_array().unwrap() {
+        let member = member.as_str().unwrap();
+        if member != "." {
+            needed.push(Path::new(member).join("Cargo.toml"));
+            needed.push(Path::new(member).join("src"));
+        }
+    }
+    // Declared benches must exist for the manifest to load.
+    for bench in manifest
+        .get("bench")
+        .and_then(|b| b.as_array())
+        .into_iter()
+        .flatten()
+    {
+        needed.push(format!("benches/{}.rs", bench["name"].as_str().unwrap()).into());
+    }
+    // Files outside src/ that the server compiles in (include_str!, include_bytes!).
+    let mut dirs = vec![repo().join("src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in fs::read_dir(&dir).unwrap().map(Result::unwrap) {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let Ok(source) = fs::read_to_string(&path) else {
+                continue;
+            };
+            for macro_ in ["include_str!(\"", "include_bytes!(\""] {
+                for (at, _) in source.match_indices(macro_) {
+                    let rest = &source[at + macro_.len()..];
+                    let included = &rest[..rest.find('"').unwrap()];
+                    // Resolve `..` against the including file's directory.
+                    let mut resolved = PathBuf::new();
+                    for part in path.parent().unwrap().join(included).components() {
+                        match part {
+                            std::path::Component::ParentDir => {
+                                resolved.pop();
+                            }
+                            other => resolved.push(other),
+                        }
+                    }
+                    needed.push(resolved.strip_prefix(repo()).unwrap().to_path_buf());
+                }
+            }
+        }
+    }
+    for path in &needed {
+        assert!(
+            is_copied(path),
+            "deploy/cluster/Dockerfile does not COPY {}, which `cargo build` reads",
+            path.display()
+        );
+    }
+
+    // The image compose.yaml runs: the binary where the flags expect it, not as root.
+    assert!(lines.iter().any(|l| l.starts_with("FROM rust:1-bookworm ")));
+    assert!(lines.contains(&"FROM debian:bookworm-slim"));
+    assert!(lines
+        .iter()
+        .any(|l| l.starts_with("RUN ") && l.contains("cargo build --release --locked")));
+    assert!(lines.contains(&"ENTRYPOINT [\"/usr/local/bin/ringcast\"]"));
+    assert!(lines.contains(&"EXPOSE 6001 9601"));
+    let user = lines
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("the image runs as root");
+    assert!(
+        !user.starts_with("root") && !user.starts_with('0'),
+        "USER {user}"
+    );
 }

@@ -8,15 +8,18 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::hooks::Receiver;
-use common::redis::{node, Redis};
+use common::redis::{node, Kind, Redis};
 use common::{api, eventually_api, publish, signed_url, Client, Server, APP_ID, WAIT};
 use serde_json::{json, Value};
 
-on_both_backends!(
+on_backends_and_redis!(
     a_killed_nodes_members_are_removed_and_announced_once,
+    a_member_moving_to_another_node_within_the_debounce_sends_no_webhooks,
+);
+
+on_both_backends!(
     clients_stay_through_a_redis_outage_and_the_cluster_heals,
     a_node_restarted_with_its_id_clears_its_previous_run_at_once,
-    a_member_moving_to_another_node_within_the_debounce_sends_no_webhooks,
     a_rolling_restart_loses_no_events_and_flaps_no_member,
 );
 
@@ -66,8 +69,8 @@ fn users(ids: &[&str]) -> Value {
     json!({ "users": ids.iter().map(|id| json!({ "id": id })).collect::<Vec<_>>() })
 }
 
-async fn a_killed_nodes_members_are_removed_and_announced_once(backend: &'static str) {
-    let Some(redis) = Redis::start() else {
+async fn a_killed_nodes_members_are_removed_and_announced_once(backend: &'static str, kind: Kind) {
+    let Some(redis) = Redis::start_kind(kind) else {
         return;
     };
     let rx = Receiver::start(vec![]).await;
@@ -288,8 +291,9 @@ async fn a_node_restarted_with_its_id_clears_its_previous_run_at_once(backend: &
 
 async fn a_member_moving_to_another_node_within_the_debounce_sends_no_webhooks(
     backend: &'static str,
+    kind: Kind,
 ) {
-    let Some(redis) = Redis::start() else {
+    let Some(redis) = Redis::start_kind(kind) else {
         return;
     };
     let rx = Receiver::start(vec![]).await;

@@ -217,6 +217,13 @@ pub struct Cli {
     #[arg(long, env = "RINGCAST_NODE_TIMEOUT", default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=3600), requires = "redis_url")]
     pub node_timeout: u64,
 
+    /// The Redis of --redis-url is a Redis Cluster (Redis 7 or later): keys are spread over
+    /// its shards by channel, and events travel by sharded pub/sub (`SSUBSCRIBE`/
+    /// `SPUBLISH`), each channel only through the shard that owns it. --redis-url may then
+    /// list several seed nodes, comma-separated.
+    #[arg(long, env = "RINGCAST_REDIS_CLUSTER", requires = "redis_url")]
+    pub redis_cluster: bool,
+
     /// Report not ready (`/readyz` 503) while Redis cannot be reached. Off by default: one
     /// node's trouble reaching Redis should not take every node out of the load balancer.
     #[arg(
@@ -290,9 +297,15 @@ pub(super) fn parse_cpu_list(s: &str) -> Result<CpuList, String> {
 }
 
 fn parse_redis_url(s: &str) -> Result<String, String> {
-    let scheme_ok = s.starts_with("redis://") || s.starts_with("rediss://");
-    if !scheme_ok || redis::Client::open(s).is_err() {
-        return Err("expected redis://[user:password@]host:port[/db] or rediss://…".into());
+    for url in s.split(',') {
+        let scheme_ok = url.starts_with("redis://") || url.starts_with("rediss://");
+        if !scheme_ok || redis::Client::open(url).is_err() {
+            return Err(
+                "expected redis://[user:password@]host:port[/db] or rediss://… (with \
+                 --redis-cluster, a comma-separated list of seed nodes)"
+                    .into(),
+            );
+        }
     }
     Ok(s.to_string())
 }

@@ -104,8 +104,11 @@ pub struct Config {
 /// How this node shares channels with others (`--redis-url`).
 #[derive(Debug, Clone)]
 pub struct Cluster {
-    /// The Redis URL (it may hold a password: never logged).
+    /// The Redis URL (it may hold a password: never logged); with `redis_cluster`, a
+    /// comma-separated list of seed nodes.
     pub redis_url: String,
+    /// Whether that is a Redis Cluster.
+    pub redis_cluster: bool,
     /// Prefix of every key and pub/sub channel.
     pub prefix: String,
     /// This node's id.
@@ -225,6 +228,12 @@ impl Config {
         };
         let (workers, cpus) = workers_and_cpus(cli)?;
 
+        if !cli.redis_cluster && cli.redis_url.as_deref().is_some_and(|u| u.contains(',')) {
+            return Err(ConfigError::Limits(
+                "several --redis-url seed nodes are for a Redis Cluster: add --redis-cluster"
+                    .into(),
+            ));
+        }
         if cli.echo_path.is_some() && cli.max_outbound_buffer < cli.max_message_size + 14 {
             return Err(ConfigError::Limits(
                 "--max-outbound-buffer must be at least --max-message-size (plus 14 bytes of \
@@ -268,6 +277,7 @@ impl Config {
                 .map(|(cert, key)| TlsFiles { cert, key }),
             cluster: cli.redis_url.as_ref().map(|url| Cluster {
                 redis_url: url.clone(),
+                redis_cluster: cli.redis_cluster,
                 prefix: cli.redis_prefix.clone(),
                 node_id: cli
                     .node_id

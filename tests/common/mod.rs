@@ -49,6 +49,35 @@ macro_rules! on_both_backends {
     };
 }
 
+/// Each test on both IO backends, over one Redis server and over a Redis Cluster (sharded
+/// pub/sub).
+#[macro_export]
+macro_rules! on_backends_and_redis {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                use super::Kind;
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn uring() {
+                    super::$name("uring", Kind::Single).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn epoll() {
+                    super::$name("epoll", Kind::Single).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn uring_redis_cluster() {
+                    super::$name("uring", Kind::Sharded).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn epoll_redis_cluster() {
+                    super::$name("epoll", Kind::Sharded).await
+                }
+            }
+        )*
+    };
+}
+
 /// A running server process.
 pub struct Server {
     child: Child,

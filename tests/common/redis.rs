@@ -1,4 +1,5 @@
-//! A Redis server of the test's own, on a free port, and ringcast nodes clustered over it.
+//! A Redis of the test's own (one server, or a three-master Redis Cluster) on free ports,
+//! and ringcast nodes clustered over it.
 //!
 //! `redis-server` must be on the PATH (`.ci/run` installs Debian's `redis-server`); without
 //! it the test says so loudly and skips — unless `RINGCAST_REQUIRE_ALL_TESTS=1`, where it
@@ -10,15 +11,34 @@ use std::time::{Duration, Instant};
 
 use super::{deps, Server, WAIT};
 
-/// A running `redis-server`, stopped when dropped.
+/// How the test's Redis runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// One server.
+    Single,
+    /// A Redis Cluster of three masters (no replicas): nodes use `--redis-cluster`.
+    Sharded,
+}
+
+/// The test's Redis (one server, or the masters of a Redis Cluster), stopped when
+/// dropped.
 pub struct Redis {
-    child: Child,
-    pub port: u16,
+    children: Vec<Child>,
+    pub ports: Vec<u16>,
+    pub kind: Kind,
+    /// Where the Cluster's node files go; removed when dropped.
+    dir: std::path::PathBuf,
 }
 
 impl Redis {
-    /// Starts one, or `None` (skipped loudly) if `redis-server` is not installed.
+    /// Starts one server, or `None` (skipped loudly) if `redis-server` is not installed.
     pub fn start() -> Option<Redis> {
+        Self::start_kind(Kind::Single)
+    }
+
+    /// Starts a Redis of `kind`, or `None` (skipped loudly) if `redis-server` (and, for a
+    /// Cluster, `redis-cli`) is not installed.
+    pub fn start_kind(kind: Kind) -> Option<Redis> {
         if Command::new("redis-server")
             .arg("--version")
             .output()
@@ -26,42 +46,138 @@ impl Redis {
         {
             deps::unavailable("redis-server (Debian package redis-server), for the cluster tests")?;
         }
-        for _ in 0..5 {
+        if kind == Kind::Sharded && Command::new("redis-cli").arg("--version").output().is_err() {
+            deps::unavailable(
+                "redis-cli (Debian package redis-tools), for the Redis Cluster tests",
+            )?;
+        }
+        let dir = std::env::temp_dir().join(format!(
+            "ringcast-redis-{}-{:x}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let count = match kind {
+            Kind::Single => 1,
+            Kind::Sharded => 3,
+        };
+        let mut redis = Redis {
+            children: Vec::new(),
+            ports: Vec::new(),
+            kind,
+            dir,
+        };
+        while redis.children.len() < count {
             let port = free_port();
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            // A Cluster node also listens on port + 10000 (the cluster bus).
+            if kind == Kind::Sharded
+                && (port > 55_000 || TcpListener::bind(("127.0.0.1", port + 10_000)).is_err())
+            {
+                continue;
+            }
+            let mut cmd = Command::new("redis-server");
+            cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                 .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+                .current_dir(&redis.dir)
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn redis-server");
-            let mut redis = Redis { child, port };
-            if redis.wait_ready() {
-                return Some(redis);
+                .stderr(Stdio::null());
+            if kind == Kind::Sharded {
+                cmd.args(["--cluster-enabled", "yes"])
+                    .args(["--cluster-config-file", &format!("nodes-{port}.conf")]);
+            }
+            let child = cmd.spawn().expect("spawn redis-server");
+            redis.children.push(child);
+            redis.ports.push(port);
+            if !redis.wait_ready(redis.children.len() - 1) {
+                let mut child = redis.children.pop().unwrap();
+                redis.ports.pop();
+                let _ = child.kill();
+                let _ = child.wait();
             }
         }
-        panic!("redis-server did not start");
+        if kind == Kind::Sharded {
+            redis.create_cluster();
+        }
+        Some(redis)
     }
 
+    /// Joins the servers into one Cluster (the slots spread over the three) and waits
+    /// until every node says it is ready.
+    fn create_cluster(&self) {
+        let addrs: Vec<String> = self
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let deadline = Instant::now() + WAIT;
+        for port in &self.ports {
+            loop {
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query(&mut self.client_at(*port))
+                    .unwrap();
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the Redis Cluster did not form: {info}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// What `--redis-url` is given: the server, or every master as a seed.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
-    /// A connection for the test's own checks.
+    /// The flags that put a node on this Redis.
+    pub fn node_args(&self) -> Vec<String> {
+        let mut args = vec!["--redis-url".to_string(), self.url()];
+        if self.kind == Kind::Sharded {
+            args.push("--redis-cluster".into());
+        }
+        args
+    }
+
+    /// A connection to the (first) server, for the test's own checks.
     pub fn client(&self) -> redis::Connection {
-        redis::Client::open(self.url())
+        self.client_at(self.ports[0])
+    }
+
+    fn client_at(&self, port: u16) -> redis::Connection {
+        redis::Client::open(format!("redis://127.0.0.1:{port}"))
             .unwrap()
             .get_connection()
             .unwrap()
     }
 
-    fn wait_ready(&mut self) -> bool {
+    fn wait_ready(&mut self, i: usize) -> bool {
         let deadline = Instant::now() + WAIT;
+        let url = format!("redis://127.0.0.1:{}", self.ports[i]);
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
+            if let Ok(Some(_)) = self.children[i].try_wait() {
                 return false;
             }
-            if let Ok(mut c) = redis::Client::open(self.url()).and_then(|c| c.get_connection()) {
+            if let Ok(mut c) = redis::Client::open(url.as_str()).and_then(|c| c.get_connection()) {
                 if redis::cmd("PING").query::<String>(&mut c).is_ok() {
                     return true;
                 }
@@ -71,33 +187,79 @@ impl Redis {
         false
     }
 
-    /// Sends a signal to the server (SIGSTOP to make it unreachable, SIGCONT to bring it
-    /// back).
+    /// Sends a signal to every server (SIGSTOP to make Redis unreachable, SIGCONT to bring
+    /// it back).
     pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on a child process id this handle owns.
-        unsafe { libc::kill(self.child.id() as i32, sig) };
+        for child in &self.children {
+            // SAFETY: kill(2) on a child process id this handle owns.
+            unsafe { libc::kill(child.id() as i32, sig) };
+        }
     }
 
-    /// How many times Redis ran `command` (from `INFO commandstats`).
+    /// How many times Redis ran `command`, over every server (`INFO commandstats`).
     pub fn calls(&self, command: &str) -> u64 {
-        let info: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query(&mut self.client())
-            .unwrap();
         let prefix = format!("cmdstat_{command}:calls=");
-        info.lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .and_then(|rest| rest.split(',').next())
-            .map_or(0, |n| n.parse().unwrap())
+        self.ports
+            .iter()
+            .map(|p| {
+                let info: String = redis::cmd("INFO")
+                    .arg("commandstats")
+                    .query(&mut self.client_at(*p))
+                    .unwrap();
+                info.lines()
+                    .find_map(|l| l.strip_prefix(&prefix))
+                    .and_then(|rest| rest.split(',').next())
+                    .map_or(0, |n| n.parse().unwrap())
+            })
+            .sum()
+    }
+
+    /// The publish command nodes use on this Redis.
+    pub fn publish_command(&self) -> &'static str {
+        match self.kind {
+            Kind::Single => "publish",
+            Kind::Sharded => "spublish",
+        }
+    }
+
+    /// Subscribers of pub/sub channel `channel` (sharded ones on a Cluster), over every
+    /// server.
+    pub fn subscribers(&self, channel: &str) -> i64 {
+        let sub = match self.kind {
+            Kind::Single => "NUMSUB",
+            Kind::Sharded => "SHARDNUMSUB",
+        };
+        self.ports
+            .iter()
+            .map(|p| {
+                let (_, n): (String, i64) = redis::cmd("PUBSUB")
+                    .arg(sub)
+                    .arg(channel)
+                    .query(&mut self.client_at(*p))
+                    .unwrap();
+                n
+            })
+            .sum()
     }
 }
 
 impl Drop for Redis {
     fn drop(&mut self) {
         self.signal(libc::SIGCONT);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A number unlikely to repeat between tests of one process.
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    h.finish()
 }
 
 fn free_port() -> u16 {
@@ -110,8 +272,9 @@ fn free_port() -> u16 {
 
 /// Starts a node of the cluster on `redis`, and waits until it has reached Redis.
 pub async fn node(redis: &Redis, backend: &'static str, node_id: &str, args: &[&str]) -> Server {
-    let url = redis.url();
-    let mut all = vec!["--redis-url", &url, "--node-id", node_id];
+    let store = redis.node_args();
+    let mut all: Vec<&str> = store.iter().map(String::as_str).collect();
+    all.extend_from_slice(&["--node-id", node_id]);
     all.extend_from_slice(args);
     let server = Server::start(backend, &all);
     server.wait_for_log("clustering on").await;

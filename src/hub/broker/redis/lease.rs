@@ -14,9 +14,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::{RedisResult, Value};
 
+use super::conn::Conn;
 use super::keys::{Held, Keys};
 use super::wire::{self, UserKind, UserMessage};
 use super::{scripts, BrokerStatus};
@@ -35,7 +35,7 @@ pub(super) struct Beat {
 
 /// Renews `session`'s lease (or, with `register`, takes one even if it had none).
 pub(super) async fn heartbeat(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     session: &str,
     lease: Duration,
@@ -73,6 +73,8 @@ pub(super) struct Reaper {
     pub status: Arc<BrokerStatus>,
     /// How long a claim on a dead session lasts.
     pub lease: Duration,
+    /// `PUBLISH`, or `SPUBLISH` on a Redis Cluster.
+    pub publish: &'static str,
 }
 
 /// What clearing one session removed.
@@ -89,7 +91,7 @@ impl Reaper {
     /// lease expires and another node clears it again, finding what is left, if anything).
     pub async fn reap(
         &self,
-        mut conn: ConnectionManager,
+        mut conn: Conn,
         me: &str,
         dead: &str,
         forget: bool,
@@ -124,22 +126,31 @@ impl Reaper {
                 }
             }
         }
-        let mut done = redis::pipe();
+        // One command each: the keys are in different slots of a Redis Cluster.
         if forget {
-            done.cmd("DEL").arg(self.keys.held(dead)).ignore();
-            done.cmd("ZREM").arg(self.keys.nodes()).arg(dead).ignore();
+            redis::cmd("DEL")
+                .arg(self.keys.held(dead))
+                .query_async::<()>(&mut conn)
+                .await?;
+            redis::cmd("ZREM")
+                .arg(self.keys.nodes())
+                .arg(dead)
+                .query_async::<()>(&mut conn)
+                .await?;
             self.status
                 .reaped
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        done.cmd("DEL").arg(self.keys.reaper(dead)).ignore();
-        done.query_async::<()>(&mut conn).await?;
+        redis::cmd("DEL")
+            .arg(self.keys.reaper(dead))
+            .query_async::<()>(&mut conn)
+            .await?;
         Ok(Some(reaped))
     }
 
     async fn channel(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut Conn,
         dead: &str,
         app_id: &str,
         name: &str,
@@ -160,7 +171,7 @@ impl Reaper {
             .key(&k.left)
             .arg(dead)
             .arg(name)
-            .arg("PUBLISH")
+            .arg(self.publish)
             .arg(&**token)
             .invoke_async(conn)
             .await?;
@@ -212,7 +223,7 @@ impl Reaper {
 
     async fn user(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut Conn,
         dead: &str,
         app_id: &str,
         user: &str,
@@ -234,7 +245,7 @@ impl Reaper {
             user: user.to_string(),
             kind: UserKind::Offline,
         };
-        redis::cmd("PUBLISH")
+        redis::cmd(self.publish)
             .arg(self.keys.control())
             .arg(wire::user_message(&msg).as_ref())
             .query_async::<()>(conn)

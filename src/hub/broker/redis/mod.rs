@@ -14,6 +14,7 @@
 //! ([`Mirror`]): when Redis cannot be reached, requests are answered from it, as if this node
 //! were alone, and when Redis is back the node registers everything it has again.
 
+mod conn;
 mod keys;
 mod lease;
 mod node;
@@ -36,6 +37,7 @@ use crate::hub::Router;
 pub use crate::metrics::BrokerStats as BrokerStatus;
 use crate::webhooks::Webhooks;
 
+pub use conn::Target;
 pub use keys::Keys;
 
 /// Requests one node's workers may have queued for its broker thread.
@@ -44,8 +46,8 @@ const QUEUE: usize = 64 * 1024;
 /// How a node joins the cluster.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    /// `redis://…` or `rediss://…`.
-    pub url: String,
+    /// The Redis server or Cluster.
+    pub target: Target,
     /// Prefix of every key and pub/sub channel.
     pub prefix: String,
     /// This node's id.

@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisResult, Value};
 
+use super::conn::{self, Conn, Subscriber, Target};
 use super::keys::{Held, Keys};
 use super::lease::{self, Beat, Reaped, Reaper};
 use super::wire::{self, Origin, UserKind, UserMessage};
@@ -122,6 +123,7 @@ impl Node {
                 webhooks: webhooks.clone(),
                 status: status.clone(),
                 lease: settings.node_timeout,
+                publish: settings.target.publish(),
             },
             webhooks,
             decisions: 0,
@@ -150,26 +152,32 @@ impl Node {
     }
 
     async fn serve(mut self, mut rx: tokio::sync::mpsc::Receiver<Command>) {
-        let client = match redis::Client::open(self.settings.url.as_str()) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(error = %e, "invalid --redis-url: the node runs alone");
-                return;
+        let conn = match &self.settings.target {
+            Target::Single(url) => {
+                let client = match redis::Client::open(url.as_str()) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::error!(error = %e, "invalid --redis-url: the node runs alone");
+                        return;
+                    }
+                };
+                let config = ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(COMMAND_TIMEOUT))
+                    .set_connection_timeout(Some(COMMAND_TIMEOUT))
+                    .set_number_of_retries(1)
+                    .set_max_delay(RECONNECT_MAX);
+                match ConnectionManager::new_lazy_with_config(client, config) {
+                    Ok(c) => Conn::Single(c),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot set up the Redis connection: the node runs alone");
+                        return;
+                    }
+                }
             }
+            // Connected at the first successful `connect`.
+            Target::Cluster(_) => Conn::Cluster(Default::default()),
         };
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(COMMAND_TIMEOUT))
-            .set_connection_timeout(Some(COMMAND_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(RECONNECT_MAX);
-        let conn = match ConnectionManager::new_lazy_with_config(client.clone(), config) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot set up the Redis connection: the node runs alone");
-                return;
-            }
-        };
-        let mut pubsub: Option<(PubSubSink, PubSubStream)> = None;
+        let mut pubsub: Option<Subscriber> = None;
         let mut in_flight: FuturesOrdered<InFlight> = FuturesOrdered::new();
         let mut retry_in = RECONNECT_MIN;
         let mut retry_at = Instant::now();
@@ -256,7 +264,7 @@ impl Node {
                     }
                 }
                 msg = next_message(&mut pubsub) => match msg {
-                    Some(msg) => self.on_message(&msg),
+                    Some((channel, payload)) => self.on_message(&channel, &payload),
                     None => {
                         pubsub = None;
                         self.lost();
@@ -275,7 +283,7 @@ impl Node {
                         }
                     }
                     if pubsub.is_none() && Instant::now() >= retry_at {
-                        match self.connect(&client, &conn).await {
+                        match self.connect(&conn).await {
                             Ok(p) => {
                                 pubsub = Some(p);
                                 retry_in = RECONNECT_MIN;
@@ -313,8 +321,8 @@ impl Node {
                 }
             }
             match pubsub.as_mut() {
-                Some((sink, _)) => {
-                    if let Err(e) = self.flush_interest(sink).await {
+                Some(sub) => {
+                    if let Err(e) = self.flush_interest(sub).await {
                         tracing::warn!(error = %e, "Redis pub/sub failed: reconnecting");
                         pubsub = None;
                         self.lost();
@@ -329,19 +337,25 @@ impl Node {
 
     /// Connects the pub/sub connection, subscribes the control channel and every channel
     /// this node wants, and registers the node's state again.
-    async fn connect(
-        &mut self,
-        client: &redis::Client,
-        conn: &ConnectionManager,
-    ) -> RedisResult<(PubSubSink, PubSubStream)> {
-        let pubsub = tokio::time::timeout(COMMAND_TIMEOUT, client.get_async_pubsub())
-            .await
-            .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "connect timed out")))??;
-        let (mut sink, stream) = pubsub.split();
-        sink.subscribe(self.keys.control()).await?;
+    async fn connect(&mut self, conn: &Conn) -> RedisResult<Subscriber> {
+        if let (Conn::Cluster(cell), Target::Cluster(seeds)) = (conn, &self.settings.target) {
+            if cell.get().is_none() {
+                let c = tokio::time::timeout(
+                    COMMAND_TIMEOUT,
+                    conn::cluster(seeds, COMMAND_TIMEOUT, None),
+                )
+                .await
+                .map_err(|_| {
+                    redis::RedisError::from((redis::ErrorKind::Io, "connect timed out"))
+                })??;
+                let _ = cell.set(c);
+            }
+        }
+        let mut sub = Subscriber::connect(&self.settings.target, COMMAND_TIMEOUT).await?;
+        sub.subscribe(&[&self.keys.control()]).await?;
         self.subscribed.clear();
         let wanted: Vec<ChannelKey> = self.wanted.keys().cloned().collect();
-        self.subscribe(&mut sink, wanted).await?;
+        self.subscribe(&mut sub, wanted).await?;
         // The lease: kept if still valid; otherwise (cut off for longer than the node
         // timeout, or Redis lost its data) what the session held is, or will be, cleared by
         // another node, so the node registers under a new session and clears the old one.
@@ -390,7 +404,7 @@ impl Node {
         } else {
             tracing::info!(node = %self.settings.node_id, session = %self.session, "Redis reachable again: state registered anew");
         }
-        Ok((sink, stream))
+        Ok(sub)
     }
 
     /// Redis went away: answers come from this node's own view until it is back.
@@ -407,8 +421,9 @@ impl Node {
     /// again, after (re)connecting; everything is idempotent. With `announce` (the session
     /// is new: others may have heard these members leave, or never heard them join), the
     /// members and occupancy this changes are announced and their webhooks sent.
-    async fn resync(&mut self, mut conn: ConnectionManager, announce: bool) -> RedisResult<()> {
+    async fn resync(&mut self, mut conn: Conn, announce: bool) -> RedisResult<()> {
         let node = self.session.clone();
+        let publish = self.settings.target.publish();
         let held_key = self.keys.held(&node);
         let mut held = HashSet::new();
         for (key, _) in self.router.channels() {
@@ -495,7 +510,7 @@ impl Node {
                 .arg(entry)
                 .arg(usize::MAX)
                 .arg(payload.as_ref())
-                .arg("PUBLISH")
+                .arg(publish)
                 .invoke_async::<Vec<Value>>(&mut conn)
                 .await?;
             if announce && matches!(joined.first(), Some(Value::Int(1))) {
@@ -528,14 +543,10 @@ impl Node {
     }
 
     /// Starts one request.
-    fn start(
-        &mut self,
-        cmd: Command,
-        conn: &ConnectionManager,
-        in_flight: &mut FuturesOrdered<InFlight>,
-    ) {
+    fn start(&mut self, cmd: Command, conn: &Conn, in_flight: &mut FuturesOrdered<InFlight>) {
         self.status.commands.fetch_add(1, Ordering::Relaxed);
         let node = self.session.clone();
+        let publish = self.settings.target.publish();
         match cmd {
             Command::Interest {
                 worker,
@@ -553,23 +564,22 @@ impl Node {
         match cmd {
             Command::Interest { .. } => unreachable!("handled above"),
             Command::Publish { events, done } => {
-                let mut pipe = redis::pipe();
-                let mut n = 0;
-                for (channel, payload) in events {
-                    let Some(app_id) = self.app_id(channel.app) else {
-                        continue;
-                    };
-                    pipe.cmd("PUBLISH")
-                        .arg(self.keys.events(&app_id, &channel.name))
-                        .arg(payload.as_ref())
-                        .ignore();
-                    n += 1;
-                }
-                self.status.published.fetch_add(n, Ordering::Relaxed);
+                let named: Vec<(String, Bytes)> = events
+                    .into_iter()
+                    .filter_map(|(channel, payload)| {
+                        let app_id = self.app_id(channel.app)?;
+                        Some((self.keys.events(&app_id, &channel.name), payload))
+                    })
+                    .collect();
+                self.status
+                    .published
+                    .fetch_add(named.len() as u64, Ordering::Relaxed);
                 let status = self.status.clone();
                 in_flight.push_back(Box::pin(async move {
                     let started = Instant::now();
-                    let res = pipe.query_async::<()>(&mut conn).await.map_err(unavailable);
+                    let res = conn::publish_all(&mut conn, publish, named)
+                        .await
+                        .map_err(unavailable);
                     if res.is_ok() {
                         status.round_trip(started);
                     }
@@ -593,7 +603,7 @@ impl Node {
                 };
                 let control = self.keys.control();
                 in_flight.push_back(Box::pin(async move {
-                    let res = redis::cmd("PUBLISH")
+                    let res = redis::cmd(publish)
                         .arg(control)
                         .arg(payload.as_ref())
                         .query_async::<i64>(&mut conn)
@@ -686,7 +696,7 @@ impl Node {
                         .arg(entry)
                         .arg(req.max_members)
                         .arg(payload.as_ref())
-                        .arg("PUBLISH")
+                        .arg(publish)
                         .invoke_async(&mut conn)
                         .await;
                     let joined = match res.map(parse_joined) {
@@ -728,7 +738,7 @@ impl Node {
                         .arg(&*req.user)
                         .arg(entry)
                         .arg(payload.as_ref())
-                        .arg("PUBLISH")
+                        .arg(publish)
                         .arg(&*token)
                         .invoke_async(&mut conn)
                         .await;
@@ -909,12 +919,7 @@ impl Node {
     }
 
     /// A question of the HTTP API.
-    fn query(
-        &self,
-        q: Query,
-        mut conn: ConnectionManager,
-        in_flight: &mut FuturesOrdered<InFlight>,
-    ) {
+    fn query(&self, q: Query, mut conn: Conn, in_flight: &mut FuturesOrdered<InFlight>) {
         match q {
             Query::Channel(key, tx) => {
                 let Some(app_id) = self.app_id(key.app) else {
@@ -1036,7 +1041,7 @@ impl Node {
         worker: usize,
         channel: ChannelKey,
         interested: bool,
-        conn: &ConnectionManager,
+        conn: &Conn,
         in_flight: &mut FuturesOrdered<InFlight>,
     ) {
         if interested {
@@ -1064,7 +1069,7 @@ impl Node {
 
     /// Subscribes and unsubscribes what the workers' declarations changed, and answers the
     /// workers waiting for a subscription.
-    async fn flush_interest(&mut self, sink: &mut PubSubSink) -> RedisResult<()> {
+    async fn flush_interest(&mut self, sink: &mut Subscriber) -> RedisResult<()> {
         let add: Vec<ChannelKey> = self
             .waiting
             .keys()
@@ -1079,7 +1084,8 @@ impl Node {
             .map(|(name, _)| name.clone())
             .collect();
         for chunk in remove.chunks(SUBSCRIBE_BATCH) {
-            sink.unsubscribe(chunk).await?;
+            let names: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            sink.unsubscribe(&names).await?;
             for name in chunk {
                 self.subscribed.remove(name);
             }
@@ -1094,7 +1100,7 @@ impl Node {
     /// Subscribes `channels`' pub/sub channels, in batches.
     async fn subscribe(
         &mut self,
-        sink: &mut PubSubSink,
+        sink: &mut Subscriber,
         channels: Vec<ChannelKey>,
     ) -> RedisResult<()> {
         let named: Vec<(String, ChannelKey)> = channels
@@ -1126,15 +1132,14 @@ impl Node {
     }
 
     /// An event or user message from Redis.
-    fn on_message(&self, msg: &redis::Msg) {
-        let name = msg.get_channel_name();
+    fn on_message(&self, name: &str, payload: &[u8]) {
         if name == self.keys.control() {
-            return self.on_user_message(msg.get_payload_bytes());
+            return self.on_user_message(payload);
         }
         let Some(channel) = self.subscribed.get(name) else {
             return;
         };
-        let Some(event) = wire::parse_event(msg.get_payload_bytes()) else {
+        let Some(event) = wire::parse_event(payload) else {
             tracing::debug!(channel = name, "unreadable event from Redis ignored");
             return;
         };
@@ -1239,12 +1244,7 @@ impl Node {
 
     /// Records that the session registers something in `held` (before it does: requests
     /// run in order), so that it can be cleared if this node dies.
-    fn note_held(
-        &mut self,
-        held: Held,
-        conn: &ConnectionManager,
-        in_flight: &mut FuturesOrdered<InFlight>,
-    ) {
+    fn note_held(&mut self, held: Held, conn: &Conn, in_flight: &mut FuturesOrdered<InFlight>) {
         self.stale.remove(&held);
         if self.held.contains(&held) {
             return;
@@ -1264,7 +1264,7 @@ impl Node {
     }
 
     /// Removes from the `held` set what the node has not held for a whole sweep period.
-    fn sweep_held(&mut self, conn: &ConnectionManager, in_flight: &mut FuturesOrdered<InFlight>) {
+    fn sweep_held(&mut self, conn: &Conn, in_flight: &mut FuturesOrdered<InFlight>) {
         let mut now = HashSet::new();
         for key in self.wanted.keys() {
             if let Some(app_id) = self.app_id(key.app) {
@@ -1299,12 +1299,7 @@ impl Node {
     }
 
     /// Starts clearing dead session `dead`, unless it is already being cleared here.
-    fn reap(
-        &mut self,
-        dead: String,
-        conn: &ConnectionManager,
-        upkeep: &FuturesUnordered<Background>,
-    ) {
+    fn reap(&mut self, dead: String, conn: &Conn, upkeep: &FuturesUnordered<Background>) {
         if dead == self.session || !self.reaping.insert(dead.clone()) {
             return;
         }
@@ -1341,9 +1336,9 @@ fn announce(
     );
 }
 
-async fn next_message(pubsub: &mut Option<(PubSubSink, PubSubStream)>) -> Option<redis::Msg> {
+async fn next_message(pubsub: &mut Option<Subscriber>) -> Option<(String, Vec<u8>)> {
     match pubsub {
-        Some((_, stream)) => stream.next().await,
+        Some(sub) => sub.next().await,
         None => std::future::pending().await,
     }
 }
@@ -1385,11 +1380,7 @@ fn pairs(v: Vec<Value>) -> Option<Vec<Member>> {
         .collect()
 }
 
-async fn members(
-    conn: &mut ConnectionManager,
-    members: &str,
-    order: &str,
-) -> RedisResult<Vec<Member>> {
+async fn members(conn: &mut Conn, members: &str, order: &str) -> RedisResult<Vec<Member>> {
     let v: Vec<Value> = scripts::MEMBERS
         .key(members)
         .key(order)
