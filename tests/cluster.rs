@@ -17,6 +17,7 @@ on_backends_and_redis!(
     the_api_answers_for_the_whole_cluster,
     cache_channels_replay_on_any_node,
     client_events_and_users_cross_nodes,
+    concurrent_joins_on_different_nodes_are_seen_in_one_order,
 );
 
 /// Redis and three nodes, or `None` when Redis is not installed (skipped loudly).
@@ -267,4 +268,124 @@ async fn client_events_and_users_cross_nodes(backend: &'static str, kind: Kind) 
     .await;
     assert_eq!(status, 200);
     assert_eq!(common::close_code(&ann.closed().await), 4009);
+}
+
+/// Member events about `channel` a client receives until it has been quiet for a while:
+/// `(event, user)` in arrival order.
+async fn member_events(c: &mut Client, quiet: Duration) -> Vec<(String, String)> {
+    let mut seen = Vec::new();
+    while let Some(m) = c.try_recv(quiet).await {
+        let event = m["event"].as_str().unwrap_or_default();
+        if let Some(kind) = event.strip_prefix("pusher_internal:member_") {
+            let data: Value = serde_json::from_str(m["data"].as_str().unwrap()).unwrap();
+            seen.push((
+                kind.to_string(),
+                data["user_id"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    seen
+}
+
+async fn concurrent_joins_on_different_nodes_are_seen_in_one_order(
+    backend: &'static str,
+    kind: Kind,
+) {
+    let Some((_redis, nodes)) = cluster(backend, kind).await else {
+        return;
+    };
+    let channel = "presence-crowd";
+    let mut observers = Vec::new();
+    for (i, n) in [&nodes[0], &nodes[2]].into_iter().enumerate() {
+        let mut o = Client::connect(n).await;
+        o.send_presence_subscribe(channel, &json!({"user_id": format!("observer-{i}")}))
+            .await;
+        assert_eq!(
+            o.recv().await["event"],
+            "pusher_internal:subscription_succeeded"
+        );
+        observers.push(o);
+    }
+    let _ = member_events(&mut observers[0], Duration::from_millis(300)).await;
+    // Twenty users join, leave and join again at once, each time through node a or b;
+    // users 0-4 also have a second tab open on the other node throughout.
+    let urls: Vec<String> = nodes[..2]
+        .iter()
+        .map(|n| n.ws_url(common::APP_KEY))
+        .collect();
+    let mut tasks = Vec::new();
+    for u in 0..20usize {
+        let urls = urls.clone();
+        tasks.push(tokio::spawn(async move {
+            let user = format!("user-{u}");
+            let join = |url: String| {
+                let user = user.clone();
+                async move {
+                    let mut c = Client::connect_url(&url).await;
+                    c.send_presence_subscribe(channel, &json!({ "user_id": user }))
+                        .await;
+                    loop {
+                        let m = c.recv().await;
+                        if m["event"] == "pusher_internal:subscription_succeeded" {
+                            break;
+                        }
+                    }
+                    c
+                }
+            };
+            let tab = match u < 5 {
+                true => Some(join(urls[(u + 1) % 2].clone()).await),
+                false => None,
+            };
+            let first = join(urls[u % 2].clone()).await;
+            drop(first);
+            let again = join(urls[(u + 1) % 2].clone()).await;
+            (again, tab)
+        }));
+    }
+    let mut kept = Vec::new();
+    for t in tasks {
+        kept.push(t.await.unwrap());
+    }
+    let quiet = Duration::from_millis(1500);
+    let seen_a = member_events(&mut observers[0], quiet).await;
+    let seen_c = member_events(&mut observers[1], quiet).await;
+    // Every observer, on every node, hears the same decisions in the same order (the
+    // other observer's own join aside: observer 1 joined after observer 0).
+    let without_observers = |v: &[(String, String)]| -> Vec<(String, String)> {
+        v.iter()
+            .filter(|(_, u)| !u.starts_with("observer"))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(without_observers(&seen_a), without_observers(&seen_c));
+    // For each user the events alternate, starting with added, and end with the user in.
+    for u in 0..20 {
+        let user = format!("user-{u}");
+        let kinds: Vec<&str> = seen_a
+            .iter()
+            .filter(|(_, who)| *who == user)
+            .map(|(k, _)| k.as_str())
+            .collect();
+        assert!(!kinds.is_empty(), "{user}: nothing seen");
+        for (i, k) in kinds.iter().enumerate() {
+            let want = if i % 2 == 0 { "added" } else { "removed" };
+            assert_eq!(*k, want, "{user}: {kinds:?}");
+        }
+        assert_eq!(kinds.len() % 2, 1, "{user} ends as a member: {kinds:?}");
+        if u < 5 {
+            assert_eq!(kinds, ["added"], "{user} had a tab open throughout");
+        }
+    }
+    let (status, body) = api(
+        &nodes[2],
+        "GET",
+        &format!("/apps/{APP_ID}/channels/{channel}/users"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["users"].as_array().unwrap().len(), 22, "{body}");
+    drop(kept);
 }
