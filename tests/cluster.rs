@@ -18,6 +18,7 @@ on_backends_and_redis!(
     cache_channels_replay_on_any_node,
     client_events_and_users_cross_nodes,
     concurrent_joins_on_different_nodes_are_seen_in_one_order,
+    a_subscribe_storm_declares_interest_in_batches,
 );
 
 /// Redis and three nodes, or `None` when Redis is not installed (skipped loudly).
@@ -388,4 +389,62 @@ async fn concurrent_joins_on_different_nodes_are_seen_in_one_order(
     assert_eq!(status, 200);
     assert_eq!(body["users"].as_array().unwrap().len(), 22, "{body}");
     drop(kept);
+}
+
+async fn a_subscribe_storm_declares_interest_in_batches(backend: &'static str, kind: Kind) {
+    let Some((redis, nodes)) = cluster(backend, kind).await else {
+        return;
+    };
+    let subscribe = match kind {
+        Kind::Single => "subscribe",
+        Kind::Sharded => "ssubscribe",
+    };
+    let before = redis.calls(subscribe);
+    // 50 connections ask for 20 channels each, all at once, without waiting for answers.
+    let mut clients = Vec::new();
+    for _ in 0..50 {
+        clients.push(Client::connect(&nodes[0]).await);
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        for j in 0..20 {
+            let channel = format!("storm-{}", i * 20 + j);
+            c.send(json!({"event": "pusher:subscribe", "data": {"channel": channel}}))
+                .await;
+        }
+    }
+    for c in &mut clients {
+        for _ in 0..20 {
+            assert_eq!(
+                c.recv().await["event"],
+                "pusher_internal:subscription_succeeded"
+            );
+        }
+    }
+    let calls = redis.calls(subscribe) - before;
+    let declared = nodes[0]
+        .metric_value("ringcast_broker_interest_changes_total")
+        .await;
+    assert!(declared >= 1000, "{declared} channels declared");
+    match kind {
+        // One SUBSCRIBE carries up to 512 channels.
+        Kind::Single => assert!(calls < 100, "{calls} SUBSCRIBE commands for 1000 channels"),
+        // At most one SSUBSCRIBE per slot the channels fall in (a sharded subscription
+        // cannot span slots), sent together.
+        Kind::Sharded => {
+            let slots: std::collections::HashSet<_> = (0..1000)
+                .map(|i| {
+                    let key = format!("ringcast:{{{APP_ID}/storm-{i}}}:ev");
+                    redis::cluster_routing::Slot::for_key(key)
+                })
+                .collect();
+            assert!(
+                calls <= slots.len() as u64,
+                "{calls} SSUBSCRIBE commands for {} slots",
+                slots.len()
+            );
+        }
+    }
+    // Every channel is live: an event through another node reaches its subscriber.
+    publish(&nodes[1], &["storm-999"], "e", "{}").await;
+    assert_eq!(clients[49].recv().await["event"], "e");
 }
