@@ -1,11 +1,14 @@
 //! The Pusher protocol over real sockets: connecting, liveness, subscribing, and every kind
-//! of bad input getting its documented answer — on both IO backends.
+//! of bad input getting its documented answer — on both IO backends. The scenarios where
+//! another node matters also run across a cluster of two nodes over one Redis: the client
+//! on node a, the HTTP API called on node b.
 
 mod common;
 
 use std::time::Duration;
 
 use common::raw::RawWs;
+use common::redis::{node, Redis};
 use common::{close_code, publish, wait_closed, Client, Closed, Server, APP_KEY};
 use serde_json::{json, Value};
 
@@ -123,12 +126,37 @@ async fn websocket_ping_gets_pong(backend: &'static str) {
     }
 }
 
+on_both_backends!(
+    subscriber_receives_events_published_on_another_node,
+    unsubscribe_on_one_node_stops_delivery_of_events_published_on_another,
+);
+
+/// Redis and two clustered nodes, or `None` when Redis is not installed (skipped loudly).
+async fn two_nodes(backend: &'static str) -> Option<(Redis, Server, Server)> {
+    let redis = Redis::start()?;
+    let a = node(&redis, backend, "a", &[]).await;
+    let b = node(&redis, backend, "b", &[]).await;
+    Some((redis, a, b))
+}
+
 async fn subscriber_receives_published_events(backend: &'static str) {
     let server = Server::start(backend, &[]);
-    let mut c = Client::connect(&server).await;
+    receives_published_events(&server, &server).await;
+}
+
+async fn subscriber_receives_events_published_on_another_node(backend: &'static str) {
+    let Some((_redis, a, b)) = two_nodes(backend).await else {
+        return;
+    };
+    receives_published_events(&a, &b).await;
+}
+
+/// A subscriber on `client_node` receives, byte for byte, what the API of `api_node` publishes.
+async fn receives_published_events(client_node: &Server, api_node: &Server) {
+    let mut c = Client::connect(client_node).await;
     c.subscribe("orders").await;
     publish(
-        &server,
+        api_node,
         &["orders"],
         "App\\Events\\OrderShipped",
         r#"{"id":7,"note":"é \"quoted\""}"#,
@@ -142,7 +170,22 @@ async fn subscriber_receives_published_events(backend: &'static str) {
 
 async fn unsubscribe_stops_delivery(backend: &'static str) {
     let server = Server::start(backend, &[]);
-    let mut c = Client::connect(&server).await;
+    unsubscribed_gets_nothing(&server, &server).await;
+}
+
+async fn unsubscribe_on_one_node_stops_delivery_of_events_published_on_another(
+    backend: &'static str,
+) {
+    let Some((_redis, a, b)) = two_nodes(backend).await else {
+        return;
+    };
+    unsubscribed_gets_nothing(&a, &b).await;
+}
+
+/// A client on `client_node` unsubscribed from a channel receives nothing more of it from
+/// the API of `api_node`, and still receives its other channel's events.
+async fn unsubscribed_gets_nothing(client_node: &Server, api_node: &Server) {
+    let mut c = Client::connect(client_node).await;
     c.subscribe("a").await;
     c.subscribe("b").await;
     c.send(json!({"event": "pusher:unsubscribe", "data": {"channel": "a"}}))
@@ -150,8 +193,8 @@ async fn unsubscribe_stops_delivery(backend: &'static str) {
     // A ping round trip orders the unsubscribe before the publish.
     c.send(json!({"event": "pusher:ping", "data": {}})).await;
     assert_eq!(c.recv().await["event"], "pusher:pong");
-    publish(&server, &["a"], "ev", "1").await;
-    publish(&server, &["b"], "ev", "2").await;
+    publish(api_node, &["a"], "ev", "1").await;
+    publish(api_node, &["b"], "ev", "2").await;
     let msg = c.recv().await;
     assert_eq!(msg["channel"], "b", "got {msg}");
     assert_eq!(c.try_recv(Duration::from_millis(200)).await, None);

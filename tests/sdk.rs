@@ -1,7 +1,9 @@
 //! Real third-party clients against ringcast: the official Python server SDK
 //! (pusher-http-python) publishes, queries, authorizes and validates webhooks; pusher-js 8
 //! (its Node build) subscribes, joins presence channels, sends client events and signs
-//! in — on both IO backends.
+//! in — on both IO backends, against one server and against a cluster of three nodes over
+//! one Redis, where the clients connect to nodes a and b and the SDK calls the HTTP API on
+//! node c (the same assertions hold: a cluster looks like one server).
 //!
 //! The steered clients are `tests/clients/client.cjs` (one pusher-js instance, commands on
 //! stdin) and `tests/clients/backend.py` (an app backend on the Python SDK: auth endpoints,
@@ -16,6 +18,7 @@ use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
+use common::redis::{node, Redis};
 use common::{deps, Server, WAIT};
 
 // pusher-http-python only accepts numeric app ids, so the demo app (`app-id`) cannot be used.
@@ -24,37 +27,117 @@ const APP_KEY: &str = "sdk-key";
 const APP_SECRET: &str = "sdk-secret-7f3a";
 use serde_json::{json, Value};
 
-on_both_backends!(python_sdk_events_reach_pusher_js);
+/// Each scenario on both IO backends, against one server (`name::uring`, `name::epoll`) and
+/// against three clustered nodes (`name::uring_cluster`, `name::epoll_cluster`).
+macro_rules! on_backends_one_server_and_cluster {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                use super::Topology::{Cluster, Single};
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn uring() {
+                    super::$name("uring", Single).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn epoll() {
+                    super::$name("epoll", Single).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn uring_cluster() {
+                    super::$name("uring", Cluster).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn epoll_cluster() {
+                    super::$name("epoll", Cluster).await
+                }
+            }
+        )*
+    };
+}
 
-async fn python_sdk_events_reach_pusher_js(backend: &'static str) {
-    let Some(node_path) = deps::node_modules() else {
+on_backends_one_server_and_cluster!(
+    python_sdk_events_reach_pusher_js,
+    pusher_js_private_channels_authorized_by_python_sdk,
+    pusher_js_presence_members_and_client_events,
+    pusher_js_signin_send_to_user_and_terminate,
+    python_sdk_http_api_and_validated_webhooks,
+);
+
+/// What the clients connect to.
+#[derive(Debug, Clone, Copy)]
+enum Topology {
+    /// One server.
+    Single,
+    /// Nodes a, b and c clustered over one Redis.
+    Cluster,
+}
+
+/// The servers under test: pusher-js clients connect to `a()` and `b()`, the Python SDK
+/// calls the HTTP API on `c()`. One server is all three; a cluster has three nodes.
+struct Nodes {
+    servers: Vec<Server>,
+    /// Stopped after the nodes (fields drop in order).
+    _redis: Option<Redis>,
+}
+
+impl Nodes {
+    /// Starts the servers, each with the SDK app and `extra` flags; `None` (skipped loudly)
+    /// when a cluster is asked for and Redis is not installed.
+    async fn start(backend: &'static str, topology: Topology, extra: &[&str]) -> Option<Nodes> {
+        let args = sdk_app_args(extra);
+        Some(match topology {
+            Topology::Single => Nodes {
+                servers: vec![Server::start(backend, &args)],
+                _redis: None,
+            },
+            Topology::Cluster => {
+                let redis = Redis::start()?;
+                let mut servers = Vec::new();
+                for id in ["a", "b", "c"] {
+                    servers.push(node(&redis, backend, id, &args).await);
+                }
+                Nodes {
+                    servers,
+                    _redis: Some(redis),
+                }
+            }
+        })
+    }
+
+    fn at(&self, i: usize) -> &Server {
+        &self.servers[i % self.servers.len()]
+    }
+
+    fn a(&self) -> &Server {
+        self.at(0)
+    }
+
+    fn b(&self) -> &Server {
+        self.at(1)
+    }
+
+    fn c(&self) -> &Server {
+        self.at(2)
+    }
+}
+
+/// pusher-js (listen.cjs, on node a) receives what the SDK's trigger.py publishes through
+/// node c, except the event that excludes its socket; the SDK's queries through c count it.
+async fn python_sdk_events_reach_pusher_js(backend: &'static str, topology: Topology) {
+    let Some(d) = Deps::find() else { return };
+    let Some(nodes) = Nodes::start(backend, topology, &[]).await else {
         return;
     };
-    let Some(python_path) = deps::python(&["pusher"], &["pusher==3.3.4"]) else {
-        return;
-    };
-    let clients = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("clients");
-    let server = Server::start(
-        backend,
-        &[
-            "--app-id",
-            APP_ID,
-            "--app-key",
-            APP_KEY,
-            "--app-secret",
-            APP_SECRET,
-        ],
-    );
+    let (node_path, python_path, clients) = (&d.node_path, &d.python_path, &d.clients);
+    let server = nodes.a();
     let host = server.addr.ip().to_string();
     let port = server.addr.port().to_string();
 
-    let mut node = KillOnDrop(
+    let mut listener = KillOnDrop(
         Command::new("node")
             .arg(clients.join("listen.cjs"))
             .args([host.as_str(), port.as_str(), APP_KEY, "6", "sdk-a", "sdk-b"])
-            .env("NODE_PATH", &node_path)
+            .env("NODE_PATH", node_path)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -62,7 +145,7 @@ async fn python_sdk_events_reach_pusher_js(backend: &'static str) {
             .expect("start node"),
     );
     let (tx, rx) = std::sync::mpsc::channel::<Value>();
-    let stdout = node.0.stdout.take().unwrap();
+    let stdout = listener.0.stdout.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let v: Value = serde_json::from_str(&line)
@@ -88,16 +171,18 @@ async fn python_sdk_events_reach_pusher_js(backend: &'static str) {
         }
     }
 
+    let api_host = nodes.c().addr.ip().to_string();
+    let api_port = nodes.c().addr.port().to_string();
     let mut python = Command::new("python3");
     python.arg(clients.join("trigger.py")).args([
-        host.as_str(),
-        port.as_str(),
+        api_host.as_str(),
+        api_port.as_str(),
         APP_ID,
         APP_KEY,
         APP_SECRET,
         socket_id.as_deref().unwrap(),
     ]);
-    if let Some(p) = &python_path {
+    if let Some(p) = python_path {
         python.env("PYTHONPATH", p);
     }
     let out = python.output().expect("run python");
@@ -153,10 +238,10 @@ async fn python_sdk_events_reach_pusher_js(backend: &'static str) {
         ]
     );
     // Closing its stdin disconnects pusher-js.
-    drop(node.0.stdin.take());
+    drop(listener.0.stdin.take());
     let deadline = std::time::Instant::now() + WAIT;
     loop {
-        if let Some(status) = node.0.try_wait().unwrap() {
+        if let Some(status) = listener.0.try_wait().unwrap() {
             assert!(status.success());
             break;
         }
@@ -178,24 +263,22 @@ impl Drop for KillOnDrop {
     }
 }
 
-on_both_backends!(
-    pusher_js_private_channels_authorized_by_python_sdk,
-    pusher_js_presence_members_and_client_events,
-    pusher_js_signin_send_to_user_and_terminate,
-    python_sdk_http_api_and_validated_webhooks,
-);
-
 /// pusher-js authorizes private channels through the backend's endpoint (the Python SDK's
 /// `authenticate`), receives what the SDK triggers (also end-to-end encrypted), sees the
 /// server refuse a forged signature, and exchanges client events that are never echoed to
-/// their sender.
-async fn pusher_js_private_channels_authorized_by_python_sdk(backend: &'static str) {
+/// their sender. Alice is on node a, Bob on node b, the SDK calls node c.
+async fn pusher_js_private_channels_authorized_by_python_sdk(
+    backend: &'static str,
+    topology: Topology,
+) {
     let Some(d) = Deps::find() else { return };
     let mut app = Backend::start(&d);
-    let server = Server::start(backend, &sdk_app_args(&[]));
-    app.target(&server);
-    let mut alice = Js::start(&d, &server, &app, "alice", "Alice");
-    let mut bob = Js::start(&d, &server, &app, "bob", "Bob");
+    let Some(nodes) = Nodes::start(backend, topology, &[]).await else {
+        return;
+    };
+    app.target(nodes.c());
+    let mut alice = Js::start(&d, nodes.a(), &app, "alice", "Alice");
+    let mut bob = Js::start(&d, nodes.b(), &app, "bob", "Bob");
 
     alice.subscribe("private-orders", &[]);
     assert_eq!(
@@ -270,14 +353,17 @@ async fn pusher_js_private_channels_authorized_by_python_sdk(backend: &'static s
 
 /// Two pusher-js clients in a presence channel see each other with the user info the
 /// backend signed, exchange client events stamped with the sender's user id, and a second
-/// connection of one user is the same member.
-async fn pusher_js_presence_members_and_client_events(backend: &'static str) {
+/// connection of one user is the same member. Alice is on node a, Bob on node b and his
+/// second connection on node a, the SDK calls node c.
+async fn pusher_js_presence_members_and_client_events(backend: &'static str, topology: Topology) {
     let Some(d) = Deps::find() else { return };
     let mut app = Backend::start(&d);
-    let server = Server::start(backend, &sdk_app_args(&[]));
-    app.target(&server);
-    let mut alice = Js::start(&d, &server, &app, "alice", "Alice");
-    let mut bob = Js::start(&d, &server, &app, "bob", "Bob");
+    let Some(nodes) = Nodes::start(backend, topology, &[]).await else {
+        return;
+    };
+    app.target(nodes.c());
+    let mut alice = Js::start(&d, nodes.a(), &app, "alice", "Alice");
+    let mut bob = Js::start(&d, nodes.b(), &app, "bob", "Bob");
     let room = "presence-room";
     let binds = ["client-typing", "client-reply"];
     let alice_m = json!({"id": "alice", "info": {"name": "Alice"}});
@@ -314,7 +400,7 @@ async fn pusher_js_presence_members_and_client_events(backend: &'static str) {
 
     // A second connection of bob's: still two members; when the first one leaves, bob
     // stays a member. Alice sees neither (the SDK's marker is the next thing she gets).
-    let mut bob2 = Js::start(&d, &server, &app, "bob", "Bob");
+    let mut bob2 = Js::start(&d, nodes.a(), &app, "bob", "Bob");
     let sub = bob2.subscribe(room, &binds);
     assert_eq!(
         sub["members"],
@@ -354,15 +440,18 @@ async fn pusher_js_presence_members_and_client_events(backend: &'static str) {
 
 /// `pusher.signin()` through the backend's user-auth endpoint (the SDK's
 /// `authenticate_user`); the SDK's `send_to_user` reaches every connection of that user and
-/// nobody else; terminating the user's connections disconnects exactly those.
-async fn pusher_js_signin_send_to_user_and_terminate(backend: &'static str) {
+/// nobody else; terminating the user's connections disconnects exactly those. Carol has a
+/// connection on node a and one on node b, Dave is on node a, the SDK calls node c.
+async fn pusher_js_signin_send_to_user_and_terminate(backend: &'static str, topology: Topology) {
     let Some(d) = Deps::find() else { return };
     let mut app = Backend::start(&d);
-    let server = Server::start(backend, &sdk_app_args(&[]));
-    app.target(&server);
-    let mut carol1 = Js::start(&d, &server, &app, "carol", "Carol");
-    let mut carol2 = Js::start(&d, &server, &app, "carol", "Carol");
-    let mut dave = Js::start(&d, &server, &app, "dave", "Dave");
+    let Some(nodes) = Nodes::start(backend, topology, &[]).await else {
+        return;
+    };
+    app.target(nodes.c());
+    let mut carol1 = Js::start(&d, nodes.a(), &app, "carol", "Carol");
+    let mut carol2 = Js::start(&d, nodes.b(), &app, "carol", "Carol");
+    let mut dave = Js::start(&d, nodes.a(), &app, "dave", "Dave");
     for js in [&mut carol1, &mut carol2, &mut dave] {
         js.signin();
     }
@@ -436,17 +525,21 @@ fn terminate_user(app: &mut Backend, user: &str) {
 
 /// The Python SDK's HTTP API calls against channels pusher-js clients occupy, and webhooks
 /// the SDK's `validate_webhook` accepts: `channel_occupied`, `member_added`, then (after
-/// the server's delay) `member_removed` and `channel_vacated`.
-async fn python_sdk_http_api_and_validated_webhooks(backend: &'static str) {
+/// the server's delay) `member_removed` and `channel_vacated`. Erin has a connection on
+/// node a and one on node b, Frank is on node b, the SDK calls node c; in a cluster every
+/// node has the webhook URL and each webhook comes from the node that decided it, once.
+async fn python_sdk_http_api_and_validated_webhooks(backend: &'static str, topology: Topology) {
     let Some(d) = Deps::find() else { return };
     let mut app = Backend::start(&d);
     let hook = format!("http://127.0.0.1:{}/webhook", app.port);
-    let server = Server::start(backend, &sdk_app_args(&["--webhook-url", &hook]));
-    app.target(&server);
+    let Some(nodes) = Nodes::start(backend, topology, &["--webhook-url", &hook]).await else {
+        return;
+    };
+    app.target(nodes.c());
     let lobby = "presence-lobby";
-    let mut erin1 = Js::start(&d, &server, &app, "erin", "Erin");
-    let mut erin2 = Js::start(&d, &server, &app, "erin", "Erin");
-    let mut frank = Js::start(&d, &server, &app, "frank", "Frank");
+    let mut erin1 = Js::start(&d, nodes.a(), &app, "erin", "Erin");
+    let mut erin2 = Js::start(&d, nodes.b(), &app, "erin", "Erin");
+    let mut frank = Js::start(&d, nodes.b(), &app, "frank", "Frank");
     for js in [&mut erin1, &mut erin2, &mut frank] {
         js.subscribe(lobby, &[]);
     }
