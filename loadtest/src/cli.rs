@@ -1,5 +1,6 @@
 //! Command line.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -37,10 +38,18 @@ pub enum Command {
 /// Options every scenario shares.
 #[derive(Debug, Clone, Args)]
 pub struct Common {
-    /// WebSocket base URL of the server.
-    #[arg(long, env = "LOADTEST_URL", default_value = "ws://127.0.0.1:6001")]
-    pub url: String,
-    /// Base URL of the HTTP API (default: the --url host and port over http).
+    /// WebSocket base URL of the server. Repeat it, or separate URLs with commas, to spread
+    /// the connections over several nodes of a cluster: connection i of each kind goes to
+    /// URL i mod n.
+    #[arg(
+        long,
+        env = "LOADTEST_URL",
+        default_value = "ws://127.0.0.1:6001",
+        value_delimiter = ','
+    )]
+    pub url: Vec<String>,
+    /// Base URL of the HTTP API, one node (default: the first --url's host and port over
+    /// http).
     #[arg(long, env = "LOADTEST_API_URL")]
     pub api_url: Option<String>,
     /// App id (for the HTTP API).
@@ -75,9 +84,10 @@ pub struct Common {
     /// CPUs to pin harness threads to, e.g. `1` or `2-3` (default: not pinned).
     #[arg(long, value_parser = parse_cpus)]
     pub cpus: Option<CpuList>,
-    /// The server's process id: report its CPU and memory (from /proc).
-    #[arg(long)]
-    pub server_pid: Option<u32>,
+    /// The server's process id: report its CPU and memory (from /proc). Repeat it (or
+    /// separate ids with commas), one per cluster node, to report their sum.
+    #[arg(long, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
     /// Source addresses for connections, e.g. `127.0.0.1-127.0.0.8` (default: the kernel's
     /// choice; several are needed beyond ~28,000 connections to one address).
     #[arg(long, value_parser = parse_ip_range)]
@@ -285,22 +295,77 @@ fn parse_ip_vec(s: &str) -> Result<Vec<IpAddr>, String> {
         .collect())
 }
 
-/// The server, resolved from the command line.
+/// One WebSocket URL of the server, resolved.
+#[derive(Debug, Clone)]
+pub struct WsTarget {
+    /// The URL as given.
+    pub url: String,
+    /// `host:port` as given, for the Host header.
+    pub authority: String,
+    /// The address connected to.
+    pub addr: SocketAddr,
+    /// Path prefix of the URL (usually empty).
+    pub prefix: String,
+}
+
+/// The server (or the nodes of a cluster), resolved from the command line.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// Host name as given (for the Host header).
-    pub host: String,
-    /// WebSocket address.
-    pub ws_addr: SocketAddr,
+    /// The WebSocket URLs, in the order given (at least one): connection i of each kind
+    /// (subscribers, publishers, connections) goes to `ws[i % ws.len()]`.
+    pub ws: Vec<WsTarget>,
+    /// Base URL of the HTTP API, as given or derived from the first WebSocket URL.
+    pub api_url: String,
+    /// `host:port` of the API, for the Host header.
+    pub api_authority: String,
     /// HTTP API address.
     pub api_addr: SocketAddr,
-    /// Path prefix of the WebSocket URL (usually empty).
-    pub ws_prefix: String,
     /// Path prefix of the API URL (usually empty), part of what is signed.
     pub api_prefix: String,
     pub app_id: String,
     pub app_key: String,
     pub app_secret: String,
+}
+
+impl Target {
+    /// The WebSocket URL connection `i` (of its kind) goes to: round robin, in the order
+    /// the URLs were given.
+    pub fn ws_for(&self, i: usize) -> &WsTarget {
+        &self.ws[i % self.ws.len()]
+    }
+
+    /// The WebSocket URLs, in order.
+    pub fn ws_urls(&self) -> Vec<&str> {
+        self.ws.iter().map(|w| w.url.as_str()).collect()
+    }
+
+    /// How many of `n` connections (of one kind) go to each WebSocket URL.
+    pub fn split(&self, n: usize) -> Vec<usize> {
+        round_robin_split(n, self.ws.len())
+    }
+}
+
+/// How many of `n` connections, assigned round robin (connection i to slot i mod `k`), each
+/// of `k` slots gets: the first `n mod k` get one more.
+pub fn round_robin_split(n: usize, k: usize) -> Vec<usize> {
+    let k = k.max(1);
+    (0..k).map(|j| n / k + usize::from(j < n % k)).collect()
+}
+
+/// The source address of connection `i` when connections go round robin to `targets` URLs:
+/// the addresses are cycled per URL, so that each URL sees every source address in turn
+/// (`ips[i % len]` would pair URL j only with the addresses ≡ j modulo their gcd).
+pub fn source_for(ips: &[IpAddr], targets: usize, i: usize) -> IpAddr {
+    ips[(i / targets.max(1)) % ips.len()]
+}
+
+/// `host:port` for a Host header (IPv6 literals in brackets).
+fn authority(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 fn split_url(url: &str, schemes: &[(&str, u16)]) -> anyhow::Result<(String, u16, String)> {
@@ -332,51 +397,91 @@ fn split_url(url: &str, schemes: &[(&str, u16)]) -> anyhow::Result<(String, u16,
 pub const CONNECTIONS_PER_SOURCE: usize = 10_000;
 
 impl Common {
-    /// Source addresses for `n` connections: the given ones, or — towards an IPv4 loopback
-    /// server and beyond [`CONNECTIONS_PER_SOURCE`] — 127.0.0.1, 127.0.0.2, … as needed.
-    pub fn source_ips_for(&self, target: &Target, n: usize) -> Option<Vec<IpAddr>> {
+    /// The `--url` list as one string (for default labels).
+    pub fn url_list(&self) -> String {
+        self.url.join(",")
+    }
+
+    /// Source addresses for connections spread round robin over the WebSocket URLs, in
+    /// `groups` (each a kind of connection numbered from 0, e.g. subscribers and
+    /// publishers): the given ones, or — towards IPv4 loopback servers, when more than
+    /// [`CONNECTIONS_PER_SOURCE`] connections go to one server address (URLs that resolve
+    /// to the same address add up) — 127.0.0.1, 127.0.0.2, … as needed.
+    pub fn source_ips_for(&self, target: &Target, groups: &[usize]) -> Option<Vec<IpAddr>> {
         if let Some(list) = &self.source_ips {
             return Some(list.0.clone());
         }
-        if n <= CONNECTIONS_PER_SOURCE
-            || !target.ws_addr.ip().is_loopback()
-            || !target.ws_addr.is_ipv4()
+        if target
+            .ws
+            .iter()
+            .any(|w| !w.addr.ip().is_loopback() || !w.addr.is_ipv4())
         {
             return None;
         }
-        let k = n.div_ceil(CONNECTIONS_PER_SOURCE).min(254) as u8;
+        let mut per_addr: BTreeMap<SocketAddr, usize> = BTreeMap::new();
+        for &n in groups {
+            for (w, k) in target.ws.iter().zip(target.split(n)) {
+                *per_addr.entry(w.addr).or_default() += k;
+            }
+        }
+        let most = per_addr.values().copied().max().unwrap_or(0);
+        if most <= CONNECTIONS_PER_SOURCE {
+            return None;
+        }
+        let k = most.div_ceil(CONNECTIONS_PER_SOURCE).min(254) as u8;
         Some((1..=k).map(|i| IpAddr::from([127, 0, 0, i])).collect())
     }
 
-    /// Resolves the URLs.
+    /// Resolves the URLs; every one must be a loopback address.
     pub fn target(&self) -> anyhow::Result<Target> {
-        let (host, port, ws_prefix) = split_url(&self.url, &[("ws", 80)])?;
-        let api = match &self.api_url {
-            Some(u) => split_url(u, &[("http", 80)])?,
-            None => (host.clone(), port, String::new()),
-        };
+        let urls: Vec<&str> = self
+            .url
+            .iter()
+            .map(|u| u.trim())
+            .filter(|u| !u.is_empty())
+            .collect();
+        if urls.is_empty() {
+            bail!("--url is empty");
+        }
         let resolve = |h: &str, p: u16| -> anyhow::Result<SocketAddr> {
-            (h, p)
+            let addr = (h, p)
                 .to_socket_addrs()
                 .with_context(|| format!("cannot resolve {h}"))?
                 .next()
-                .ok_or_else(|| anyhow!("{h} has no address"))
-        };
-        let ws_addr = resolve(&host, port)?;
-        let api_addr = resolve(&api.0, api.1)?;
-        for addr in [ws_addr, api_addr] {
+                .ok_or_else(|| anyhow!("{h} has no address"))?;
             if !addr.ip().is_loopback() {
                 bail!(
                     "{addr} is not a loopback address: this harness only loads 127.0.0.0/8 and ::1"
                 );
             }
+            Ok(addr)
+        };
+        let mut ws = Vec::with_capacity(urls.len());
+        for url in &urls {
+            let (host, port, prefix) = split_url(url, &[("ws", 80)])?;
+            ws.push(WsTarget {
+                url: url.to_string(),
+                authority: authority(&host, port),
+                addr: resolve(&host, port).with_context(|| format!("--url {url}"))?,
+                prefix,
+            });
         }
+        let (api_url, (api_host, api_port, api_prefix)) = match &self.api_url {
+            Some(u) => (u.clone(), split_url(u, &[("http", 80)])?),
+            None => {
+                let (host, port, _) = split_url(urls[0], &[("ws", 80)])?;
+                let url = format!("http://{}", authority(&host, port));
+                (url, (host, port, String::new()))
+            }
+        };
+        let api_addr =
+            resolve(&api_host, api_port).with_context(|| format!("--api-url {api_url}"))?;
         Ok(Target {
-            host,
-            ws_addr,
+            ws,
+            api_url,
+            api_authority: authority(&api_host, api_port),
             api_addr,
-            ws_prefix,
-            api_prefix: api.2,
+            api_prefix,
             app_id: self.app_id.clone(),
             app_key: self.app_key.clone(),
             app_secret: self.app_secret.clone(),
@@ -440,5 +545,140 @@ mod tests {
         };
         assert_eq!(f.common.cpus.unwrap().0, vec![1, 2]);
         assert_eq!(f.common.source_ips.unwrap().0.len(), 2);
+    }
+
+    /// The common options of `fanout` with `args`.
+    fn common(args: &[&str]) -> Common {
+        let cli = Cli::try_parse_from(["ringcast-loadtest", "fanout"].iter().chain(args))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let Command::Fanout(f) = cli.command else {
+            panic!()
+        };
+        f.common
+    }
+
+    #[test]
+    fn urls_repeat_and_split_on_commas() {
+        let a = "ws://127.0.0.1:6001";
+        let b = "ws://127.0.0.1:6002";
+        let c = "ws://localhost:6003/pusher";
+        // Repeated.
+        assert_eq!(common(&["--url", a, "--url", b]).url, [a, b]);
+        // Comma-separated.
+        assert_eq!(common(&["--url", &format!("{a},{b}")]).url, [a, b]);
+        // Both.
+        let mixed = common(&["--url", a, "--url", &format!("{b},{c}")]);
+        assert_eq!(mixed.url, [a, b, c]);
+        let t = mixed.target().unwrap();
+        assert_eq!(t.ws_urls(), [a, b, c]);
+        assert_eq!(t.ws[1].addr, "127.0.0.1:6002".parse().unwrap());
+        assert_eq!(t.ws[1].authority, "127.0.0.1:6002");
+        assert_eq!(t.ws[2].authority, "localhost:6003");
+        assert_eq!(t.ws[2].prefix, "/pusher");
+        assert!(t.ws[2].addr.ip().is_loopback());
+        // The API defaults to the first URL's host and port.
+        assert_eq!(t.api_url, "http://127.0.0.1:6001");
+        assert_eq!(t.api_addr, "127.0.0.1:6001".parse().unwrap());
+        assert_eq!(t.api_authority, "127.0.0.1:6001");
+        // Or is one other node; spaces and empty pieces are ignored.
+        let t = common(&[
+            "--url",
+            &format!("{a}, {b},"),
+            "--api-url",
+            "http://127.0.0.1:6003/api",
+        ])
+        .target()
+        .unwrap();
+        assert_eq!(t.ws_urls(), [a, b]);
+        assert_eq!(t.api_url, "http://127.0.0.1:6003/api");
+        assert_eq!(t.api_addr.port(), 6003);
+        assert_eq!(t.api_prefix, "/api");
+        assert_eq!(
+            common(&["--url", "ws://[::1]:9"]).target().unwrap().ws[0].authority,
+            "[::1]:9"
+        );
+        assert_eq!(
+            common(&["--server-pid", "10", "--server-pid", "11,12"]).server_pid,
+            [10, 11, 12]
+        );
+    }
+
+    #[test]
+    fn every_url_must_be_loopback() {
+        for args in [
+            &[
+                "--url",
+                "ws://127.0.0.1:6001",
+                "--url",
+                "ws://192.0.2.1:6002",
+            ][..],
+            &["--url", "ws://127.0.0.1:6001,ws://192.0.2.1:6002"],
+            &["--url", "ws://192.0.2.1:6002,ws://127.0.0.1:6001"],
+            &[
+                "--url",
+                "ws://127.0.0.1:6001",
+                "--api-url",
+                "http://192.0.2.1:6003",
+            ],
+        ] {
+            let err = format!("{:#}", common(args).target().unwrap_err());
+            assert!(
+                err.contains("192.0.2.1") && err.contains("not a loopback address"),
+                "{err}"
+            );
+        }
+        assert!(common(&["--url", ","]).target().is_err());
+        assert!(common(&["--url", "ws://127.0.0.1:1,wss://127.0.0.1:2"])
+            .target()
+            .is_err());
+    }
+
+    #[test]
+    fn connections_go_round_robin_over_the_urls() {
+        assert_eq!(round_robin_split(1000, 2), [500, 500]);
+        assert_eq!(round_robin_split(5, 2), [3, 2]);
+        assert_eq!(round_robin_split(1, 3), [1, 0, 0]);
+        assert_eq!(round_robin_split(7, 1), [7]);
+        let t = common(&[
+            "--url",
+            "ws://127.0.0.1:6001,ws://127.0.0.1:6002,ws://127.0.0.1:6003",
+        ])
+        .target()
+        .unwrap();
+        let ports: Vec<u16> = (0..7).map(|i| t.ws_for(i).addr.port()).collect();
+        assert_eq!(ports, [6001, 6002, 6003, 6001, 6002, 6003, 6001]);
+        assert_eq!(t.split(1000), [334, 333, 333]);
+        // Each URL sees every source address in turn.
+        let ips: Vec<IpAddr> = (1..=2).map(|i| IpAddr::from([127, 0, 0, i])).collect();
+        let t = common(&["--url", "ws://127.0.0.1:6001,ws://127.0.0.1:6002"])
+            .target()
+            .unwrap();
+        for url in 0..2 {
+            let seen: std::collections::BTreeSet<IpAddr> = (0..100)
+                .filter(|i| i % 2 == url)
+                .map(|i| source_for(&ips, t.ws.len(), i))
+                .collect();
+            assert_eq!(seen.len(), 2, "URL {url}");
+        }
+    }
+
+    #[test]
+    fn source_addresses_count_connections_per_server_address() {
+        let two = common(&["--url", "ws://127.0.0.1:6001,ws://127.0.0.1:6002"]);
+        let t = two.target().unwrap();
+        // 16,000 over two addresses: 8,000 each, one source address is enough.
+        assert_eq!(two.source_ips_for(&t, &[16_000]), None);
+        // 30,000 (+ 2 publishers): 15,001 each.
+        assert_eq!(two.source_ips_for(&t, &[30_000, 2]).unwrap().len(), 2);
+        // Two URLs of one address add up.
+        let same = common(&["--url", "ws://127.0.0.1:6001,ws://localhost:6001"]);
+        let t = same.target().unwrap();
+        if t.ws[1].addr == t.ws[0].addr {
+            assert_eq!(same.source_ips_for(&t, &[16_000]).unwrap().len(), 2);
+        }
+        let one = common(&["--url", "ws://127.0.0.1:6001"]);
+        let t = one.target().unwrap();
+        assert_eq!(one.source_ips_for(&t, &[10_000]), None);
+        assert_eq!(one.source_ips_for(&t, &[25_000]).unwrap().len(), 3);
     }
 }

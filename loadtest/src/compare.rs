@@ -9,7 +9,7 @@ use anyhow::Context;
 
 use crate::cli::CompareArgs;
 use crate::numfmt::fmt_num;
-use crate::report::{Summary, Verdict};
+use crate::report::{describe_target, Summary, Verdict};
 
 fn load(path: &Path) -> anyhow::Result<Summary> {
     let file: PathBuf = if path.is_dir() {
@@ -44,6 +44,7 @@ pub fn table(runs: &[Summary]) -> String {
         let _ = writeln!(t);
     };
     row("scenario", &|r| r.scenario.clone());
+    row("target", &|r| describe_target(&r.target).replace('|', "/"));
     for name in names {
         row(name, &|r| {
             r.figures.get(name).map_or("–".into(), |v| fmt_num(*v))
@@ -51,6 +52,12 @@ pub fn table(runs: &[Summary]) -> String {
     }
     row("harness threads", &|r| r.harness.threads.to_string());
     row("harness saturated", &|r| r.harness.saturated.to_string());
+    // CPU and RSS are summed over the server processes given (one per cluster node).
+    row("server processes", &|r| {
+        r.server
+            .as_ref()
+            .map_or("–".into(), |s| s.pids.len().max(1).to_string())
+    });
     row("server CPU cores", &|r| {
         r.server
             .as_ref()

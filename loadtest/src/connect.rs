@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use hdrhistogram::Histogram;
 
-use crate::cli::{ConnectArgs, Target};
+use crate::cli::{source_for, ConnectArgs, Target};
 use crate::machine::{self, Sockstat};
 use crate::pool;
 use crate::progress::{Coordinator, IntervalMeter, Tick};
@@ -48,7 +48,7 @@ struct State {
 pub fn run(args: ConnectArgs) -> anyhow::Result<Verdict> {
     let common = &args.common;
     let target = common.target()?;
-    let source_ips = common.source_ips_for(&target, args.connections);
+    let source_ips = common.source_ips_for(&target, &[args.connections]);
     let limit = pool::raise_fd_limit();
     if args.connections as u64 + 64 > limit {
         bail!(
@@ -76,8 +76,8 @@ pub fn run(args: ConnectArgs) -> anyhow::Result<Verdict> {
         errors: Mutex::new(Vec::new()),
         ticks: Mutex::new(tx),
     });
-    let pid = common.server_pid;
-    let before = pid.and_then(machine::sample);
+    let pids = &common.server_pid;
+    let before = machine::sample_sum(pids);
     let sock_before = machine::sockstat();
     let cpu_before = pool::process_cpu_ns();
 
@@ -116,14 +116,14 @@ pub fn run(args: ConnectArgs) -> anyhow::Result<Verdict> {
             hold_until = Some(at + args.hold);
             // Let the server settle (lazy allocations, the last handshakes) before sampling.
             std::thread::sleep(Duration::from_millis(500));
-            after_open = pid.and_then(machine::sample);
+            after_open = machine::sample_sum(pids);
             sock_after_open = machine::sockstat();
         }
         if hold_until.is_some_and(|h| Instant::now() >= h) {
             break;
         }
     }
-    let after_hold = pid.and_then(machine::sample);
+    let after_hold = machine::sample_sum(pids);
     let sock_after_hold = machine::sockstat();
     let cpu_after = pool::process_cpu_ns();
     plan.stop.store(true, Relaxed);
@@ -192,7 +192,7 @@ pub fn run(args: ConnectArgs) -> anyhow::Result<Verdict> {
         );
     }
     let mut warnings = Vec::new();
-    let server = match (pid, before, after_open, after_hold) {
+    let server = match (pids.first().copied(), before, after_open, after_hold) {
         (Some(pid), Some(b), Some(o), Some(h)) => {
             figures.insert(
                 "server_rss_per_connection_bytes".into(),
@@ -204,6 +204,7 @@ pub fn run(args: ConnectArgs) -> anyhow::Result<Verdict> {
             );
             Some(Server {
                 pid,
+                pids: pids.clone(),
                 rss_start_kib: b.rss_kib,
                 rss_end_kib: h.rss_kib,
                 cpu_cores: ((h.cpu_ns - b.cpu_ns) as f64
@@ -220,9 +221,9 @@ pub fn run(args: ConnectArgs) -> anyhow::Result<Verdict> {
                 ],
             })
         }
-        (Some(pid), ..) => {
+        (Some(_), ..) => {
             warnings.push(format!(
-                "could not read /proc/{pid}: no server memory figures"
+                "could not read /proc of server pid {pids:?}: no server memory figures"
             ));
             None
         }
@@ -251,12 +252,12 @@ pub fn run(args: ConnectArgs) -> anyhow::Result<Verdict> {
         label: common
             .label
             .clone()
-            .unwrap_or_else(|| format!("connect {}", common.url)),
+            .unwrap_or_else(|| format!("connect {}", common.url_list())),
         scenario: "connect".into(),
         harness_version: env!("CARGO_PKG_VERSION").into(),
         command_line: report::command_line(),
         started_unix: report::unix_now(),
-        target: serde_json::json!({"url": common.url, "app_id": common.app_id}),
+        target: report::target_json(&plan.target, false, &[("connections", plan.n)]),
         machine: machine::describe(),
         config: serde_json::json!({"connections": args.connections, "connect_rate": args.connect_rate, "channels": args.channels, "hold_s": args.hold.as_secs_f64(), "threads": threads, "source_ips": plan.source_ips.as_ref().map(|v| v.len())}),
         figures,
@@ -317,11 +318,14 @@ async fn connection(plan: Arc<Plan>, state: Rc<RefCell<State>>, i: usize) {
     let start = plan.start_ns + i as u64 * plan.interval_ns;
     tokio::time::sleep(Duration::from_nanos(start.saturating_sub(now_ns()))).await;
     let t = now_ns();
-    let source = plan.source_ips.as_ref().map(|ips| ips[i % ips.len()]);
+    let ws = plan.target.ws_for(i);
+    let source = plan
+        .source_ips
+        .as_ref()
+        .map(|ips| source_for(ips, plan.target.ws.len(), i));
     let established = async {
-        let stream = wsclient::tcp_connect(plan.target.ws_addr, source).await?;
-        let mut conn =
-            wsclient::handshake(stream, &plan.target, &pusher::ws_path(&plan.target)).await?;
+        let stream = wsclient::tcp_connect(ws.addr, source).await?;
+        let mut conn = wsclient::handshake(stream, ws, &pusher::ws_path(&plan.target, ws)).await?;
         let mut socket_id = None;
         while socket_id.is_none() {
             let mut found = None;

@@ -88,9 +88,8 @@ impl ApiClient {
         );
         let query = signed_query(&self.target, "POST", &path, body, &[]);
         let mut req = format!(
-            "POST {path}?{query} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            self.target.host,
-            self.target.api_addr.port(),
+            "POST {path}?{query} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            self.target.api_authority,
             body.len()
         )
         .into_bytes();

@@ -70,6 +70,21 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
     })
 }
 
+/// Samples processes `pids` (the nodes of a cluster) and sums their RSS and CPU time; `None`
+/// when there are none or one cannot be read.
+pub fn sample_sum(pids: &[u32]) -> Option<ProcSample> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().try_fold(ProcSample::default(), |sum, &pid| {
+        let s = sample(pid)?;
+        Some(ProcSample {
+            rss_kib: sum.rss_kib + s.rss_kib,
+            cpu_ns: sum.cpu_ns + s.cpu_ns,
+        })
+    })
+}
+
 /// Kernel TCP socket figures from /proc/net/sockstat.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, Default)]
 pub struct Sockstat {
@@ -107,6 +122,11 @@ mod tests {
     fn samples_this_process() {
         let s = sample(std::process::id()).unwrap();
         assert!(s.rss_kib > 0);
+        let me = std::process::id();
+        let twice = sample_sum(&[me, me]).unwrap();
+        assert!(twice.rss_kib >= s.rss_kib * 3 / 2, "{twice:?} vs {s:?}");
+        assert!(sample_sum(&[]).is_none());
+        assert!(sample_sum(&[me, u32::MAX]).is_none());
         assert!(sockstat().is_some());
         assert!(describe().cpus >= 1);
     }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use hdrhistogram::Histogram;
 
-use crate::cli::{PingArgs, Target};
+use crate::cli::{source_for, PingArgs, Target};
 use crate::machine;
 use crate::pool;
 use crate::progress::{Coordinator, IntervalMeter, Tick};
@@ -51,7 +51,7 @@ struct State {
 pub fn run(args: PingArgs) -> anyhow::Result<Verdict> {
     let common = &args.common;
     let target = common.target()?;
-    let source_ips = common.source_ips_for(&target, args.connections);
+    let source_ips = common.source_ips_for(&target, &[args.connections]);
     if args.connections == 0 || args.rate <= 0.0 {
         bail!("--connections and --rate must be positive");
     }
@@ -120,7 +120,7 @@ pub fn run(args: PingArgs) -> anyhow::Result<Verdict> {
     plan.t0_ns.store(now_ns() + 100_000_000, Relaxed);
     let t0 = plan.t0_ns.load(Relaxed);
     let end = t0 + plan.warmup_ns + plan.duration_ns;
-    let pid = common.server_pid;
+    let pids = &common.server_pid;
     let (mut srv_a, mut srv_b, mut cpu_a, mut cpu_b) = (None, None, 0, 0);
     loop {
         match rx.recv_timeout(Duration::from_millis(20)) {
@@ -130,11 +130,11 @@ pub fn run(args: PingArgs) -> anyhow::Result<Verdict> {
         }
         let now = now_ns();
         if srv_a.is_none() && now >= t0 + plan.warmup_ns {
-            srv_a = Some(pid.and_then(machine::sample));
+            srv_a = Some(machine::sample_sum(pids));
             cpu_a = pool::process_cpu_ns();
         }
         if srv_b.is_none() && now >= end {
-            srv_b = Some(pid.and_then(machine::sample));
+            srv_b = Some(machine::sample_sum(pids));
             cpu_b = pool::process_cpu_ns();
         }
         // Pongs still on their way get two seconds.
@@ -188,9 +188,10 @@ pub fn run(args: PingArgs) -> anyhow::Result<Verdict> {
             "harness threads at {util:?} CPU: round trips include harness queueing"
         ));
     }
-    let server = match (pid, srv_a.flatten(), srv_b.flatten()) {
+    let server = match (pids.first().copied(), srv_a.flatten(), srv_b.flatten()) {
         (Some(pid), Some(a), Some(b)) => Some(Server {
             pid,
+            pids: pids.clone(),
             rss_start_kib: a.rss_kib,
             rss_end_kib: b.rss_kib,
             cpu_cores: ((b.cpu_ns - a.cpu_ns) as f64 / (duration * 1e9) * 1000.0).round() / 1000.0,
@@ -205,12 +206,12 @@ pub fn run(args: PingArgs) -> anyhow::Result<Verdict> {
         label: common
             .label
             .clone()
-            .unwrap_or_else(|| format!("ping {}", common.url)),
+            .unwrap_or_else(|| format!("ping {}", common.url_list())),
         scenario: "ping".into(),
         harness_version: env!("CARGO_PKG_VERSION").into(),
         command_line: report::command_line(),
         started_unix: report::unix_now(),
-        target: serde_json::json!({"url": common.url, "app_id": common.app_id}),
+        target: report::target_json(&plan.target, false, &[("connections", plan.n)]),
         machine: machine::describe(),
         config: serde_json::json!({"connections": args.connections, "rate_per_connection": args.rate, "duration_s": duration, "warmup_s": common.warmup.as_secs_f64(), "threads": threads}),
         figures,
@@ -273,11 +274,14 @@ async fn thread_main(plan: Arc<Plan>, me: usize) -> anyhow::Result<(Histogram<u6
 async fn pinger(plan: Arc<Plan>, state: Rc<RefCell<State>>, i: usize) {
     let at = plan.setup_start_ns + i as u64 * plan.connect_interval_ns;
     tokio::time::sleep(Duration::from_nanos(at.saturating_sub(now_ns()))).await;
-    let source = plan.source_ips.as_ref().map(|ips| ips[i % ips.len()]);
+    let ws = plan.target.ws_for(i);
+    let source = plan
+        .source_ips
+        .as_ref()
+        .map(|ips| source_for(ips, plan.target.ws.len(), i));
     let conn = async {
-        let stream = wsclient::tcp_connect(plan.target.ws_addr, source).await?;
-        let mut conn =
-            wsclient::handshake(stream, &plan.target, &pusher::ws_path(&plan.target)).await?;
+        let stream = wsclient::tcp_connect(ws.addr, source).await?;
+        let mut conn = wsclient::handshake(stream, ws, &pusher::ws_path(&plan.target, ws)).await?;
         let mut ok = false;
         while !ok {
             if !conn

@@ -7,7 +7,7 @@ use hmac::{Hmac, Mac};
 use memchr::memmem::Finder;
 use sha2::Sha256;
 
-use crate::cli::Target;
+use crate::cli::{Target, WsTarget};
 use crate::wsclient::text_frame;
 
 /// The event name the harness publishes.
@@ -20,11 +20,11 @@ pub fn hmac_hex(secret: &str, message: &str) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
-/// The path to connect to.
-pub fn ws_path(target: &Target) -> String {
+/// The path to connect to at `ws`.
+pub fn ws_path(target: &Target, ws: &WsTarget) -> String {
     format!(
         "{}/app/{}?protocol=7&client=ringcast-loadtest&version=0.1.0",
-        target.ws_prefix, target.app_key
+        ws.prefix, target.app_key
     )
 }
 

@@ -8,6 +8,7 @@ use std::path::Path;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use crate::cli::Target;
 use crate::machine::Machine;
 use crate::numfmt::fmt_num;
 use crate::progress::IntervalPoint;
@@ -34,10 +35,15 @@ pub struct Harness {
     pub saturated: bool,
 }
 
-/// The server process, when `--server-pid` was given.
+/// The server process, when `--server-pid` was given; with several (one per cluster node),
+/// their sum.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Server {
+    /// The first (or only) pid.
     pub pid: u32,
+    /// Every pid given; CPU and RSS are their sum.
+    #[serde(default)]
+    pub pids: Vec<u32>,
     pub rss_start_kib: u64,
     pub rss_end_kib: u64,
     /// Server CPU seconds per wall second over the measured window.
@@ -171,6 +177,10 @@ pub fn write(out: &Path, summary: &Summary, hist: &Histogram<u64>) -> anyhow::Re
 fn print(s: &Summary) {
     let mut t = String::new();
     let _ = writeln!(t, "\n{} — {}", s.scenario, s.label);
+    let target = describe_target(&s.target);
+    if !target.is_empty() {
+        let _ = writeln!(t, "  target: {target}");
+    }
     for (k, v) in &s.figures {
         let _ = writeln!(t, "  {k:<34} {}", fmt_num(*v));
     }
@@ -196,10 +206,15 @@ fn print(s: &Summary) {
         h.threads, h.thread_cpu_utilization, h.process_cpu_cores
     );
     if let Some(srv) = &s.server {
+        let pids = if srv.pids.len() > 1 {
+            let list: Vec<String> = srv.pids.iter().map(u32::to_string).collect();
+            format!("server pids {} (summed)", list.join(", "))
+        } else {
+            format!("server pid {}", srv.pid)
+        };
         let _ = writeln!(
             t,
-            "  server pid {}: {:.2} cores, RSS {} → {} KiB{}",
-            srv.pid,
+            "  {pids}: {:.2} cores, RSS {} → {} KiB{}",
             srv.cpu_cores,
             srv.rss_start_kib,
             srv.rss_end_kib,
@@ -224,6 +239,50 @@ fn print(s: &Summary) {
         }
     );
     eprint!("{t}");
+}
+
+/// What a run loaded, for `Summary::target`: the WebSocket URLs (`targets`; `url` is the
+/// same list comma-separated), the API URL when the run publishes through it, the app, and
+/// for each kind of connection (`name`, count) how many went to each URL
+/// (`{name}_per_target`, in the order of `targets`).
+pub fn target_json(target: &Target, api: bool, kinds: &[(&str, usize)]) -> serde_json::Value {
+    let urls = target.ws_urls();
+    let mut t = serde_json::json!({
+        "url": urls.join(","),
+        "targets": urls,
+        "app_id": target.app_id,
+    });
+    if api {
+        t["api_url"] = target.api_url.clone().into();
+    }
+    for (name, n) in kinds {
+        t[format!("{name}_per_target")] = target.split(*n).into();
+    }
+    t
+}
+
+/// The targets of a summary in one line: its WebSocket URLs (with the connections of each
+/// kind per URL when there are several) and the API URL.
+pub fn describe_target(t: &serde_json::Value) -> String {
+    let urls: Vec<&str> = match t["targets"].as_array() {
+        Some(a) => a.iter().filter_map(|u| u.as_str()).collect(),
+        None => t["url"].as_str().into_iter().collect(),
+    };
+    let mut s = urls.join(", ");
+    if urls.len() > 1 {
+        if let Some(obj) = t.as_object() {
+            for (k, v) in obj {
+                if let (Some(kind), Some(split)) = (k.strip_suffix("_per_target"), v.as_array()) {
+                    let split: Vec<String> = split.iter().map(|n| n.to_string()).collect();
+                    let _ = write!(s, "; {kind} per URL {}", split.join(" + "));
+                }
+            }
+        }
+    }
+    if let Some(api) = t["api_url"].as_str() {
+        let _ = write!(s, "; API {api}");
+    }
+    s
 }
 
 /// The command line that started this run.
@@ -266,5 +325,43 @@ mod tests {
         assert!(d
             .windows(2)
             .all(|w| w[0][0] < w[1][0] && w[0][1] <= w[1][1]));
+    }
+
+    #[test]
+    fn summaries_name_every_target() {
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from([
+            "ringcast-loadtest",
+            "fanout",
+            "--url",
+            "ws://127.0.0.1:6001",
+            "--url",
+            "ws://127.0.0.1:6002",
+            "--api-url",
+            "http://127.0.0.1:6003",
+        ])
+        .unwrap();
+        let crate::cli::Command::Fanout(f) = cli.command else {
+            panic!()
+        };
+        let target = f.common.target().unwrap();
+        let t = target_json(&target, true, &[("subscribers", 1001)]);
+        assert_eq!(
+            t["targets"],
+            serde_json::json!(["ws://127.0.0.1:6001", "ws://127.0.0.1:6002"])
+        );
+        assert_eq!(t["url"], "ws://127.0.0.1:6001,ws://127.0.0.1:6002");
+        assert_eq!(t["api_url"], "http://127.0.0.1:6003");
+        assert_eq!(t["subscribers_per_target"], serde_json::json!([501, 500]));
+        assert_eq!(
+            describe_target(&t),
+            "ws://127.0.0.1:6001, ws://127.0.0.1:6002; subscribers per URL 501 + 500; API http://127.0.0.1:6003"
+        );
+        // Summaries from before the list name one URL.
+        assert_eq!(
+            describe_target(&serde_json::json!({"url": "ws://127.0.0.1:6001"})),
+            "ws://127.0.0.1:6001"
+        );
+        assert!(target_json(&target, false, &[]).get("api_url").is_none());
     }
 }

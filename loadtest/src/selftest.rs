@@ -22,7 +22,7 @@ use sha1::{Digest, Sha1};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::cli::{SelftestArgs, Target};
+use crate::cli::{SelftestArgs, Target, WsTarget};
 use crate::pool;
 use crate::progress::{Coordinator, IntervalMeter, Tick};
 use crate::pusher::{self, Incoming};
@@ -63,8 +63,14 @@ pub fn run(args: SelftestArgs) -> anyhow::Result<Verdict> {
     std_listener.set_nonblocking(true)?;
     let addr = std_listener.local_addr()?;
     let mut target = common.target()?;
-    target.ws_addr = addr;
-    target.host = "127.0.0.1".into();
+    // The built-in source only: one WebSocket URL, whatever --url says.
+    let prefix = target.ws[0].prefix.clone();
+    target.ws = vec![WsTarget {
+        url: format!("ws://{addr}"),
+        authority: addr.to_string(),
+        addr,
+        prefix,
+    }];
     let (tx, rx) = mpsc::channel();
     let shared = Arc::new(Shared {
         stop: AtomicBool::new(false),
@@ -404,8 +410,9 @@ async fn receive(
     state: &RefCell<State>,
     slot: usize,
 ) -> anyhow::Result<()> {
-    let stream = wsclient::tcp_connect(target.ws_addr, None).await?;
-    let mut conn = wsclient::handshake(stream, target, &pusher::ws_path(target)).await?;
+    let ws = target.ws_for(slot);
+    let stream = wsclient::tcp_connect(ws.addr, None).await?;
+    let mut conn = wsclient::handshake(stream, ws, &pusher::ws_path(target, ws)).await?;
     conn.send(&pusher::subscribe(target, "1.1", "selftest"))
         .await?;
     state.borrow_mut().open += 1;

@@ -12,7 +12,7 @@ use sha1::{Digest, Sha1};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::cli::Target;
+use crate::cli::WsTarget;
 
 thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; 256 * 1024]);
@@ -55,14 +55,13 @@ pub struct WsConn {
 
 const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
-/// Completes the opening handshake for `path` on `stream`.
-pub async fn handshake(mut stream: TcpStream, target: &Target, path: &str) -> io::Result<WsConn> {
+/// Completes the opening handshake for `path` on `stream`, connected to `ws`.
+pub async fn handshake(mut stream: TcpStream, ws: &WsTarget, path: &str) -> io::Result<WsConn> {
     let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
     let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {}:{}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        target.host,
-        target.ws_addr.port()
+        ws.authority
     );
     stream.write_all(req.as_bytes()).await?;
     let mut head = Vec::with_capacity(512);

@@ -183,6 +183,167 @@ fn fanout_delivers_published_times_subscribers() {
     check_outputs(&out);
 }
 
+/// A second URL for `server`: `localhost` when it resolves to the server's address (it
+/// does where /etc/hosts maps it to 127.0.0.1), else the same address with a trailing slash.
+fn second_url(server: &Server) -> String {
+    use std::net::ToSocketAddrs;
+    let port = server.addr.port();
+    let localhost = ("localhost", port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next());
+    if localhost == Some(server.addr) {
+        format!("ws://localhost:{port}")
+    } else {
+        format!("ws://{}/", server.addr)
+    }
+}
+
+#[test]
+fn fanout_spreads_subscribers_over_several_urls() {
+    // Two URLs of one server: without clustering, two servers would not share events.
+    let server = Server::start(&[]);
+    let out = out_dir("fanout-urls");
+    let pid = server.child.id().to_string();
+    let (first, second) = (server.url(), second_url(&server));
+    let api = format!("http://{}", server.addr);
+    let o = harness(&[
+        "fanout",
+        "--url",
+        &first,
+        "--url",
+        &second,
+        "--api-url",
+        &api,
+        "--subscribers",
+        "10",
+        "--channels",
+        "2",
+        "--rate",
+        "200",
+        "--duration",
+        "1s",
+        "--warmup",
+        "500ms",
+        "--quiet",
+        "--server-pid",
+        &pid,
+        "--server-pid",
+        &pid,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    let s = summary(&out);
+    assert_eq!(s["target"]["targets"], serde_json::json!([first, second]));
+    assert_eq!(s["target"]["api_url"], api.as_str());
+    assert_eq!(
+        s["target"]["subscribers_per_target"],
+        serde_json::json!([5, 5])
+    );
+    assert!(
+        stderr.contains(&format!("target: {first}, {second}")),
+        "{stderr}"
+    );
+    let published = fig(&s, "events_published");
+    assert!(published >= 200.0, "{published}");
+    assert_eq!(fig(&s, "deliveries_expected"), published * 5.0);
+    assert_eq!(
+        fig(&s, "deliveries_received"),
+        fig(&s, "deliveries_expected")
+    );
+    for f in ["lost", "duplicates", "out_of_order", "publish_errors"] {
+        assert_eq!(fig(&s, f), 0.0, "{f}");
+    }
+    assert_eq!(s["errors"].as_array().unwrap().len(), 0);
+    // One process given twice: its figures are summed twice, as for two nodes.
+    let pid: u64 = pid.parse().unwrap();
+    assert_eq!(s["server"]["pids"], serde_json::json!([pid, pid]));
+    assert!(stderr.contains("(summed)"), "{stderr}");
+    // compare shows what was measured.
+    let o = harness(&[
+        "compare",
+        out.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let table = String::from_utf8(o.stdout).unwrap();
+    assert!(
+        table.contains(&format!(
+            "| target | {first}, {second}; subscribers per URL 5 + 5; API {api} |"
+        )),
+        "{table}"
+    );
+    assert!(table.contains("| server processes | 2 | 2 |"), "{table}");
+}
+
+#[test]
+fn connect_goes_round_robin_over_urls_from_the_environment() {
+    // Every other connection goes to a port nobody listens on: exactly half fail.
+    let server = Server::start(&[]);
+    let out = out_dir("connect-urls");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("ws://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let o = Command::new(env!("CARGO_BIN_EXE_ringcast-loadtest"))
+        .env("LOADTEST_URL", format!("{},{dead}", server.url()))
+        .args([
+            "connect",
+            "--connections",
+            "10",
+            "--hold",
+            "500ms",
+            "--quiet",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let s = summary(&out);
+    assert_eq!(fig(&s, "connections_opened"), 5.0);
+    assert_eq!(fig(&s, "connect_failures"), 5.0);
+    assert_eq!(
+        s["target"]["targets"],
+        serde_json::json!([server.url(), dead])
+    );
+    assert_eq!(
+        s["target"]["connections_per_target"],
+        serde_json::json!([5, 5])
+    );
+}
+
+#[test]
+fn urls_that_are_not_loopback_are_refused() {
+    let out = out_dir("not-loopback");
+    for args in [
+        &["--url", "ws://127.0.0.1:9", "--url", "ws://192.0.2.1:9"][..],
+        &["--url", "ws://127.0.0.1:9,ws://192.0.2.1:9"],
+    ] {
+        let o = harness(
+            &[
+                &["fanout", "--quiet", "--out", out.to_str().unwrap()][..],
+                args,
+            ]
+            .concat(),
+        );
+        assert_eq!(o.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            stderr.contains("192.0.2.1:9 is not a loopback address"),
+            "{stderr}"
+        );
+    }
+}
+
 #[test]
 fn connect_counts_handshakes_and_server_memory() {
     let server = Server::start(&[]);

@@ -1,10 +1,12 @@
-//! Opening a Pusher connection for a subscriber or a client-event publisher: connect from
-//! the planned source address, wait for the socket id, subscribe to channels.
+//! Opening a Pusher connection for a subscriber or a client-event publisher: connect to its
+//! WebSocket URL (round robin) from the planned source address, wait for the socket id,
+//! subscribe to channels.
 
 use std::time::Duration;
 
 use anyhow::bail;
 
+use crate::cli::source_for;
 use crate::pusher::{self, Incoming};
 use crate::wsclient::{self, WsConn};
 
@@ -37,16 +39,20 @@ async fn wait_for<T>(
     }
 }
 
-/// Connects, waits for the socket id, subscribes to `channels`.
+/// Connection `i` of its kind (subscriber i, or client-event publisher i): connects to the
+/// WebSocket URL `i mod n`, waits for the socket id, subscribes to `channels`.
 pub(super) async fn connect_subscribed(
     plan: &Plan,
-    global: usize,
+    i: usize,
     channels: &[&str],
 ) -> anyhow::Result<(WsConn, String)> {
-    let source = plan.source_ips.as_ref().map(|ips| ips[global % ips.len()]);
-    let stream = wsclient::tcp_connect(plan.target.ws_addr, source).await?;
-    let mut conn =
-        wsclient::handshake(stream, &plan.target, &pusher::ws_path(&plan.target)).await?;
+    let ws = plan.target.ws_for(i);
+    let source = plan
+        .source_ips
+        .as_ref()
+        .map(|ips| source_for(ips, plan.target.ws.len(), i));
+    let stream = wsclient::tcp_connect(ws.addr, source).await?;
+    let mut conn = wsclient::handshake(stream, ws, &pusher::ws_path(&plan.target, ws)).await?;
     let socket_id = wait_for(&mut conn, |m| match m {
         Incoming::Established(id) => Some(Ok(id)),
         Incoming::Error(e) => Some(Err(anyhow::anyhow!("{}", String::from_utf8_lossy(e)))),

@@ -46,7 +46,13 @@ pub struct Soak {
 pub fn run(args: FanoutArgs, soak: Option<Soak>) -> anyhow::Result<Verdict> {
     let common = &args.common;
     let target = common.target()?;
-    let source_ips = common.source_ips_for(&target, args.subscribers + args.publishers);
+    // Subscribers, and client-event publishers, each spread over the WebSocket URLs.
+    let ws_publishers = if args.via == Via::ClientEvent {
+        args.publishers
+    } else {
+        0
+    };
+    let source_ips = common.source_ips_for(&target, &[args.subscribers, ws_publishers]);
     check(&args)?;
     std::fs::create_dir_all(&common.out)?;
     let channels = channel_names(&args);
@@ -84,7 +90,7 @@ pub fn run(args: FanoutArgs, soak: Option<Soak>) -> anyhow::Result<Verdict> {
     plan.t0_ns.store(now_ns() + 100_000_000, Relaxed);
     let samples = phases::publish_and_measure(
         &plan,
-        common.server_pid,
+        &common.server_pid,
         soak,
         args.drain,
         &tick_rx,

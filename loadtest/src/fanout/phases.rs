@@ -65,30 +65,30 @@ pub(super) struct Samples {
     /// This process's CPU time at the start and at the end of the measured window.
     pub cpu_start: u64,
     pub cpu_end: u64,
-    /// Server RSS over time (soak): `[seconds since t0, KiB]`.
+    /// Server RSS over time (soak; summed over the pids): `[seconds since t0, KiB]`.
     pub rss: Vec<[f64; 2]>,
 }
 
 impl Samples {
-    /// Samples the server and this process once `now` reaches each end of the measured
-    /// window.
-    fn window_ends(&mut self, plan: &Plan, pid: Option<u32>, now: u64) {
+    /// Samples the server (the sum of `pids`) and this process once `now` reaches each end
+    /// of the measured window.
+    fn window_ends(&mut self, plan: &Plan, pids: &[u32], now: u64) {
         if self.server_start.is_none() && now >= plan.measure_start() {
-            self.server_start = Some(pid.and_then(machine::sample));
+            self.server_start = Some(machine::sample_sum(pids));
             self.cpu_start = pool::process_cpu_ns();
         }
         if self.server_end.is_none() && now >= plan.publish_end() {
-            self.server_end = Some(pid.and_then(machine::sample));
+            self.server_end = Some(machine::sample_sum(pids));
             self.cpu_end = pool::process_cpu_ns();
         }
     }
 }
 
 /// From t0 (already set) until publishing and the drain are over: passes the threads'
-/// ticks to the coordinator and samples the server (`pid`).
+/// ticks to the coordinator and samples the server (the sum of `pids`: one per node).
 pub(super) fn publish_and_measure(
     plan: &Plan,
-    pid: Option<u32>,
+    pids: &[u32],
     soak: Option<Soak>,
     drain: Duration,
     tick_rx: &mpsc::Receiver<Tick>,
@@ -111,10 +111,10 @@ pub(super) fn publish_and_measure(
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
         let now = now_ns();
-        samples.window_ends(plan, pid, now);
-        if let (Some(every), Some(pid)) = (sample_every, pid) {
+        samples.window_ends(plan, pids, now);
+        if let Some(every) = sample_every.filter(|_| !pids.is_empty()) {
             if now >= next_sample {
-                if let Some(s) = machine::sample(pid) {
+                if let Some(s) = machine::sample_sum(pids) {
                     samples.rss.push([
                         (now.saturating_sub(plan.t0())) as f64 / 1e9,
                         s.rss_kib as f64,

@@ -220,8 +220,8 @@ pub(super) async fn client_event_publisher(plan: Arc<Plan>, k: usize) {
     let _finished = Finished(&plan.publishers_done);
     let own = owned(&plan, k);
     let names: Vec<&str> = own.iter().map(|&c| plan.channels[c].as_str()).collect();
-    let global = plan.sub_channel.len() + k;
-    let mut conn = match connect_subscribed(&plan, global, &names).await {
+    // Publisher k connects to WebSocket URL k mod n, as subscriber k does.
+    let mut conn = match connect_subscribed(&plan, k, &names).await {
         Ok((c, _)) => c,
         Err(e) => {
             plan.error(

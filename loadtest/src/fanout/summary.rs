@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::cli::FanoutArgs;
+use crate::cli::{FanoutArgs, Via};
 use crate::machine;
 use crate::progress::IntervalPoint;
 use crate::report::{self, Harness, Server, Summary};
@@ -65,14 +65,14 @@ pub(super) fn build(
             format!(
                 "{} {}",
                 if soak.is_some() { "soak" } else { "fanout" },
-                common.url
+                common.url_list()
             )
         }),
         scenario: if soak.is_some() { "soak" } else { "fanout" }.into(),
         harness_version: env!("CARGO_PKG_VERSION").into(),
         command_line: report::command_line(),
         started_unix: report::unix_now(),
-        target: serde_json::json!({"url": common.url, "api_url": common.api_url, "app_id": common.app_id}),
+        target: target(args, plan),
         machine: machine::describe(),
         config: serde_json::json!({
             "subscribers": args.subscribers, "channels": args.channels, "distribution": format!("{:?}", args.distribution),
@@ -94,6 +94,17 @@ pub(super) fn build(
         errors,
         warnings,
     }
+}
+
+/// The URLs loaded and how the connections were spread over them; the API URL when
+/// publishing through it.
+fn target(args: &FanoutArgs, plan: &Plan) -> serde_json::Value {
+    let via_http = args.via == Via::Http;
+    let mut kinds = vec![("subscribers", args.subscribers)];
+    if !via_http {
+        kinds.push(("publishers", args.publishers));
+    }
+    report::target_json(&plan.target, via_http, &kinds)
 }
 
 /// The deliveries' figures, by name.
@@ -162,8 +173,9 @@ fn errors(plan: &Plan, tally: &Tally, soak: Option<Soak>) -> Vec<String> {
     errors
 }
 
-/// The server's CPU and memory over the measured window, when `--server-pid` was given
-/// (and its RSS slope as a figure, a warning when a soak saw it grow).
+/// The server's CPU and memory over the measured window, when `--server-pid` was given —
+/// summed over the pids when several were (and its RSS slope as a figure, a warning when a
+/// soak saw it grow).
 fn server(
     args: &FanoutArgs,
     soak: Option<Soak>,
@@ -172,12 +184,12 @@ fn server(
     figures: &mut BTreeMap<String, f64>,
     warnings: &mut Vec<String>,
 ) -> Option<Server> {
-    let pid = args.common.server_pid;
+    let pids = &args.common.server_pid;
     let received_in_window = tally.received_in_window;
     let measured_wall = args.common.duration.as_nanos() as f64;
     let rss_samples = samples.rss;
     match (
-        pid,
+        pids.first().copied(),
         samples.server_start.flatten(),
         samples.server_end.flatten(),
     ) {
@@ -194,6 +206,7 @@ fn server(
             }
             Some(Server {
                 pid,
+                pids: pids.clone(),
                 rss_start_kib: a.rss_kib,
                 rss_end_kib: b.rss_kib,
                 cpu_cores: (cores * 1000.0).round() / 1000.0,
@@ -205,8 +218,10 @@ fn server(
                 rss_samples,
             })
         }
-        (Some(pid), _, _) => {
-            warnings.push(format!("could not read /proc/{pid}: no server figures"));
+        (Some(_), _, _) => {
+            warnings.push(format!(
+                "could not read /proc of server pid {pids:?}: no server figures"
+            ));
             None
         }
         _ => None,
