@@ -69,6 +69,14 @@ loadtest-connect IO="uring" OUT="runs/connect": loadtest-build
 loadtest-selftest OUT="runs/selftest": loadtest-build
     ./target/release/ringcast-loadtest selftest --subscribers 1000 --cpus 1 --source-cpu 0 --duration 10s --out {{OUT}}
 
+# One node against three clustered over Redis (needs redis-server): docs/cluster.md#sizing
+loadtest-cluster ROUNDS="3" DURATION="15s": loadtest-build
+    loadtest/scripts/cluster-vs-single.sh {{ROUNDS}} {{DURATION}}
+
+# 10,000 connections joining 10,000 channels, one node and two clustered ones
+loadtest-storm ROUNDS="3": loadtest-build
+    loadtest/scripts/subscribe-storm.sh {{ROUNDS}}
+
 # Compare runs: just loadtest-compare runs/a runs/b
 loadtest-compare +RUNS:
     cargo run --release -p ringcast-loadtest -- compare {{RUNS}} --out runs

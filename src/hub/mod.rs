@@ -24,7 +24,7 @@ mod channels;
 mod conn;
 pub mod inbox;
 mod index;
-mod router;
+pub mod router;
 
 pub use broker::{Answer, Broker, BrokerError, LocalBroker, Pending};
 pub use channels::{Delivered, LocalChannels};

@@ -80,10 +80,39 @@ impl Router {
         self.index.all()
     }
 
+    /// Counts and logs (at most every 10 s, with how many since) a message dropped because
+    /// worker `worker`'s inbox was full. `from` is the worker whose call made it, or
+    /// [`FROM_BROKER`] for what another node published (counted as the broker's too).
     fn full(&self, from: usize, worker: usize, what: &str) {
-        if let Some(stats) = self.telemetry.workers.get(from) {
+        let by = if from == FROM_BROKER { worker } else { from };
+        if let Some(stats) = self.telemetry.workers.get(by) {
             stats.inbox_full.fetch_add(1, Ordering::Relaxed);
         }
-        tracing::warn!(worker, "inbox full: {what} not delivered to that worker");
+        if from == FROM_BROKER {
+            if let Some(b) = &self.telemetry.broker {
+                b.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        DROPPED_SINCE_LOG.fetch_add(1, Ordering::Relaxed);
+        let now = crate::clock::unix_ms() / 1000;
+        let last = LAST_LOG_SECS.load(Ordering::Relaxed);
+        if now >= last + 10
+            && LAST_LOG_SECS
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let dropped = DROPPED_SINCE_LOG.swap(0, Ordering::Relaxed);
+            tracing::warn!(
+                worker,
+                dropped,
+                "inbox full: {what} not delivered to that worker ({dropped} messages dropped since the last such warning): the worker cannot keep up"
+            );
+        }
     }
 }
+
+/// The `from` of what the broker routes for other nodes (no worker of this node made it).
+pub const FROM_BROKER: usize = usize::MAX;
+
+static DROPPED_SINCE_LOG: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static LAST_LOG_SECS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

@@ -416,7 +416,7 @@ fn encode_broker(
         MetricType::Gauge,
         [(vec![], ConstGauge::new(connected))],
     )?;
-    let counters: [(&str, &str, &AtomicU64); 8] = [
+    let counters: [(&str, &str, &AtomicU64); 9] = [
         (
             "ringcast_broker_commands",
             "Requests handed to Redis.",
@@ -446,6 +446,11 @@ fn encode_broker(
             "ringcast_broker_resyncs",
             "Times this node registered its state again after reaching Redis anew.",
             &b.resyncs,
+        ),
+        (
+            "ringcast_broker_events_dropped",
+            "Events from other nodes not delivered to a worker whose inbox was full.",
+            &b.dropped,
         ),
         (
             "ringcast_broker_nodes_reaped",

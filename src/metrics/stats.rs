@@ -316,6 +316,9 @@ pub struct BrokerStats {
     pub resyncs: AtomicU64,
     /// Dead nodes' sessions this node cleared.
     pub reaped: AtomicU64,
+    /// Events from other nodes not delivered because a worker's inbox was full (the worker
+    /// could not keep up with the channel's event rate).
+    pub dropped: AtomicU64,
     /// Times this node found its own lease expired (cut off from Redis for longer than
     /// `--node-timeout`) and registered under a new session.
     pub leases_lost: AtomicU64,

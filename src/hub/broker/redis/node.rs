@@ -1149,7 +1149,7 @@ impl Node {
         }
         self.status.received.fetch_add(1, Ordering::Relaxed);
         self.router.route(
-            usize::MAX,
+            crate::hub::router::FROM_BROKER,
             Delivery {
                 channel: channel.clone(),
                 frame: event.frame,
@@ -1183,7 +1183,8 @@ impl Node {
                 online: false,
             },
         };
-        self.router.route_user(usize::MAX, &msg);
+        self.router
+            .route_user(crate::hub::router::FROM_BROKER, &msg);
     }
 
     fn user_message(&self, msg: &UserMsg) -> Option<Bytes> {
