@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::redis::{node, Kind, Redis};
+use common::redis::{node, Kind, Redis, TlsRedis};
 use common::{api, eventually_api, publish, Client, Server, APP_ID};
 use serde_json::{json, Value};
 
@@ -20,6 +20,8 @@ on_backends_and_redis!(
     concurrent_joins_on_different_nodes_are_seen_in_one_order,
     a_subscribe_storm_declares_interest_in_batches,
 );
+
+on_both_backends!(nodes_cluster_over_redis_with_tls_and_a_password);
 
 /// Redis and three nodes, or `None` when Redis is not installed (skipped loudly).
 async fn cluster(backend: &'static str, kind: Kind) -> Option<(Redis, Vec<Server>)> {
@@ -447,4 +449,56 @@ async fn a_subscribe_storm_declares_interest_in_batches(backend: &'static str, k
     // Every channel is live: an event through another node reaches its subscriber.
     publish(&nodes[1], &["storm-999"], "e", "{}").await;
     assert_eq!(clients[49].recv().await["event"], "e");
+}
+
+/// `rediss://` with a password: nodes that trust the server's certificate (`SSL_CERT_FILE`)
+/// cluster over it; a node given the wrong password keeps serving alone, says why in a
+/// warning that does not show the password, and reports the broker down in `/readyz`.
+async fn nodes_cluster_over_redis_with_tls_and_a_password(backend: &'static str) {
+    let Some(redis) = TlsRedis::start() else {
+        return;
+    };
+    let start = |id: &'static str, password: &str| {
+        let url = redis.url(password);
+        let mut cmd = Server::command(
+            backend,
+            &["--redis-url", &url, "--node-id", id, "--node-timeout", "3"],
+        );
+        cmd.env("SSL_CERT_FILE", &redis.ca);
+        Server::spawn(cmd, backend).unwrap_or_else(|log| panic!("{}", log.join("\n")))
+    };
+    let a = start("a", redis.password);
+    let b = start("b", redis.password);
+    for n in [&a, &b] {
+        n.wait_for_log("clustering on").await;
+    }
+    let mut on_a = Client::connect(&a).await;
+    on_a.subscribe("secure").await;
+    publish(&b, &["secure"], "over-tls", "1").await;
+    let m = on_a.recv().await;
+    assert_eq!(
+        (m["event"].as_str(), m["data"].as_str()),
+        (Some("over-tls"), Some("1")),
+        "{m}"
+    );
+
+    let wrong = start("c", "not-the-password");
+    let warning = wrong.wait_for_log("cannot reach Redis").await;
+    assert!(warning.contains("WARN"), "{warning}");
+    let ready: Value = reqwest::get(wrong.metrics_url("/readyz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready["broker"],
+        json!({"kind": "redis", "connected": false}),
+        "{ready}"
+    );
+    for n in [&a, &b, &wrong] {
+        for line in n.log() {
+            assert!(!line.contains(redis.password), "password logged: {line}");
+        }
+    }
 }

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod deps;
 pub mod hooks;
 pub mod raw;
@@ -96,6 +97,11 @@ impl Server {
 
     /// Starts the server, or returns its log if it exits before listening.
     pub fn try_start(backend: &'static str, args: &[&str]) -> Result<Server, Vec<String>> {
+        Self::spawn(Self::command(backend, args), backend)
+    }
+
+    /// The command [`Server::try_start`] runs, for a test that adds to it (environment).
+    pub fn command(backend: &'static str, args: &[&str]) -> Command {
         // reqwest is built without a default TLS crypto provider; tests use ring's.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringcast"));
@@ -114,7 +120,7 @@ impl Server {
             cmd.args(["--metrics-port", "0"]);
         }
         cmd.args(args);
-        Self::spawn(cmd, backend)
+        cmd
     }
 
     /// Spawns a prepared command and waits for its "listening" line.

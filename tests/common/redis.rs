@@ -270,6 +270,90 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// One Redis server that takes only TLS connections and requires a password, with a
+/// self-signed certificate for 127.0.0.1; stopped when dropped.
+pub struct TlsRedis {
+    child: Child,
+    pub port: u16,
+    pub password: &'static str,
+    /// The certificate clients must trust (`SSL_CERT_FILE` for ringcast).
+    pub ca: std::path::PathBuf,
+    dir: std::path::PathBuf,
+}
+
+impl TlsRedis {
+    /// Starts it, or `None` (skipped loudly) if `redis-server` is not installed.
+    pub fn start() -> Option<TlsRedis> {
+        if Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            deps::unavailable("redis-server (Debian package redis-server), for the cluster tests")?;
+        }
+        let dir = super::certs::temp_dir();
+        let cert = super::certs::write_cert(&dir, 1, "redis");
+        let password = "s3cret-redis-password";
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                ])
+                .arg("--tls-cert-file")
+                .arg(&cert.cert_path)
+                .arg("--tls-key-file")
+                .arg(&cert.key_path)
+                .arg("--tls-ca-cert-file")
+                .arg(&cert.cert_path)
+                .args(["--tls-auth-clients", "no", "--requirepass", password])
+                .args(["--save", "", "--appendonly", "no"])
+                .current_dir(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn redis-server");
+            let deadline = Instant::now() + WAIT;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Some(TlsRedis {
+                        child,
+                        port,
+                        password,
+                        ca: cert.cert_path,
+                        dir,
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("redis-server with TLS did not start (is it built with TLS?)");
+    }
+
+    /// `rediss://` with `password`.
+    pub fn url(&self, password: &str) -> String {
+        format!("rediss://:{password}@127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Starts a node of the cluster on `redis`, and waits until it has reached Redis.
 pub async fn node(redis: &Redis, backend: &'static str, node_id: &str, args: &[&str]) -> Server {
     let store = redis.node_args();

@@ -188,6 +188,7 @@ impl Node {
             tokio::time::interval((self.settings.node_timeout / 3).max(Duration::from_millis(500)));
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut beating = false;
+        let mut warned_at: Option<Instant> = None;
         let mut sweep = tokio::time::interval(SWEEP_HELD);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -287,9 +288,17 @@ impl Node {
                             Ok(p) => {
                                 pubsub = Some(p);
                                 retry_in = RECONNECT_MIN;
+                                warned_at = None;
                             }
                             Err(e) => {
-                                tracing::debug!(error = %e, "Redis not reachable yet");
+                                // Said once when it starts failing, then every 30 s.
+                                let now = Instant::now();
+                                if warned_at.is_none_or(|at| now >= at + Duration::from_secs(30)) {
+                                    tracing::warn!(error = %e, "cannot reach Redis: retrying with backoff");
+                                    warned_at = Some(now);
+                                } else {
+                                    tracing::debug!(error = %e, "Redis not reachable yet");
+                                }
                                 retry_in = (retry_in * 2).min(RECONNECT_MAX);
                                 // Jitter: nodes restarted together do not retry together.
                                 let jitter = rand::random::<u64>() % (retry_in.as_millis() as u64 / 2 + 1);
