@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::redis::{node, Kind, Redis, TlsRedis};
-use common::{api, eventually_api, publish, Client, Server, APP_ID};
+use common::{api, demo_app_with, eventually_api, publish, Client, Server, APP_ID};
 use serde_json::{json, Value};
 
 on_backends_and_redis!(
@@ -19,6 +19,7 @@ on_backends_and_redis!(
     client_events_and_users_cross_nodes,
     concurrent_joins_on_different_nodes_are_seen_in_one_order,
     a_subscribe_storm_declares_interest_in_batches,
+    subscription_counts_cover_every_node,
 );
 
 on_both_backends!(nodes_cluster_over_redis_with_tls_and_a_password);
@@ -501,4 +502,43 @@ async fn nodes_cluster_over_redis_with_tls_and_a_password(backend: &'static str)
             assert!(!line.contains(redis.password), "password logged: {line}");
         }
     }
+}
+
+/// `pusher_internal:subscription_count` counts every node's subscribers, and each
+/// subscriber, whichever node it is on, is told of a change made on another.
+async fn subscription_counts_cover_every_node(backend: &'static str, kind: Kind) {
+    let Some(redis) = Redis::start_kind(kind) else {
+        return;
+    };
+    let apps = demo_app_with("subscription_count = true");
+    let apps = ["--apps-file", apps.to_str().unwrap()];
+    let mut nodes = Vec::new();
+    for id in ["a", "b", "c"] {
+        nodes.push(node(&redis, backend, id, &apps).await);
+    }
+    async fn count(c: &mut Client) -> u64 {
+        let msg = c.recv().await;
+        assert_eq!(msg["event"], "pusher_internal:subscription_count", "{msg}");
+        assert_eq!(msg["channel"], "counted", "{msg}");
+        let data: Value = serde_json::from_str(msg["data"].as_str().unwrap()).unwrap();
+        data["subscription_count"].as_u64().unwrap()
+    }
+    let mut clients = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let mut c = Client::connect(n).await;
+        c.subscribe("counted").await;
+        clients.push(c);
+        // Everyone subscribed so far, on every node, hears the new total.
+        for c in &mut clients {
+            assert_eq!(count(c).await, i as u64 + 1);
+        }
+    }
+    clients[1]
+        .send(json!({"event": "pusher:unsubscribe", "data": {"channel": "counted"}}))
+        .await;
+    assert_eq!(count(&mut clients[0]).await, 2);
+    assert_eq!(count(&mut clients[2]).await, 2);
+    drop(clients.remove(2));
+    assert_eq!(count(&mut clients[0]).await, 1);
+    assert_eq!(clients[1].try_recv(Duration::from_millis(300)).await, None);
 }
