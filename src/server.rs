@@ -240,8 +240,9 @@ pub fn run(config: Config, apps: Apps) -> anyhow::Result<()> {
     signals.close();
     join_all(threads);
     // What the closed connections left goes out: the other nodes are told, and held
-    // webhooks are sent at the end of their debounce.
-    let within = Duration::from_secs(5);
+    // webhooks are sent (in a cluster at the end of their debounce), within
+    // --shutdown-timeout but at least 5 s.
+    let within = shared.config.shutdown_timeout.max(Duration::from_secs(5));
     shared.broker.depart(within);
     if !shared.webhooks.flush(within) {
         tracing::warn!("some webhooks were not sent before exiting");

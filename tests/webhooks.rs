@@ -302,11 +302,32 @@ async fn held_webhooks_go_out_before_the_server_exits(backend: &'static str) {
     let mut server = Server::start(backend, &["--webhook-url", &rx.url]);
     let mut c = Client::connect(&server).await;
     c.subscribe("room").await;
-    rx.wait_for(1).await;
-    // SIGTERM closes the last subscriber: `channel_vacated` is held for its debounce, and
-    // the server waits for it (and its delivery) before exiting.
+    let mut member = Client::connect(&server).await;
+    member
+        .send_presence_subscribe("presence-room", &json!({"user_id": "ann"}))
+        .await;
+    assert_eq!(
+        member.recv().await["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    rx.wait_for(3).await;
+    // SIGTERM closes the last subscribers: `channel_vacated` and `member_removed` are held
+    // for their debounce, and the server sends them before exiting.
     server.signal(libc::SIGTERM);
     assert_eq!(common::close_code(&c.closed().await), 4200);
+    assert_eq!(common::close_code(&member.closed().await), 4200);
     assert!(server.wait_exit(WAIT).success());
-    assert_eq!(rx.event_names(), ["channel_occupied", "channel_vacated"]);
+    let mut names = rx.event_names();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "channel_occupied",
+            "channel_occupied",
+            "channel_vacated",
+            "channel_vacated",
+            "member_added",
+            "member_removed"
+        ]
+    );
 }

@@ -163,7 +163,8 @@ pub struct Cli {
     pub max_connections_per_ip_per_second: u32,
 
     /// Seconds a new TCP connection has to complete its first HTTP request (and TLS
-    /// handshake); slower ones are closed (slowloris protection).
+    /// handshake), and a kept-alive one each later request's head from its first byte;
+    /// slower ones are closed (slowloris protection).
     #[arg(long, env = "RINGCAST_HANDSHAKE_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
     pub handshake_timeout: u64,
 

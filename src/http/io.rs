@@ -17,6 +17,35 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use crate::runtime::{Leftover, Reader, Socket, Writer, Written};
 
+/// What a connection's timers read, kept by [`HyperIo`] as bytes move.
+#[derive(Debug)]
+pub struct Clock {
+    /// When bytes were last read or written.
+    pub activity: Cell<Instant>,
+    /// When the first byte not yet part of a request being served was read: a request's
+    /// head has been arriving since then. Cleared when a request starts and ends being
+    /// served.
+    pub head_since: Cell<Option<Instant>>,
+}
+
+impl Clock {
+    /// A clock for a connection accepted now.
+    pub fn new() -> Rc<Clock> {
+        Rc::new(Clock {
+            activity: Cell::new(Instant::now()),
+            head_since: Cell::new(None),
+        })
+    }
+
+    fn read(&self) {
+        let now = Instant::now();
+        self.activity.set(now);
+        if self.head_since.get().is_none() {
+            self.head_since.set(Some(now));
+        }
+    }
+}
+
 type PendingWrite<W> = Pin<Box<dyn Future<Output = Written<W>>>>;
 type PendingShutdown = Pin<Box<dyn Future<Output = io::Result<()>>>>;
 
@@ -32,12 +61,12 @@ pub struct HyperIo<S: Socket> {
     wbuf: BytesMut,
     write: Option<PendingWrite<S::Writer>>,
     shutdown: Option<PendingShutdown>,
-    activity: Rc<Cell<Instant>>,
+    clock: Rc<Clock>,
 }
 
 impl<S: Socket> HyperIo<S> {
-    /// Wraps `socket`; `activity` is set to the time of each read or write.
-    pub fn new(socket: S, activity: Rc<Cell<Instant>>) -> Self {
+    /// Wraps `socket`, keeping `clock` as bytes move.
+    pub fn new(socket: S, clock: Rc<Clock>) -> Self {
         let (rx, writer) = socket.split();
         Self {
             rx,
@@ -46,7 +75,7 @@ impl<S: Socket> HyperIo<S> {
             wbuf: BytesMut::new(),
             write: None,
             shutdown: None,
-            activity,
+            clock,
         }
     }
 
@@ -78,7 +107,7 @@ impl<S: Socket> HyperIo<S> {
                 self.write = None;
                 self.writer = Some(done.writer);
                 done.result?;
-                self.activity.set(Instant::now());
+                self.clock.activity.set(Instant::now());
             }
             if self.wbuf.is_empty() {
                 return Poll::Ready(Ok(()));
@@ -108,7 +137,7 @@ impl<S: Socket> hyper::rt::Read for HyperIo<S> {
             match ready!(this.rx.poll_recv(cx, &mut this.rbuf)) {
                 // End of stream: hyper sees a read of zero bytes.
                 Ok(0) => return Poll::Ready(Ok(())),
-                Ok(_) => this.activity.set(Instant::now()),
+                Ok(_) => this.clock.read(),
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }

@@ -94,7 +94,10 @@ pub async fn serve<R: Runtime, S: Socket>(
     accepted: Instant,
 ) {
     worker.http_conn_delta(true);
-    let activity = Rc::new(Cell::new(Instant::now()));
+    let clock = io::Clock::new();
+    // Requests being served: while one is, bytes read belong to it (its body) or wait
+    // behind it (pipelining), and no head is overdue.
+    let serving = Rc::new(Cell::new(0u32));
     let upgrade: Rc<RefCell<Option<Protocol>>> = Rc::new(RefCell::new(None));
 
     // Until the first request arrives, the connection is on the clock (slowloris and
@@ -104,24 +107,37 @@ pub async fn serve<R: Runtime, S: Socket>(
         let worker = worker.clone();
         let upgrade = upgrade.clone();
         let requested = requested.clone();
+        let (clock, serving) = (clock.clone(), serving.clone());
         let ip = peer.ip();
         hyper::service::service_fn(move |req| {
             requested.set(true);
+            clock.head_since.set(None);
+            serving.set(serving.get() + 1);
+            let (clock, serving) = (clock.clone(), serving.clone());
+            let route = route::<R>(worker.clone(), upgrade.clone(), req, ip);
             let fut: Pin<Box<dyn Future<Output = Result<HttpResponse, Infallible>>>> =
-                Box::pin(route::<R>(worker.clone(), upgrade.clone(), req, ip));
+                Box::pin(async move {
+                    let resp = route.await;
+                    clock.head_since.set(None);
+                    serving.set(serving.get() - 1);
+                    resp
+                });
             fut
         })
     };
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(R::timer())
-        .header_read_timeout(worker.config().handshake_timeout)
+        // hyper's header timer also runs while a kept-alive connection is idle, which is
+        // --http-idle-timeout's business: request heads are timed below instead.
+        .header_read_timeout(None)
         .max_buf_size(64 * 1024);
-    let mut conn = builder.serve_connection(io::HyperIo::new(socket, activity.clone()), svc);
+    let mut conn = builder.serve_connection(io::HyperIo::new(socket, clock.clone()), svc);
 
     // Run hyper until the connection ends or upgrades, closing it gracefully when the
     // connection stays idle too long, or at the end of a shutdown's drain.
     let idle_timeout = worker.config().http_idle_timeout;
+    let head_timeout = worker.config().handshake_timeout;
     let mut stopping = pin!(worker.http_stop.clone().cancelled_owned());
     let mut idle = pin!(R::sleep(idle_timeout));
     let mut closing = false;
@@ -131,6 +147,10 @@ pub async fn serve<R: Runtime, S: Socket>(
             .handshake_timeout
             .saturating_sub(accepted.elapsed())
     ));
+    // A later request's head must be complete within --handshake-timeout of its first
+    // byte, however slowly it trickles (each byte counts as activity).
+    let mut head_deadline = pin!(R::sleep(head_timeout));
+    let mut head_for: Option<Instant> = None;
     let mut timed_out = false;
     let res = poll_fn(|cx| {
         if !requested.get() && first_request.as_mut().poll(cx).is_ready() {
@@ -140,7 +160,7 @@ pub async fn serve<R: Runtime, S: Socket>(
         if !closing {
             let mut close = stopping.as_mut().poll(cx).is_ready();
             while !close && idle.as_mut().poll(cx).is_ready() {
-                let quiet = activity.get().elapsed();
+                let quiet = clock.activity.get().elapsed();
                 if quiet >= idle_timeout {
                     close = true;
                 } else {
@@ -155,7 +175,20 @@ pub async fn serve<R: Runtime, S: Socket>(
         } else if idle.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Err(None));
         }
-        conn.poll_without_shutdown(cx).map_err(Some)
+        let polled = conn.poll_without_shutdown(cx).map_err(Some);
+        if polled.is_pending() && requested.get() && serving.get() == 0 {
+            if let Some(since) = clock.head_since.get() {
+                if head_for != Some(since) {
+                    head_deadline.set(R::sleep(head_timeout.saturating_sub(since.elapsed())));
+                    head_for = Some(since);
+                }
+                if head_deadline.as_mut().poll(cx).is_ready() {
+                    timed_out = true;
+                    return Poll::Ready(Err(None));
+                }
+            }
+        }
+        polled
     })
     .await;
     worker.http_conn_delta(false);

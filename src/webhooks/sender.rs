@@ -86,7 +86,14 @@ pub(super) async fn run(
             _ = tick.tick() => {}
         }
         let now = Instant::now();
-        for job in debounce.due(now) {
+        // Shutting down a single node, nobody can come back before it exits: held leaves
+        // go at once. A cluster's wait for the debounce, as a user may be back on another
+        // node.
+        let release = match (&flushing, confirm.get()) {
+            (Some(_), None) => now + Duration::from_secs(86_400),
+            _ => now,
+        };
+        for job in debounce.due(release) {
             match (confirm.get(), job.event.confirm.is_some()) {
                 (Some(c), true) => {
                     let answer = c.confirm(job.app, &job.event);
