@@ -5,13 +5,15 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Server, WAIT};
+use common::{publish, Client, Server, WAIT};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 on_both_backends!(
     keep_alive_connections_stay_for_the_idle_timeout,
     a_trickled_request_on_a_kept_connection_is_cut,
+    clients_that_pipeline_and_never_read_do_not_stall_the_worker,
 );
 
 /// Sends `GET /healthz` and reads the response head (the body is small and comes with it).
@@ -117,4 +119,70 @@ async fn a_trickled_request_on_a_kept_connection_is_cut(backend: &'static str) {
         "a head trickled over {:?} was still being read",
         started.elapsed()
     );
+}
+
+/// Clients that pipeline requests and never read the answers: the server stops reading
+/// them once their answers back up, and what they keep sending must not take what every
+/// other connection of the worker needs to receive (on io_uring, the worker's shared
+/// receive buffers). Meanwhile a new client on the same (single) worker connects,
+/// subscribes, pings and gets its events.
+async fn clients_that_pipeline_and_never_read_do_not_stall_the_worker(backend: &'static str) {
+    // Long timeouts, so that no timer ends the hogs while the test runs.
+    let server = Server::start(
+        backend,
+        &[
+            "--workers",
+            "1",
+            "--handshake-timeout",
+            "120",
+            "--http-idle-timeout",
+            "120",
+        ],
+    );
+    // Small requests with larger answers, 100 to a write.
+    let request = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".repeat(100);
+    let mut hogs = Vec::new();
+    for _ in 0..8 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        // A small receive window: the answers back up quickly.
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = socket.connect(server.addr).await.unwrap();
+        let request = request.clone();
+        hogs.push(tokio::spawn(async move {
+            let mut sent = 0usize;
+            while sent < 16 << 20 {
+                match tokio::time::timeout(
+                    Duration::from_secs(2),
+                    stream.write_all(request.as_bytes()),
+                )
+                .await
+                {
+                    Ok(Ok(())) => sent += request.len(),
+                    // The server stopped taking more: hold the connection open.
+                    Ok(Err(_)) | Err(_) => break,
+                }
+            }
+            (stream, sent)
+        }));
+    }
+    let mut held = Vec::new();
+    for h in hogs {
+        held.push(h.await.unwrap());
+    }
+    let total: usize = held.iter().map(|(_, n)| n).sum();
+    assert!(total > 1 << 20, "the hogs sent only {total} bytes");
+
+    let mut c = tokio::time::timeout(WAIT, Client::connect(&server))
+        .await
+        .expect("a new client could not connect while the hogs held on");
+    tokio::time::timeout(WAIT, c.subscribe("news"))
+        .await
+        .expect("a new client could not subscribe while the hogs held on");
+    for i in 0..5 {
+        publish(&server, &["news"], "tick", &i.to_string()).await;
+        assert_eq!(c.recv().await["data"], i.to_string());
+        c.send(json!({"event": "pusher:ping", "data": {}})).await;
+        assert_eq!(c.recv().await["event"], "pusher:pong");
+    }
+    drop(held);
 }

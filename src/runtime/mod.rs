@@ -178,6 +178,13 @@ pub trait Reader: Unpin + 'static {
     /// Polls for bytes, appending them to `buf` (which may be empty and unallocated).
     /// `Ready(Ok(0))` means end of stream.
     fn poll_recv(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>>;
+
+    /// From now on the consumer reads whenever data is there (a WebSocket session, which
+    /// always drains its input), so the backend may receive ahead of it (io_uring: a
+    /// multishot receive into the worker's shared ring). Until then a reader receives only
+    /// while polled, into memory of its own, and takes nothing other connections need when
+    /// its consumer stops asking (an HTTP connection whose answers back up).
+    fn read_ahead(&mut self) {}
 }
 
 /// The sending half of a [`Socket`]; see the contract there.

@@ -22,22 +22,34 @@ pub(crate) fn with_accepted<R: Runtime, Fut: Future<Output = ()>>(
     client: impl FnOnce(SocketAddr) + Send + 'static,
     test: impl FnOnce(R::Socket) -> Fut,
 ) {
+    with_accepted_n::<R, _>(1, client, |mut sockets| test(sockets.remove(0)));
+}
+
+/// [`with_accepted`] for a client that makes `n` connections, handed over in the order
+/// they were accepted.
+fn with_accepted_n<R: Runtime, Fut: Future<Output = ()>>(
+    n: usize,
+    client: impl FnOnce(SocketAddr) + Send + 'static,
+    test: impl FnOnce(Vec<R::Socket>) -> Fut,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
     let client = std::thread::spawn(move || client(addr));
     R::block_on(|| async move {
-        let accepted = Rc::new(RefCell::new(None));
+        let accepted = Rc::new(RefCell::new(Vec::new()));
         let stop = CancellationToken::new();
         let (slot, stopper) = (accepted.clone(), stop.clone());
         R::accept_loop(listener, stop, move |socket, _| {
-            *slot.borrow_mut() = Some(socket);
-            stopper.cancel();
+            slot.borrow_mut().push(socket);
+            if slot.borrow().len() == n {
+                stopper.cancel();
+            }
         })
         .await
         .unwrap();
-        let socket = accepted.borrow_mut().take().expect("accepted");
-        test(socket).await;
+        let sockets = std::mem::take(&mut *accepted.borrow_mut());
+        test(sockets).await;
     })
     .unwrap();
     client.join().unwrap();
@@ -104,6 +116,59 @@ fn writes_arrive_whole_and_in_order_and_the_writer_comes_back<R: Runtime>() {
         },
     );
     assert_eq!(rx.recv().unwrap(), expected);
+}
+
+/// A reader whose consumer stops asking (an HTTP connection whose answers back up) holds
+/// no receive memory that other connections of the worker need: with 3 MiB arriving for
+/// it (more than an io_uring worker's whole receive ring), another connection still
+/// receives.
+fn an_unread_connection_leaves_receive_memory_to_others<R: Runtime>() {
+    with_accepted_n::<R, _>(
+        2,
+        |addr| {
+            let mut hog = TcpStream::connect(addr).unwrap();
+            let mut other = TcpStream::connect(addr).unwrap();
+            hog.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+            hog.write_all(b"first").unwrap();
+            // Until the kernel's buffers are full, or the test is over.
+            let chunk = pattern(64 * 1024);
+            for _ in 0..48 {
+                if hog.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+            other.write_all(b"hello").unwrap();
+            let mut answer = [0u8; 2];
+            other.read_exact(&mut answer).unwrap();
+            assert_eq!(&answer, b"ok");
+        },
+        |sockets| async move {
+            let mut sockets = sockets.into_iter();
+            let (mut hog, _hog_writer) = sockets.next().unwrap().split();
+            let (mut other, other_writer) = sockets.next().unwrap().split();
+            // The hog's reader is asked once, then left alone while its data arrives.
+            let mut buf = BytesMut::new();
+            std::future::poll_fn(|cx| hog.poll_recv(cx, &mut buf))
+                .await
+                .unwrap();
+            R::sleep(Duration::from_millis(500)).await;
+            let mut got = BytesMut::new();
+            let received = async {
+                while got.len() < 5 {
+                    std::future::poll_fn(|cx| other.poll_recv(cx, &mut got))
+                        .await
+                        .unwrap();
+                }
+            };
+            tokio::select! {
+                _ = received => {}
+                _ = R::sleep(Duration::from_secs(5)) => panic!("the other connection received nothing"),
+            }
+            assert_eq!(&got[..], b"hello");
+            let done = other_writer.write(vec![Bytes::from_static(b"ok")]).await;
+            done.result.unwrap();
+        },
+    );
 }
 
 fn shutdown_ends_the_stream_without_waiting_for_the_peer<R: Runtime>() {
@@ -233,4 +298,5 @@ on_both_backends!(
     bytes_arrive_in_order_then_end_of_stream,
     writes_arrive_whole_and_in_order_and_the_writer_comes_back,
     shutdown_ends_the_stream_without_waiting_for_the_peer,
+    an_unread_connection_leaves_receive_memory_to_others,
 );

@@ -1,7 +1,8 @@
 //! The io_uring backend, through compio.
 //!
-//! Accepts with multishot accept; receives in the data phase with multishot receive into
-//! the worker's provided-buffer ring (so an idle connection holds no read buffer); sends
+//! Accepts with multishot accept; receives HTTP requests with one `recv` at a time into the
+//! connection's own buffer, and in a WebSocket session with multishot receive into the
+//! worker's provided-buffer ring (so an idle connection holds no read buffer); sends
 //! vectors of shared `Bytes` with `sendmsg`. Dropping an operation cancels it in the
 //! kernel.
 
@@ -45,10 +46,22 @@ pub struct UringWriter {
 }
 
 type RecvStream = Pin<Box<dyn Stream<Item = io::Result<compio::driver::BufferRef>>>>;
+type RecvOnce = Pin<Box<dyn Future<Output = BufResult<usize, Vec<u8>>>>>;
 
-/// Receives through a multishot `recv` into the worker's buffer ring.
+/// Receives one `recv` at a time into a buffer of its own until [`Reader::read_ahead`],
+/// then through a multishot `recv` into the worker's buffer ring.
+///
+/// A multishot receive keeps taking ring buffers as data arrives whether or not anyone
+/// reads them: a client that pipelines requests and never reads the answers (so hyper
+/// stops reading) would take the whole ring and stall every connection of the worker.
+/// A WebSocket session always drains its input; an HTTP connection may not.
 pub struct UringReader {
-    stream: RecvStream,
+    socket: TcpStream,
+    /// The `recv` in flight, before read-ahead.
+    once: Option<RecvOnce>,
+    ahead: bool,
+    /// The multishot receive, once reading ahead (armed at the first poll after).
+    stream: Option<RecvStream>,
     /// Times in a row the ring was found empty.
     dry: u32,
     /// A pause before re-arming, after the ring stayed empty.
@@ -71,13 +84,36 @@ fn recv_multi(stream: &TcpStream) -> RecvStream {
 }
 
 impl Reader for UringReader {
+    fn read_ahead(&mut self) {
+        self.ahead = true;
+    }
+
     fn poll_recv(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
+        // A `recv` in flight finishes first, read-ahead or not: dropping it could lose what
+        // it received.
+        if self.once.is_some() || !self.ahead {
+            let once = self.once.get_or_insert_with(|| {
+                let socket = self.socket.clone();
+                let into = Vec::with_capacity(RING_BUFFER_LEN);
+                Box::pin(async move {
+                    let mut s = &socket;
+                    compio::io::AsyncRead::read(&mut s, into).await
+                })
+            });
+            let BufResult(res, data) = ready!(once.as_mut().poll(cx));
+            self.once = None;
+            let n = res?;
+            buf.extend_from_slice(&data[..n]);
+            return Poll::Ready(Ok(n));
+        }
+        let socket = &self.socket;
+        let stream = self.stream.get_or_insert_with(|| recv_multi(socket));
         loop {
             if let Some(pause) = self.backoff.as_mut() {
                 ready!(pause.as_mut().poll(cx));
                 self.backoff = None;
             }
-            match ready!(self.stream.as_mut().poll_next(cx)) {
+            match ready!(stream.as_mut().poll_next(cx)) {
                 Some(Ok(chunk)) => {
                     self.dry = 0;
                     buf.extend_from_slice(&chunk);
@@ -108,7 +144,10 @@ impl Socket for UringSocket {
 
     fn split(self) -> (UringReader, UringWriter) {
         let reader = UringReader {
-            stream: recv_multi(&self.stream),
+            socket: self.stream.clone(),
+            once: None,
+            ahead: false,
+            stream: None,
             dry: 0,
             backoff: None,
         };

@@ -149,7 +149,11 @@ impl<S: Socket> Driver<S> {
             conn,
             writer: Some(writer),
             inbuf: leftover.buf,
-            rx: Some(leftover.rx),
+            rx: Some({
+                let mut rx = leftover.rx;
+                rx.read_ahead();
+                rx
+            }),
             skip: 0,
             batch: Vec::new(),
             write: None,

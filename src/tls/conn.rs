@@ -455,6 +455,12 @@ impl<R: Runtime> Drop for TlsReader<R> {
 }
 
 impl<R: Runtime> Reader for TlsReader<R> {
+    fn read_ahead(&mut self) {
+        if let Some(rx) = self.st.borrow_mut().rx.as_mut() {
+            rx.read_ahead();
+        }
+    }
+
     fn poll_recv(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
         let start = buf.len();
         loop {
