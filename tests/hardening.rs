@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{publish, Client, Server, WAIT};
+use common::{now_secs, publish, signed_url, signed_url_with, Client, Server, APP_ID, WAIT};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -14,6 +14,7 @@ on_both_backends!(
     keep_alive_connections_stay_for_the_idle_timeout,
     a_trickled_request_on_a_kept_connection_is_cut,
     clients_that_pipeline_and_never_read_do_not_stall_the_worker,
+    unsigned_api_requests_are_refused_before_their_body_is_read,
 );
 
 /// Sends `GET /healthz` and reads the response head (the body is small and comes with it).
@@ -185,4 +186,81 @@ async fn clients_that_pipeline_and_never_read_do_not_stall_the_worker(backend: &
         assert_eq!(c.recv().await["event"], "pusher:pong");
     }
     drop(held);
+}
+
+/// An API request whose query does not prove it comes from the app (wrong key, secret or
+/// timestamp) is answered 401 at once: its body (announced, never sent here) is not waited
+/// for, read or hashed. A correctly signed request's body is still checked against
+/// `body_md5`.
+async fn unsigned_api_requests_are_refused_before_their_body_is_read(backend: &'static str) {
+    let server = Server::start(backend, &[]);
+    let path = format!("/apps/{APP_ID}/events");
+    let body = json!({"name": "e", "channel": "c", "data": "x".repeat(100_000)}).to_string();
+    let forged = [
+        signed_url_with(
+            &server,
+            common::APP_KEY,
+            "wrong-secret",
+            "POST",
+            &path,
+            &[],
+            body.as_bytes(),
+            now_secs(),
+        ),
+        signed_url(
+            &server,
+            "POST",
+            &path,
+            &[],
+            body.as_bytes(),
+            now_secs() - 3600,
+        ),
+        signed_url_with(
+            &server,
+            "no-such-key",
+            common::APP_SECRET,
+            "POST",
+            &path,
+            &[],
+            body.as_bytes(),
+            now_secs(),
+        ),
+    ];
+    for url in forged {
+        let target = url
+            .split_once(&server.addr.to_string())
+            .unwrap()
+            .1
+            .to_string();
+        let mut http = TcpStream::connect(server.addr).await.unwrap();
+        let head = format!(
+            "POST {target} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        http.write_all(head.as_bytes()).await.unwrap();
+        let reply = read_response(&mut http).await.unwrap();
+        assert!(reply.starts_with("HTTP/1.1 401"), "{reply}");
+        assert!(reply.contains("\"error\""), "a JSON reason: {reply}");
+    }
+    // Signed for one body, sent with another: refused once the body is in.
+    let body = json!({"name": "e", "channel": "c", "data": "x"}).to_string();
+    let url = signed_url(&server, "POST", &path, &[], body.as_bytes(), now_secs());
+    let other = body.replace("\"e\"", "\"f\"");
+    let resp = reqwest::Client::new()
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert!(resp.text().await.unwrap().contains("body_md5"));
+    let resp = reqwest::Client::new()
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
 }

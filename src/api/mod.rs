@@ -125,55 +125,17 @@ async fn handle_inner<R: Runtime>(
     let (app_id, route) = route(&path, &method)?;
     let config = worker.config();
     let query = req.uri().query().map(str::to_string);
-    // The body first (it may take up to BODY_READ_TIMEOUT), then the apps as they are now:
-    // a request that began before a reload is judged by the apps after it.
-    let body = read_body::<R>(req, config.limits.max_request_body).await?;
-    let apps = worker.shared.apps.load();
-    let app = if path.starts_with("/apps/") {
-        apps.by_id(app_id).ok_or_else(|| {
-            ApiError::new(StatusCode::NOT_FOUND, format!("unknown app id {app_id:?}"))
-        })?
-    } else {
-        let key = query
-            .as_deref()
-            .and_then(|q| {
-                form_urlencoded::parse(q.as_bytes())
-                    .find(|(k, _)| k == "auth_key")
-                    .map(|(_, v)| v.into_owned())
-            })
-            .unwrap_or_default();
-        apps.by_key(&key).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                format!("unknown auth_key {key:?}"),
-            )
-        })?
-    };
-
     let params = signature::parse_query(query.as_deref())
         .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()))?;
-    let app_cfg = apps.get(app).clone();
-    drop(apps);
-    let now = crate::clock::unix_secs();
-    signature::verify(
-        &signature::Signed {
-            method: method.as_str(),
-            path: &path,
-            params: &params,
-            body: &body,
-        },
-        &app_cfg.key,
-        &app_cfg.secret,
-        now,
-        config.limits.timestamp_window,
-    )
-    .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()))?;
-    if !app_cfg.enabled {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "application is disabled",
-        ));
+    let limit = config.limits.max_request_body;
+    if declared_length(&req).is_some_and(|n| n > limit as u64) {
+        return Err(too_large(limit));
     }
+    // Everything the query proves is checked before the body is read (it may be large and
+    // slow): a request not signed by the app costs no body read and no MD5.
+    let now = crate::clock::unix_secs();
+    let apps = worker.shared.apps.load_full();
+    let (app, app_cfg) = authorize(&apps, &path, &method, app_id, &params, now, config)?;
     if !app_cfg
         .counters
         .allow_api_request(now, app_cfg.max_api_requests_per_second)
@@ -187,6 +149,17 @@ async fn handle_inner<R: Runtime>(
             ),
         ));
     }
+    let body = read_body::<R>(req, limit).await?;
+    // Apps reloaded while the body arrived: the request is judged by the apps as they are
+    // now (a disabled app, a new secret).
+    let current = worker.shared.apps.load_full();
+    let app = if std::sync::Arc::ptr_eq(&apps, &current) {
+        app
+    } else {
+        authorize(&current, &path, &method, app_id, &params, now, config)?.0
+    };
+    signature::verify_body(&params, &body)
+        .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()))?;
 
     match route {
         Route::Events => events::trigger::<R>(worker, app, &body).await,
@@ -235,22 +208,66 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-async fn read_body<R: Runtime>(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body exceeds {limit} bytes"),
-        )
+/// The app a request names (by id under `/apps/`, else by its `auth_key`), if its query
+/// is signed by it (key, timestamp window, HMAC) and it is enabled.
+fn authorize(
+    apps: &crate::app::Apps,
+    path: &str,
+    method: &Method,
+    app_id: &str,
+    params: &signature::Params,
+    now: u64,
+    config: &crate::config::Config,
+) -> Result<(crate::app::AppIdx, std::sync::Arc<crate::app::App>), ApiError> {
+    let app = if path.starts_with("/apps/") {
+        apps.by_id(app_id).ok_or_else(|| {
+            ApiError::new(StatusCode::NOT_FOUND, format!("unknown app id {app_id:?}"))
+        })?
+    } else {
+        let key = params.get("auth_key").map_or("", String::as_str);
+        apps.by_key(key).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                format!("unknown auth_key {key:?}"),
+            )
+        })?
     };
-    if req
-        .headers()
+    let app_cfg = apps.get(app).clone();
+    signature::verify_query(
+        method.as_str(),
+        path,
+        params,
+        &app_cfg.key,
+        &app_cfg.secret,
+        now,
+        config.limits.timestamp_window,
+    )
+    .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()))?;
+    if !app_cfg.enabled {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "application is disabled",
+        ));
+    }
+    Ok((app, app_cfg))
+}
+
+/// The request's `Content-Length`, if it has a valid one.
+fn declared_length(req: &Request<Incoming>) -> Option<u64> {
+    req.headers()
         .get(hyper::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
-        .is_some_and(|n| n > limit as u64)
-    {
-        return Err(too_large());
-    }
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("request body exceeds {limit} bytes"),
+    )
+}
+
+async fn read_body<R: Runtime>(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
     let collect = Limited::new(req.into_body(), limit).collect();
     let collected = tokio::select! {
         biased;
@@ -261,7 +278,7 @@ async fn read_body<R: Runtime>(req: Request<Incoming>, limit: usize) -> Result<B
     };
     match collected {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(limit)),
         Err(e) => Err(ApiError::bad_request(format!(
             "could not read the body: {e}"
         ))),
