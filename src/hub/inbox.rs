@@ -4,7 +4,8 @@
 //! A bounded crossbeam channel carries the messages; an atomic flag plus an `AtomicWaker`
 //! wakes the receiving worker's inbox task, whichever runtime it runs on. Senders never
 //! block a thread: a full inbox is reported back and the sender decides (the HTTP API
-//! waits asynchronously, then answers 503).
+//! waits asynchronously for [`InboxSender::room`], then answers 503). Taking a message
+//! wakes one waiting sender; with none waiting that costs one atomic load.
 
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,6 +48,8 @@ pub enum WorkerMsg {
 struct Signal {
     pending: AtomicBool,
     waker: AtomicWaker,
+    /// Senders waiting for a full inbox to make room.
+    room: event_listener::Event,
 }
 
 /// The sending side, cloned into every worker.
@@ -68,6 +71,7 @@ pub fn inbox(capacity: usize) -> (InboxSender, InboxReceiver) {
     let signal = Arc::new(Signal {
         pending: AtomicBool::new(false),
         waker: AtomicWaker::new(),
+        room: event_listener::Event::new(),
     });
     (
         InboxSender {
@@ -92,6 +96,13 @@ impl InboxSender {
             | Err(crossbeam_channel::TrySendError::Disconnected(m)) => Err(m),
         }
     }
+
+    /// Resolves once the receiver has taken a message after this call: wait on it after a
+    /// full [`InboxSender::try_send`], then try again. Create it before the try that failed
+    /// so no wake-up falls between them.
+    pub fn room(&self) -> event_listener::EventListener {
+        self.signal.room.listen()
+    }
 }
 
 impl InboxReceiver {
@@ -113,9 +124,13 @@ impl InboxReceiver {
         .await
     }
 
-    /// Takes the next queued message, if any.
+    /// Takes the next queued message, if any, waking a sender waiting for room.
     pub fn try_recv(&self) -> Option<WorkerMsg> {
-        self.rx.try_recv().ok()
+        let msg = self.rx.try_recv().ok()?;
+        self.signal
+            .room
+            .notify(event_listener::IntoNotification::additional(1));
+        Some(msg)
     }
 
     /// Messages queued now.
@@ -140,6 +155,43 @@ mod tests {
         assert!(tx.try_send(WorkerMsg::Deliver(vec![])).is_err());
         assert!(rx.try_recv().is_some());
         assert!(rx.try_recv().is_none());
+        assert!(tx.try_send(WorkerMsg::Deliver(vec![])).is_ok());
+    }
+
+    /// A sender waiting for room sleeps until the receiver takes a message, then is woken
+    /// (once per message taken): no polling.
+    #[test]
+    fn a_sender_waiting_for_room_is_woken_when_a_message_is_taken() {
+        use std::future::Future;
+        use std::sync::atomic::AtomicUsize;
+        use std::task::{Context, Wake, Waker};
+        struct Count(AtomicUsize);
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let (tx, rx) = inbox(1);
+        assert!(tx.try_send(WorkerMsg::Deliver(vec![])).is_ok());
+        let woken = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut first = std::pin::pin!(tx.room());
+        let mut second = std::pin::pin!(tx.room());
+        assert!(tx.try_send(WorkerMsg::Deliver(vec![])).is_err());
+        assert!(first.as_mut().poll(&mut cx).is_pending());
+        assert!(second.as_mut().poll(&mut cx).is_pending());
+        // Nothing taken: nobody woken, however long it stays full.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(woken.0.load(Ordering::SeqCst), 0);
+        assert!(rx.try_recv().is_some());
+        assert_eq!(
+            woken.0.load(Ordering::SeqCst),
+            1,
+            "one message, one sender woken"
+        );
+        assert!(first.as_mut().poll(&mut cx).is_ready());
+        assert!(second.as_mut().poll(&mut cx).is_pending());
         assert!(tx.try_send(WorkerMsg::Deliver(vec![])).is_ok());
     }
 }

@@ -3,7 +3,7 @@
 //! messages and the broker's answers arrive.
 
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::Worker;
 use crate::app::ChannelRef;
@@ -162,15 +162,24 @@ impl Worker {
     /// Sends `msg` to worker `w`'s inbox, waiting (asynchronously) up to [`INBOX_WAIT`] for
     /// room; a full inbox is logged, counted and reported.
     async fn send_to(&self, w: usize, mut msg: WorkerMsg) -> Result<(), PublishError> {
-        let deadline = Instant::now() + INBOX_WAIT;
+        let inbox = &self.shared.inboxes[w];
+        msg = match inbox.try_send(msg) {
+            Ok(()) => return Ok(()),
+            Err(m) => m,
+        };
+        // Full: wait to be woken when that worker takes a message (one timer for the
+        // whole wait, not a poll every millisecond).
+        let mut deadline = std::pin::pin!(self.rt.sleep(INBOX_WAIT));
         loop {
-            match self.shared.inboxes[w].try_send(msg) {
+            let room = inbox.room();
+            msg = match inbox.try_send(msg) {
                 Ok(()) => return Ok(()),
-                Err(m) if Instant::now() < deadline => {
-                    msg = m;
-                    self.rt.sleep(Duration::from_millis(1)).await;
-                }
-                Err(_) => {
+                Err(m) => m,
+            };
+            tokio::select! {
+                biased;
+                _ = room => {}
+                _ = &mut deadline => {
                     WorkerStats::add(&self.stats.inbox_full, 1);
                     tracing::warn!(
                         worker = w,
