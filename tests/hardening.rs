@@ -15,6 +15,7 @@ on_both_backends!(
     a_trickled_request_on_a_kept_connection_is_cut,
     clients_that_pipeline_and_never_read_do_not_stall_the_worker,
     unsigned_api_requests_are_refused_before_their_body_is_read,
+    announced_but_trickled_frames_hold_little_and_are_cut,
 );
 
 /// Sends `GET /healthz` and reads the response head (the body is small and comes with it).
@@ -263,4 +264,54 @@ async fn unsigned_api_requests_are_refused_before_their_body_is_read(backend: &'
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+}
+
+/// Connections that announce a 64 KiB frame (a 14-byte header) and then send one byte of
+/// it: each holds only what it sent, not the announced length, and each is closed with
+/// 1008 once `--message-timeout` has passed since the frame began (bytes of an unfinished
+/// message are not activity, so nothing else would end them).
+async fn announced_but_trickled_frames_hold_little_and_are_cut(backend: &'static str) {
+    let server = Server::start(backend, &["--message-timeout", "2"]);
+    let path = format!("/app/{}?protocol=7", common::APP_KEY);
+    let mut header = vec![0x81u8, 0x80 | 127];
+    header.extend_from_slice(&65_536u64.to_be_bytes());
+    header.extend_from_slice(&[1, 2, 3, 4]);
+    assert_eq!(header.len(), 14);
+    let n = 1000;
+    let mut conns = Vec::new();
+    for _ in 0..n {
+        let mut ws = common::raw::RawWs::connect(&server, &path).await;
+        let established = ws.read_frame().await.unwrap();
+        assert!(established.text().contains("connection_established"));
+        ws.send_bytes(&header).await;
+        ws.send_bytes(b"x").await;
+        conns.push(ws);
+    }
+    // What the server holds for them, once their bytes are in.
+    let deadline = Instant::now() + WAIT;
+    let held = loop {
+        let held = server.metric_total("ringcast_inbound_buffer_bytes").await;
+        if held >= (n * 15) as u64 || Instant::now() > deadline {
+            break held;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        held >= (n * 15) as u64,
+        "the partial frames were not received: {held}"
+    );
+    assert!(
+        held <= (n * 4096) as u64,
+        "{n} connections that sent 15 bytes each hold {held} bytes of receive buffers"
+    );
+    for ws in &mut conns {
+        assert_eq!(ws.read_close().await, 1008);
+    }
+    drop(conns);
+    // Their buffers go with them.
+    let deadline = Instant::now() + WAIT;
+    while server.metric_total("ringcast_inbound_buffer_bytes").await != 0 {
+        assert!(Instant::now() < deadline, "receive buffers not released");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -109,6 +109,12 @@ pub struct Cli {
     #[arg(long, env = "RINGCAST_PONG_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub pong_timeout: u64,
 
+    /// Seconds a client's WebSocket message may take to arrive whole, from its first byte;
+    /// slower ones close the connection with 1008 (only complete messages count as
+    /// activity).
+    #[arg(long, env = "RINGCAST_MESSAGE_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub message_timeout: u64,
+
     /// Largest WebSocket message a client may send, in bytes (after reassembly); larger
     /// ones close the connection with 1009.
     #[arg(long, env = "RINGCAST_MAX_MESSAGE_SIZE", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u64).range(125..=(1 << 30)))]

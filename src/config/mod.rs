@@ -81,6 +81,8 @@ pub struct Config {
     pub activity_timeout: Duration,
     /// Wait for a reply to a server ping.
     pub pong_timeout: Duration,
+    /// Longest a client's WebSocket message may take to arrive whole.
+    pub message_timeout: Duration,
     /// Idle HTTP keep-alive connections are closed after this.
     pub http_idle_timeout: Duration,
     /// Drain time on shutdown.
@@ -265,6 +267,7 @@ impl Config {
             metrics_addr: std::net::SocketAddr::new(cli.metrics_host, cli.metrics_port),
             activity_timeout: Duration::from_secs(cli.activity_timeout),
             pong_timeout: Duration::from_secs(cli.pong_timeout),
+            message_timeout: Duration::from_secs(cli.message_timeout),
             http_idle_timeout: Duration::from_secs(cli.http_idle_timeout),
             shutdown_timeout: Duration::from_secs(cli.shutdown_timeout),
             echo_path: cli.echo_path.clone(),

@@ -125,7 +125,7 @@ impl PromCollector for Collector {
         }
 
         type Getter = fn(&WorkerStats) -> &AtomicU64;
-        let per_worker: [(&str, &str, bool, Getter); 13] = [
+        let per_worker: [(&str, &str, bool, Getter); 14] = [
             (
                 "ringcast_connections",
                 "Open WebSocket connections.",
@@ -191,6 +191,12 @@ impl PromCollector for Collector {
                 "Bytes waiting in outbound queues (sampled every second).",
                 false,
                 |s| &s.outbound_queue_bytes,
+            ),
+            (
+                "ringcast_inbound_buffer_bytes",
+                "Receive buffer bytes held for client messages still arriving.",
+                false,
+                |s| &s.inbound_buffer_bytes,
             ),
             (
                 "ringcast_inbox_full_total",

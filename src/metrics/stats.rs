@@ -218,6 +218,8 @@ pub struct WorkerStats {
     pub slow_consumer_disconnects: AtomicU64,
     /// Bytes waiting in this worker's outbound queues (updated every second).
     pub outbound_queue_bytes: AtomicU64,
+    /// Bytes of receive buffers this worker's sessions hold for messages still arriving.
+    pub inbound_buffer_bytes: AtomicU64,
     /// Publishes refused because a worker's inbox stayed full.
     pub inbox_full: AtomicU64,
     /// Client events accepted.

@@ -30,6 +30,8 @@ pub struct ConnState {
     last_seen: Tick,
     /// When the server pinged the idle client, if it has not answered since.
     ping_sent: Tick,
+    /// Since when part of a message has been waiting for the rest.
+    partial_since: Tick,
     extra: Option<Box<Extra>>,
 }
 
@@ -57,6 +59,7 @@ impl ConnState {
             opened: now,
             last_seen: now,
             ping_sent: NO_PING,
+            partial_since: NO_PING,
             extra: None,
         }
     }
@@ -133,10 +136,25 @@ impl ConnState {
         e.rate_count <= per_second
     }
 
-    /// Records that the client sent something (any bytes: it is alive).
+    /// Records that the client sent a complete message (it is alive). Bytes of a message
+    /// still arriving do not count: see [`ConnState::receiving`].
     pub fn touch(&mut self, now: Tick) {
         self.last_seen = now;
         self.ping_sent = NO_PING;
+    }
+
+    /// Records whether part of a message is waiting for the rest (`partial`), keeping the
+    /// time it started.
+    pub fn receiving(&mut self, partial: bool, now: Tick) {
+        if !partial {
+            self.partial_since = NO_PING;
+        } else if self.partial_since == NO_PING {
+            self.partial_since = now;
+        }
+    }
+
+    pub(super) fn partial_since(&self) -> Option<Tick> {
+        Some(self.partial_since).filter(|&t| t != NO_PING)
     }
 
     pub(super) fn last_seen(&self) -> Tick {

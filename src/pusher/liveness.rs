@@ -1,6 +1,7 @@
 //! Keeping connections honest, checked once a second per connection: a client silent for
 //! the activity timeout is pinged and closed with 4201 if it stays silent for the pong
-//! timeout; a connection of a disabled app is closed with 4003; one that has not signed in
+//! timeout; a message that does not arrive whole within the message timeout closes the
+//! connection with 1008; a connection of a disabled app is closed with 4003; one that has not signed in
 //! or joined a private channel within the app's authorized-connections timeout with 4009;
 //! and a closing handshake that the client never finishes is cut short.
 
@@ -19,6 +20,8 @@ pub struct Timeouts {
     pub pong: Tick,
     /// Longest a closing handshake may take.
     pub closing: Tick,
+    /// Longest a client's message may take to arrive whole (`--message-timeout`).
+    pub message: Tick,
 }
 
 /// Where the connection's transport is.
@@ -77,6 +80,17 @@ pub fn on_tick(
                     });
                 }
             }
+            if let Some(since) = conn.partial_since() {
+                if now.wrapping_sub(since) >= timeouts.message {
+                    return Some(Effect::Close {
+                        code: codec::close_code::POLICY_VIOLATION,
+                        reason: format!(
+                            "Message not received whole within {} s",
+                            timeouts.message / TICKS_PER_SEC
+                        ),
+                    });
+                }
+            }
             match conn.ping_sent() {
                 None if now.wrapping_sub(conn.last_seen()) >= timeouts.activity => {
                     conn.set_ping_sent(now);
@@ -103,6 +117,7 @@ mod tests {
         activity: 120 * TICKS_PER_SEC,
         pong: 30 * TICKS_PER_SEC,
         closing: 5 * TICKS_PER_SEC,
+        message: 30 * TICKS_PER_SEC,
     };
 
     fn tick(conn: &mut ConnState, app: &App, now: Tick) -> Option<Effect> {
@@ -124,6 +139,28 @@ mod tests {
             matches!(closed, Some(Effect::Close { code: 4201, .. })),
             "{closed:?}"
         );
+    }
+
+    #[test]
+    fn a_message_not_whole_within_the_message_timeout_closes_with_1008() {
+        let app = App::new("1", "k", "s");
+        let mut conn = ConnState::new(0);
+        // Part of a message at 10; more of it later does not restart the clock.
+        conn.receiving(true, 10);
+        conn.receiving(true, 20);
+        assert_eq!(tick(&mut conn, &app, 10 + T.message - 1), None);
+        let closed = tick(&mut conn, &app, 10 + T.message);
+        assert!(
+            matches!(closed, Some(Effect::Close { code: 1008, .. })),
+            "{closed:?}"
+        );
+        // Whole in time: the clock stops, and the next message starts its own.
+        let mut conn = ConnState::new(0);
+        conn.receiving(true, 10);
+        conn.receiving(false, 15);
+        conn.receiving(true, 100);
+        assert_eq!(tick(&mut conn, &app, 10 + T.message), None);
+        assert!(tick(&mut conn, &app, 100 + T.message).is_some());
     }
 
     #[test]

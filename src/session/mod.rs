@@ -19,6 +19,7 @@ mod echo;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -134,6 +135,14 @@ struct Driver<S: Socket> {
     write: Option<PendingWrite<S::Writer>>,
     /// When the last bytes arrived ([`crate::clock::now_ns`]), for the frame latency.
     received_at: u64,
+    /// `inbuf`'s capacity as last counted in the worker's `inbound_buffer_bytes`.
+    counted: usize,
+}
+
+impl<S: Socket> Drop for Driver<S> {
+    fn drop(&mut self) {
+        self.count_inbuf(0);
+    }
 }
 
 impl<S: Socket> Driver<S> {
@@ -158,6 +167,20 @@ impl<S: Socket> Driver<S> {
             batch: Vec::new(),
             write: None,
             received_at: 0,
+            counted: 0,
+        }
+    }
+
+    /// Keeps the worker's count of receive buffer bytes in step with `inbuf`'s capacity.
+    fn count_inbuf(&mut self, capacity: usize) {
+        if capacity != self.counted {
+            let gauge = &self.worker.stats.inbound_buffer_bytes;
+            if capacity > self.counted {
+                gauge.fetch_add((capacity - self.counted) as u64, Ordering::Relaxed);
+            } else {
+                gauge.fetch_sub((self.counted - capacity) as u64, Ordering::Relaxed);
+            }
+            self.counted = capacity;
         }
     }
 
@@ -226,10 +249,14 @@ impl<S: Socket> Driver<S> {
                 self.rx = None;
                 return Poll::Pending;
             }
-            if self.inbuf.is_empty() && self.inbuf.capacity() > 0 && !self.decoder.in_message() {
+            let partial = !self.inbuf.is_empty() || self.decoder.in_message();
+            if !partial && self.inbuf.capacity() > 0 {
                 // Idle connections hold no read buffer.
                 self.inbuf = BytesMut::new();
             }
+            self.count_inbuf(self.inbuf.capacity());
+            // A message under way is on the clock (--message-timeout) until it is whole.
+            self.conn.state.borrow_mut().receiving(partial, tick_now());
             let res = match self.rx.as_mut() {
                 None => return Poll::Pending,
                 Some(rx) => ready!(rx.poll_recv(cx, &mut self.inbuf)),
@@ -242,7 +269,6 @@ impl<S: Socket> Driver<S> {
                     });
                 }
                 Ok(n) => {
-                    self.conn.state.borrow_mut().touch(tick_now());
                     self.received_at = now_ns();
                     WorkerStats::add(&self.worker.stats.bytes_received, n as u64);
                 }
@@ -274,6 +300,8 @@ impl<S: Socket> Driver<S> {
                 Ok(Some(_)) if closing => {}
                 Ok(Some(msg)) => {
                     WorkerStats::add(&worker.stats.messages_received, 1);
+                    // Only a whole message shows the client is alive.
+                    conn.state.borrow_mut().touch(tick_now());
                     on_message(worker, conn, msg);
                     worker.latency.frame(self.received_at, now_ns());
                 }

@@ -21,6 +21,7 @@ impl Worker {
             activity: ticks(config.activity_timeout),
             pong: ticks(config.pong_timeout),
             closing: ticks(CLOSING_HANDSHAKE_TIMEOUT),
+            message: ticks(config.message_timeout),
         };
         let shutting_down = self.is_shutting_down();
         let apps = self.shared.apps.load();

@@ -258,8 +258,8 @@ impl Decoder {
         let header = 2 + len_bytes + 4;
         let total = header as u64 + len;
         if (buf.len() as u64) < total {
-            // Make room for the rest of the frame in one allocation.
-            buf.reserve(total as usize - buf.len());
+            // The buffer grows as the payload arrives, not from the announced length: a
+            // peer announcing a large frame and trickling it holds only what it sent.
             return Ok(None);
         }
         let mut mask = [0u8; 4];
