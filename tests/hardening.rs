@@ -16,6 +16,7 @@ on_both_backends!(
     clients_that_pipeline_and_never_read_do_not_stall_the_worker,
     unsigned_api_requests_are_refused_before_their_body_is_read,
     announced_but_trickled_frames_hold_little_and_are_cut,
+    a_panicking_session_leaves_no_member_subscription_or_count_behind,
 );
 
 /// Sends `GET /healthz` and reads the response head (the body is small and comes with it).
@@ -314,4 +315,73 @@ async fn announced_but_trickled_frames_hold_little_and_are_cut(backend: &'static
         assert!(Instant::now() < deadline, "receive buffers not released");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A session that panics (injected through a test-only hook) is cleaned up like one that
+/// closed: its presence member is removed (observers told), its channels vacated, its
+/// counts returned; the server goes on serving everyone else.
+async fn a_panicking_session_leaves_no_member_subscription_or_count_behind(backend: &'static str) {
+    let marker = "boom-4f1c";
+    let mut cmd = Server::command(backend, &["--workers", "1"]);
+    cmd.env("RINGCAST_TEST_PANIC_MARKER", marker);
+    let server = Server::spawn(cmd, backend).unwrap_or_else(|log| panic!("{}", log.join("\n")));
+    let mut observer = Client::connect(&server).await;
+    observer
+        .send_presence_subscribe("presence-room", &json!({"user_id": "obs"}))
+        .await;
+    assert_eq!(
+        observer.recv().await["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    let mut victim = Client::connect(&server).await;
+    victim.subscribe("only-victim").await;
+    victim
+        .send_presence_subscribe("presence-room", &json!({"user_id": "ann"}))
+        .await;
+    assert_eq!(
+        victim.recv().await["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    assert_eq!(
+        observer.recv().await["event"],
+        "pusher_internal:member_added"
+    );
+    common::eventually_api(
+        &server,
+        &format!("/apps/{APP_ID}/channels"),
+        &[],
+        json!({"channels": {"only-victim": {}, "presence-room": {}}}),
+    )
+    .await;
+
+    victim
+        .send(json!({"event": "pusher:ping", "data": {"note": marker}}))
+        .await;
+    // Its socket closes, and everything it held is let go.
+    common::wait_closed(&mut victim.ws).await;
+    let removed = observer.recv().await;
+    assert_eq!(
+        removed["event"], "pusher_internal:member_removed",
+        "{removed}"
+    );
+    common::eventually_api(
+        &server,
+        &format!("/apps/{APP_ID}/channels"),
+        &[],
+        json!({"channels": {"presence-room": {}}}),
+    )
+    .await;
+    let deadline = Instant::now() + WAIT;
+    while server.metric_total("ringcast_connections").await != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the panicked connection is still counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Everyone else is still served.
+    let mut late = Client::connect(&server).await;
+    late.subscribe("news").await;
+    publish(&server, &["news"], "e", "1").await;
+    assert_eq!(late.recv().await["event"], "e");
 }

@@ -48,6 +48,23 @@ pub fn error(status: StatusCode, message: &str) -> HttpResponse {
 /// client that stops reading cannot hold it.
 const LAST_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// An HTTP connection in the worker's count, until dropped (also when its task is dropped
+/// after a panic).
+struct HttpCounted(Rc<Worker>);
+
+impl HttpCounted {
+    fn new(worker: &Rc<Worker>) -> Self {
+        worker.http_conn_delta(true);
+        Self(worker.clone())
+    }
+}
+
+impl Drop for HttpCounted {
+    fn drop(&mut self) {
+        self.0.http_conn_delta(false);
+    }
+}
+
 /// Serves one accepted socket over TLS: the handshake (within `--handshake-timeout`), then
 /// HTTP and any WebSocket session exactly as on a plain socket.
 pub async fn serve_tls<R: Runtime>(
@@ -93,7 +110,7 @@ pub async fn serve<R: Runtime, S: Socket>(
     peer: SocketAddr,
     accepted: Instant,
 ) {
-    worker.http_conn_delta(true);
+    let counted = HttpCounted::new(&worker);
     let clock = io::Clock::new();
     // Requests being served: while one is, bytes read belong to it (its body) or wait
     // behind it (pipelining), and no head is overdue.
@@ -191,7 +208,7 @@ pub async fn serve<R: Runtime, S: Socket>(
         polled
     })
     .await;
-    worker.http_conn_delta(false);
+    drop(counted);
 
     let upgraded = match res {
         Ok(()) => upgrade.borrow_mut().take(),

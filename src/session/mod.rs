@@ -74,15 +74,13 @@ pub fn run<S: Socket>(
     poll_fn(move |cx| {
         if shutdown.is_none() {
             let end = ready!(driver.poll(cx));
-            let conn = &driver.conn;
             tracing::debug!(
-                socket_id = %conn.socket_id,
+                socket_id = %driver.conn.socket_id,
                 reason = ?end,
-                close_code = conn.close_code(),
+                close_code = driver.conn.close_code(),
                 "connection closed"
             );
-            driver.worker.stats.closed(conn.close_code());
-            driver.worker.close_conn(conn);
+            driver.finish();
             driver.rx = None;
             // A write still in flight (a connection killed while writing) is dropped with
             // its writer: the socket then just closes.
@@ -137,11 +135,24 @@ struct Driver<S: Socket> {
     received_at: u64,
     /// `inbuf`'s capacity as last counted in the worker's `inbound_buffer_bytes`.
     counted: usize,
+    /// Whether the connection is still in the worker's books ([`Driver::finish`]).
+    open: bool,
 }
 
 impl<S: Socket> Drop for Driver<S> {
+    /// Also runs when the task is dropped without finishing: a panic in the session
+    /// (caught by the runtime, which drops the task), so that the connection's
+    /// subscriptions, presence memberships and counts do not outlive it. Not while the
+    /// server is shutting down, when the runtime may be going away with its tasks.
     fn drop(&mut self) {
         self.count_inbuf(0);
+        if self.open && !self.worker.is_shutting_down() {
+            tracing::error!(
+                socket_id = %self.conn.socket_id,
+                "connection task ended abnormally (a panic): cleaning up after it"
+            );
+            self.finish();
+        }
     }
 }
 
@@ -168,6 +179,16 @@ impl<S: Socket> Driver<S> {
             write: None,
             received_at: 0,
             counted: 0,
+            open: true,
+        }
+    }
+
+    /// Takes the connection out of the worker's books (its subscriptions, presence
+    /// memberships, sign-in and counts), once.
+    fn finish(&mut self) {
+        if std::mem::take(&mut self.open) {
+            self.worker.stats.closed(self.conn.close_code());
+            self.worker.close_conn(&self.conn);
         }
     }
 
@@ -334,10 +355,29 @@ fn on_message(worker: &Worker, conn: &Rc<Conn>, msg: Message) {
         _ if conn.app.is_none() => {}
         Message::Text(text) => {
             let text = std::str::from_utf8(&text).expect("the decoder validated UTF-8");
+            if let Some(marker) = injected_panic_marker() {
+                if text.contains(marker) {
+                    panic!("panic injected by RINGCAST_TEST_PANIC_MARKER");
+                }
+            }
             worker.on_text(conn, text);
         }
         Message::Binary(_) => worker.on_binary(conn),
     }
+}
+
+/// Fault injection for tests: with `RINGCAST_TEST_PANIC_MARKER` set (never in
+/// production), a Pusher message containing it makes its session panic, to show that a
+/// panicking session leaves nothing behind.
+fn injected_panic_marker() -> Option<&'static str> {
+    static MARKER: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    MARKER
+        .get_or_init(|| {
+            std::env::var("RINGCAST_TEST_PANIC_MARKER")
+                .ok()
+                .filter(|m| !m.is_empty())
+        })
+        .as_deref()
 }
 
 /// Runs the worker's periodic sweep (pings, pong timeouts, closing grace) every second.
