@@ -67,6 +67,13 @@ fn routing(c: &mut Criterion) {
             index.remove(ChannelKey::new(0, name), 1, false);
         })
     });
+    // The HTTP API listing a small app's channels while another app holds the 10^6.
+    for i in 0..10 {
+        index.add(ChannelKey::new(1, &format!("room-{i}")), 0);
+    }
+    c.bench_function("index_list_10_channels_of_an_app_beside_1M", |b| {
+        b.iter(|| index.channels(1, "").len())
+    });
     c.bench_function("local_deliver_1M", |b| {
         b.iter(|| {
             let name = next();

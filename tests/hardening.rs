@@ -17,6 +17,7 @@ on_both_backends!(
     unsigned_api_requests_are_refused_before_their_body_is_read,
     announced_but_trickled_frames_hold_little_and_are_cut,
     a_panicking_session_leaves_no_member_subscription_or_count_behind,
+    a_connection_churning_channels_is_held_to_the_subscription_rate,
 );
 
 /// Sends `GET /healthz` and reads the response head (the body is small and comes with it).
@@ -384,4 +385,58 @@ async fn a_panicking_session_leaves_no_member_subscription_or_count_behind(backe
     late.subscribe("news").await;
     publish(&server, &["news"], "e", "1").await;
     assert_eq!(late.recv().await["event"], "e");
+}
+
+/// A connection that subscribes and unsubscribes unique channels as fast as it can (each
+/// one a channel created and vacated, with its webhooks and counts) gets its first burst
+/// (a reconnect re-subscribing everything), then `--max-subscriptions-per-second`:
+/// beyond it `pusher:subscription_error` with status 429, counted; others are unaffected.
+async fn a_connection_churning_channels_is_held_to_the_subscription_rate(backend: &'static str) {
+    let server = Server::start(
+        backend,
+        &[
+            "--max-subscriptions-per-second",
+            "5",
+            "--max-channels-per-connection",
+            "10",
+        ],
+    );
+    let mut churner = Client::connect(&server).await;
+    let (mut accepted, mut refused) = (0, 0);
+    let started = Instant::now();
+    for i in 0..30 {
+        let channel = format!("churn-{i}");
+        churner
+            .send(json!({"event": "pusher:subscribe", "data": {"channel": channel}}))
+            .await;
+        let answer = churner.recv().await;
+        match answer["event"].as_str() {
+            Some("pusher_internal:subscription_succeeded") => accepted += 1,
+            Some("pusher:subscription_error") => {
+                assert_eq!(answer["data"]["status"], 429, "{answer}");
+                assert_eq!(answer["data"]["type"], "LimitReached", "{answer}");
+                refused += 1;
+            }
+            _ => panic!("unexpected {answer}"),
+        }
+        churner
+            .send(json!({"event": "pusher:unsubscribe", "data": {"channel": channel}}))
+            .await;
+    }
+    // The burst of 10, plus what refilled while the loop ran (5 a second).
+    let refilled = 5 * (started.elapsed().as_secs() + 1);
+    assert!(
+        accepted >= 10 && accepted <= 10 + refilled && refused > 0,
+        "{accepted} accepted, {refused} refused"
+    );
+    assert_eq!(accepted + refused, 30);
+    assert_eq!(
+        server
+            .metric_sum("ringcast_rate_limited_total", &[("limit", "subscriptions")])
+            .await,
+        refused
+    );
+    // Another connection subscribes as usual.
+    let mut other = Client::connect(&server).await;
+    other.subscribe("news").await;
 }

@@ -73,7 +73,7 @@ pub struct App {
     pub max_connections: usize,
     /// Most occupied channels of this app (subscriptions opening more are refused); 0: no
     /// limit.
-    #[serde(default)]
+    #[serde(default = "default_max_channels")]
     pub max_channels: usize,
     /// HTTP API requests this app may make per second (429 beyond); 0: no limit.
     #[serde(default = "default_max_api_rate")]
@@ -112,7 +112,7 @@ impl App {
             webhooks: Vec::new(),
             webhook_batching: false,
             max_connections: 0,
-            max_channels: 0,
+            max_channels: default_max_channels(),
             max_api_requests_per_second: default_max_api_rate(),
             counters: Default::default(),
         }
@@ -138,6 +138,11 @@ fn default_max_presence_members() -> usize {
 
 fn default_max_user_info() -> usize {
     1024
+}
+
+/// One app cannot take the whole server's `--max-channels` (1,000,000) by default.
+fn default_max_channels() -> usize {
+    100_000
 }
 
 fn default_max_api_rate() -> u32 {

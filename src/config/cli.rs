@@ -149,6 +149,17 @@ pub struct Cli {
     )]
     pub max_channels_per_connection: usize,
 
+    /// Subscriptions one connection may make per second on average: at first up to
+    /// `--max-channels-per-connection` at once (a reconnect subscribing to everything
+    /// again), then this many per second (0: no limit). Beyond it a subscription gets
+    /// `pusher:subscription_error` with status 429.
+    #[arg(
+        long,
+        env = "RINGCAST_MAX_SUBSCRIPTIONS_PER_SECOND",
+        default_value_t = 50
+    )]
+    pub max_subscriptions_per_second: u32,
+
     /// Most concurrent WebSocket connections over all workers (0: limited only by the open
     /// files limit); beyond it new connections are closed with 4100.
     #[arg(long, env = "RINGCAST_MAX_CONNECTIONS", default_value_t = 0)]

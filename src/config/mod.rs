@@ -32,6 +32,8 @@ pub struct Limits {
     pub max_request_body: usize,
     /// See [`Cli::max_channels_per_connection`].
     pub max_channels_per_connection: usize,
+    /// See [`Cli::max_subscriptions_per_second`] (0: none).
+    pub max_subscriptions_per_second: u32,
     /// See [`Cli::max_connections`]; resolved against the open files limit.
     pub max_connections: usize,
     /// See [`Cli::timestamp_window`].
@@ -54,6 +56,7 @@ impl Limits {
             max_batch_events: 10,
             max_request_body: 256 * 1024,
             max_channels_per_connection: 1000,
+            max_subscriptions_per_second: 50,
             max_connections: 1000,
             timestamp_window: 600,
             max_channels: 1_000_000,
@@ -258,6 +261,7 @@ impl Config {
                 max_batch_events: cli.max_batch_events,
                 max_request_body: cli.max_request_body,
                 max_channels_per_connection: cli.max_channels_per_connection,
+                max_subscriptions_per_second: cli.max_subscriptions_per_second,
                 max_connections: max_connections(cli, workers),
                 timestamp_window: cli.timestamp_window,
                 max_channels: cli.max_channels,

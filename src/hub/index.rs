@@ -58,38 +58,74 @@ pub struct Occupancy {
 
 type FastState = foldhash::fast::RandomState;
 
-/// The shared, lock-free index of occupied channels.
+/// One app's occupied channels.
+type AppChannels = papaya::HashMap<Arc<str>, Occupancy, FastState>;
+
+/// The shared, lock-free index of occupied channels, one table per app: a publish looks up
+/// its app's table (an index into a vector) and then the channel; listing an app's channels
+/// walks that app's table only, whatever the other apps hold.
 pub struct ChannelIndex {
-    map: papaya::HashMap<ChannelKey, Occupancy, FastState>,
+    apps: arc_swap::ArcSwap<Vec<Arc<AppChannels>>>,
 }
 
 impl Default for ChannelIndex {
     fn default() -> Self {
         Self {
-            // Blocking resizes: a writer finishes a resize before it returns, so readers
-            // (every publish) never walk two tables. Incremental resizing measured 9x
-            // slower lookups at 10^6 channels (benches/routing.rs).
-            map: papaya::HashMap::builder()
-                .hasher(FastState::default())
-                .resize_mode(papaya::ResizeMode::Blocking)
-                .build(),
+            apps: arc_swap::ArcSwap::from_pointee(Vec::new()),
         }
     }
 }
 
+fn app_channels() -> AppChannels {
+    // Blocking resizes: a writer finishes a resize before it returns, so readers (every
+    // publish) never walk two tables. Incremental resizing measured 9x slower lookups at
+    // 10^6 channels (benches/routing.rs).
+    papaya::HashMap::builder()
+        .hasher(FastState::default())
+        .resize_mode(papaya::ResizeMode::Blocking)
+        .build()
+}
+
 impl ChannelIndex {
+    /// `app`'s table, if it has ever had a channel.
+    fn table(&self, app: AppIdx) -> Option<Arc<AppChannels>> {
+        self.apps.load().get(app as usize).cloned()
+    }
+
+    /// `app`'s table, created (with those of lower indexes) if needed.
+    fn table_or_new(&self, app: AppIdx) -> Arc<AppChannels> {
+        let i = app as usize;
+        if let Some(t) = self.apps.load().get(i) {
+            return t.clone();
+        }
+        self.apps.rcu(|apps| {
+            let mut apps = Vec::clone(apps);
+            while apps.len() <= i {
+                apps.push(Arc::new(app_channels()));
+            }
+            apps
+        });
+        self.apps.load()[i].clone()
+    }
+
     /// Where `channel`'s subscribers are, if it is occupied.
     pub fn get(&self, channel: ChannelRef<'_>) -> Option<Occupancy> {
-        self.map.pin().get(&channel).copied()
+        let apps = self.apps.load();
+        let occupancy = apps
+            .get(channel.app as usize)?
+            .pin()
+            .get(channel.name)
+            .copied();
+        occupancy
     }
 
     /// Records one more subscription of `key` on `worker`; returns the channel's
     /// subscription count after it (1: the channel just became occupied).
     pub fn add(&self, key: ChannelKey, worker: usize) -> u64 {
-        self.map
+        self.table_or_new(key.app)
             .pin()
             .update_or_insert_with(
-                key,
+                key.name,
                 |o| {
                     let mut o = *o;
                     o.workers.insert(worker);
@@ -112,8 +148,9 @@ impl ChannelIndex {
     /// was the worker's last. Removes the entry when the channel is vacated. Returns the
     /// subscription count after it (0: vacated), or `None` if the channel was not occupied.
     pub fn remove(&self, key: ChannelKey, worker: usize, worker_left: bool) -> Option<u64> {
+        let table = self.table(key.app)?;
         let after = std::cell::Cell::new(None);
-        self.map.pin().compute(key, |entry| match entry {
+        table.pin().compute(key.name, |entry| match entry {
             None => {
                 after.set(None);
                 papaya::Operation::Abort(())
@@ -138,19 +175,32 @@ impl ChannelIndex {
 
     /// Every occupied channel, with its subscriptions.
     pub fn all(&self) -> Vec<(ChannelKey, u64)> {
-        let map = self.map.pin();
-        map.iter()
-            .map(|(k, o)| (k.clone(), o.subscription_count))
-            .collect()
+        let apps = self.apps.load();
+        let mut all = Vec::new();
+        for (app, table) in apps.iter().enumerate() {
+            all.extend(table.pin().iter().map(|(name, o)| {
+                (
+                    ChannelKey {
+                        app: app as AppIdx,
+                        name: name.clone(),
+                    },
+                    o.subscription_count,
+                )
+            }));
+        }
+        all
     }
 
-    /// Occupied channels of `app` whose name starts with `prefix`.
+    /// Occupied channels of `app` whose name starts with `prefix` (its table only).
     pub fn channels(&self, app: AppIdx, prefix: &str) -> Vec<(Arc<str>, Occupancy)> {
-        let map = self.map.pin();
+        let Some(table) = self.table(app) else {
+            return Vec::new();
+        };
+        let map = table.pin();
         map.iter()
             // `#server-to-user-` channels are per-user delivery, not channels an app lists.
-            .filter(|(k, _)| k.app == app && k.name.starts_with(prefix) && !k.name.starts_with('#'))
-            .map(|(k, o)| (k.name.clone(), *o))
+            .filter(|(name, _)| name.starts_with(prefix) && !name.starts_with('#'))
+            .map(|(name, o)| (name.clone(), *o))
             .collect()
     }
 }

@@ -58,15 +58,18 @@ pub enum Limited {
     Channels,
     /// A presence channel at its member limit.
     PresenceMembers,
+    /// A subscription over `--max-subscriptions-per-second`.
+    Subscriptions,
 }
 
 impl Limited {
-    pub(super) const ALL: [Self; 5] = [
+    pub(super) const ALL: [Self; 6] = [
         Self::ClientEvents,
         Self::ApiRequests,
         Self::ConnectionChannels,
         Self::Channels,
         Self::PresenceMembers,
+        Self::Subscriptions,
     ];
 
     pub(super) fn label(self) -> &'static str {
@@ -76,6 +79,7 @@ impl Limited {
             Self::ConnectionChannels => "connection_channels",
             Self::Channels => "channels",
             Self::PresenceMembers => "presence_members",
+            Self::Subscriptions => "subscriptions",
         }
     }
 }

@@ -32,6 +32,10 @@ pub struct ConnState {
     ping_sent: Tick,
     /// Since when part of a message has been waiting for the rest.
     partial_since: Tick,
+    /// Subscriptions the connection may still make now (`u32::MAX`: not used yet, full).
+    sub_tokens: u32,
+    /// When `sub_tokens` was last refilled.
+    sub_refilled: Tick,
     extra: Option<Box<Extra>>,
 }
 
@@ -60,6 +64,8 @@ impl ConnState {
             last_seen: now,
             ping_sent: NO_PING,
             partial_since: NO_PING,
+            sub_tokens: u32::MAX,
+            sub_refilled: now,
             extra: None,
         }
     }
@@ -122,6 +128,31 @@ impl ConnState {
         let e = self.extra.as_mut()?;
         let pos = e.presence.iter().position(|(c, _)| &**c == channel)?;
         Some(e.presence.swap_remove(pos).1)
+    }
+
+    /// Counts a subscription against a bucket of `burst` refilled with `per_second` each
+    /// second (0: no limit); false when it is empty.
+    pub(super) fn allow_subscription(&mut self, now: Tick, per_second: u32, burst: u32) -> bool {
+        if per_second == 0 {
+            return true;
+        }
+        if self.sub_tokens == u32::MAX {
+            self.sub_tokens = burst;
+            self.sub_refilled = now;
+        }
+        let secs = now.wrapping_sub(self.sub_refilled) / TICKS_PER_SEC;
+        if secs > 0 {
+            self.sub_tokens = burst.min(
+                self.sub_tokens
+                    .saturating_add(secs.saturating_mul(per_second)),
+            );
+            self.sub_refilled = self.sub_refilled.wrapping_add(secs * TICKS_PER_SEC);
+        }
+        if self.sub_tokens == 0 {
+            return false;
+        }
+        self.sub_tokens -= 1;
+        true
     }
 
     /// Counts a client event against `per_second`; false when over the limit.

@@ -16,6 +16,9 @@ pub enum SubscriptionError {
     /// The connection has `--max-channels-per-connection` subscriptions already.
     #[error("A connection may subscribe to at most {0} channels")]
     ConnectionChannelLimit(usize),
+    /// The connection subscribes faster than `--max-subscriptions-per-second`.
+    #[error("A connection may subscribe at most {0} times per second")]
+    SubscriptionRate(u32),
     /// A new channel would pass `--max-channels`.
     #[error("The server is at its limit of {0} channels")]
     ServerChannelLimit(usize),
@@ -50,6 +53,7 @@ impl SubscriptionError {
         match self {
             Self::InvalidChannelName(_) => "InvalidChannelName",
             Self::ConnectionChannelLimit(_)
+            | Self::SubscriptionRate(_)
             | Self::ServerChannelLimit(_)
             | Self::AppChannelLimit(_)
             | Self::PresenceFull { .. } => "LimitReached",
@@ -65,6 +69,7 @@ impl SubscriptionError {
             Self::MissingChannelData | Self::Auth(_) => 401,
             Self::NotThisUser | Self::PresenceFull { .. } => 403,
             Self::ConnectionChannelLimit(_)
+            | Self::SubscriptionRate(_)
             | Self::ServerChannelLimit(_)
             | Self::AppChannelLimit(_) => 429,
         }
@@ -74,6 +79,7 @@ impl SubscriptionError {
     pub fn limit(&self) -> Option<Limited> {
         match self {
             Self::ConnectionChannelLimit(_) => Some(Limited::ConnectionChannels),
+            Self::SubscriptionRate(_) => Some(Limited::Subscriptions),
             Self::ServerChannelLimit(_) | Self::AppChannelLimit(_) => Some(Limited::Channels),
             Self::PresenceFull { .. } => Some(Limited::PresenceMembers),
             _ => None,

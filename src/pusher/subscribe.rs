@@ -46,6 +46,16 @@ fn try_subscribe(
 ) -> Result<(), SubscriptionError> {
     let name = req.channel.as_str();
     let kind = channel::parse(name).map_err(SubscriptionError::InvalidChannelName)?;
+    // Every request counts, repeated ones too (a presence channel answers them with its
+    // member list).
+    let rate = ctx.limits.max_subscriptions_per_second;
+    let burst = ctx
+        .limits
+        .max_channels_per_connection
+        .min(u32::MAX as usize) as u32;
+    if !conn.allow_subscription(ctx.now, rate, burst.max(rate)) {
+        return Err(SubscriptionError::SubscriptionRate(rate));
+    }
     if conn.is_subscribed(name) {
         // Already subscribed: answer again, joining nothing twice.
         out.push(match kind.is_presence() {
@@ -347,6 +357,7 @@ pub fn parse_member(channel_data: &str, max_info: usize) -> Result<Member, Membe
 mod tests {
     use super::super::testing::*;
     use super::*;
+    use crate::clock::TICKS_PER_SEC;
     use crate::metrics::Limited;
 
     #[test]
@@ -504,6 +515,42 @@ mod tests {
             (e["type"].as_str(), e["status"].as_u64()),
             (Some("LimitReached"), Some(429))
         );
+    }
+
+    #[test]
+    fn subscriptions_beyond_the_rate_get_limit_reached_429_and_the_bucket_refills() {
+        let mut t = Test::new();
+        t.limits.max_subscriptions_per_second = 2;
+        t.limits.max_channels_per_connection = 3;
+        // A burst up to the channel limit (a reconnect), repeated requests counted too.
+        t.subscribe_public("a");
+        t.subscribe_public("a");
+        t.subscribe_public("b");
+        let out = t.subscribe_public("c");
+        assert_eq!(out[0], Effect::Limited(Limited::Subscriptions));
+        let e = subscription_error_of(&out);
+        assert_eq!(
+            (e["type"].as_str(), e["status"].as_u64()),
+            (Some("LimitReached"), Some(429))
+        );
+        // A second later, two more.
+        t.now += TICKS_PER_SEC;
+        assert!(matches!(
+            t.subscribe_public("c")[0],
+            Effect::Subscribe { .. }
+        ));
+        assert!(matches!(t.subscribe_public("c")[0], Effect::Send(_)));
+        assert_eq!(
+            t.subscribe_public("d")[0],
+            Effect::Limited(Limited::Subscriptions)
+        );
+        // Off with 0.
+        t.limits.max_subscriptions_per_second = 0;
+        t.limits.max_channels_per_connection = 10;
+        assert!(matches!(
+            t.subscribe_public("d")[0],
+            Effect::Subscribe { .. }
+        ));
     }
 
     #[test]
