@@ -122,6 +122,7 @@ pub fn run(config: Config, apps: Apps) -> anyhow::Result<()> {
         shutdown,
         webhooks,
         ip_rate: Default::default(),
+        ip_conns: Default::default(),
     });
 
     let (events_tx, events_rx) = crossbeam_channel::unbounded::<Event>();
@@ -376,24 +377,28 @@ async fn worker_main<R: Runtime>(start: WorkerStart) {
 
     let accepting = {
         let worker = worker.clone();
-        R::accept_loop(
-            listener,
-            shared.shutdown.clone(),
-            move |socket, peer| match &tls {
+        R::accept_loop(listener, shared.shutdown.clone(), move |socket, peer| {
+            // Refused here, the socket is just closed: it cost nothing but the accept.
+            let Some(admitted) = crate::http::admit(&worker, peer) else {
+                return;
+            };
+            match &tls {
                 Some(tls) => R::spawn(crate::http::serve_tls::<R>(
                     worker.clone(),
                     socket,
                     peer,
                     tls.clone(),
+                    admitted,
                 )),
                 None => R::spawn(crate::http::serve::<R, _>(
                     worker.clone(),
                     socket,
                     peer,
                     Instant::now(),
+                    admitted,
                 )),
-            },
-        )
+            }
+        })
     };
     if let Err(e) = accepting.await {
         tracing::error!(worker = index, error = %e, "cannot accept connections");

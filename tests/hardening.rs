@@ -18,6 +18,8 @@ on_both_backends!(
     announced_but_trickled_frames_hold_little_and_are_cut,
     a_panicking_session_leaves_no_member_subscription_or_count_behind,
     a_connection_churning_channels_is_held_to_the_subscription_rate,
+    idle_http_connections_cannot_take_the_servers_descriptors,
+    an_address_is_held_to_its_connection_limit,
 );
 
 /// Sends `GET /healthz` and reads the response head (the body is small and comes with it).
@@ -439,4 +441,124 @@ async fn a_connection_churning_channels_is_held_to_the_subscription_rate(backend
     // Another connection subscribes as usual.
     let mut other = Client::connect(&server).await;
     other.subscribe("news").await;
+}
+
+/// A server with 256 descriptors, flooded with 300 idle TCP connections and kept-alive API
+/// connections: HTTP connections are held to `--max-http-connections` (by default an
+/// eighth of the descriptors), the quietest closed to make room, so descriptors remain for
+/// everyone: the API still publishes and a new client still connects and subscribes.
+async fn idle_http_connections_cannot_take_the_servers_descriptors(backend: &'static str) {
+    use std::os::unix::process::CommandExt;
+    // No timer ends the flood while the test runs.
+    let mut cmd = Server::command(backend, &["--handshake-timeout", "120"]);
+    // SAFETY: setrlimit(2) in the child between fork and exec, touching no shared state.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 256,
+                rlim_max: 256,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let server = Server::spawn(cmd, backend).unwrap_or_else(|log| panic!("{}", log.join("\n")));
+    let mut subscriber = Client::connect(&server).await;
+    subscriber.subscribe("news").await;
+
+    let mut idle = Vec::new();
+    for i in 0..300 {
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        if i % 3 == 0 {
+            // A kept-alive API connection that made one request.
+            assert!(request(&mut s).await.unwrap().starts_with("HTTP/1.1 200"));
+        }
+        idle.push(s);
+    }
+    tokio::time::timeout(WAIT, publish(&server, &["news"], "still-here", "1"))
+        .await
+        .expect("the API was not reachable");
+    assert_eq!(subscriber.recv().await["event"], "still-here");
+    let mut late = tokio::time::timeout(WAIT, Client::connect(&server))
+        .await
+        .expect("a new client could not connect");
+    late.subscribe("news").await;
+    // The flood was trimmed: most of it was closed by the server.
+    let mut closed = 0;
+    for s in &mut idle {
+        let mut b = [0u8; 1];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(20), s.read(&mut b)).await
+        {
+            closed += 1;
+        }
+    }
+    assert!(
+        closed >= 200,
+        "only {closed} of 300 idle connections were closed"
+    );
+}
+
+/// `--max-connections-per-ip`: an address gets that many connections (HTTP or WebSocket)
+/// at once, more are closed at accept (counted), other addresses are unaffected, and a
+/// closed connection frees its place.
+async fn an_address_is_held_to_its_connection_limit(backend: &'static str) {
+    let server = Server::start(backend, &["--max-connections-per-ip", "3"]);
+    let path = format!("/app/{}?protocol=7", common::APP_KEY);
+    let from = |last: u8| {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind(std::net::SocketAddr::from(([127, 0, 0, last], 0)))
+            .unwrap();
+        s
+    };
+    let mut mine = Vec::new();
+    for _ in 0..3 {
+        let stream = from(2).connect(server.addr).await.unwrap();
+        mine.push(common::raw::RawWs::handshake(stream, &server, &path).await);
+    }
+    let mut extra = from(2).connect(server.addr).await.unwrap();
+    let _ = extra
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let mut b = [0u8; 16];
+    let n = tokio::time::timeout(WAIT, extra.read(&mut b))
+        .await
+        .unwrap();
+    assert!(
+        matches!(n, Ok(0) | Err(_)),
+        "a fourth connection was served: {n:?}"
+    );
+    assert_eq!(
+        server
+            .metric_sum(
+                "ringcast_connections_rejected_total",
+                &[("reason", "ip_connections")]
+            )
+            .await,
+        1
+    );
+    // Another address is served.
+    let stream = from(3).connect(server.addr).await.unwrap();
+    let _other = common::raw::RawWs::handshake(stream, &server, &path).await;
+    // One of the three leaves: its place is free again.
+    drop(mine.pop());
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let stream = from(2).connect(server.addr).await.unwrap();
+        let mut s = stream;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        if let Ok(reply) = read_response(&mut s).await {
+            assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the freed place was not given back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -170,6 +170,19 @@ pub struct Cli {
     #[arg(long, env = "RINGCAST_MAX_CHANNELS", default_value_t = 1_000_000)]
     pub max_channels: usize,
 
+    /// Most connections not upgraded to WebSocket (HTTP API calls, health checks, upgrades
+    /// and TLS handshakes in progress, idle keep-alive connections) over all workers; at it
+    /// the quietest one not serving a request is closed to make room, and with none a new
+    /// connection is closed at once. 0: an eighth of the open files limit, from 64 to 4096.
+    #[arg(long, env = "RINGCAST_MAX_HTTP_CONNECTIONS", default_value_t = 0)]
+    pub max_http_connections: usize,
+
+    /// Most connections (HTTP and WebSocket) one IP address (IPv6: one /64) may have open
+    /// at once; more are closed at accept. 0: no limit (the default: clients behind one NAT
+    /// or proxy share an address).
+    #[arg(long, env = "RINGCAST_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: u32,
+
     /// New connections one IP address (IPv6: one /64) may open per second (HTTP 429
     /// beyond); 0: no limit.
     #[arg(

@@ -42,6 +42,10 @@ pub struct Limits {
     pub max_channels: usize,
     /// See [`Cli::max_connections_per_ip_per_second`] (0: none).
     pub max_connections_per_ip_per_second: u32,
+    /// See [`Cli::max_http_connections`]; resolved against the open files limit.
+    pub max_http_connections: usize,
+    /// See [`Cli::max_connections_per_ip`] (0: none).
+    pub max_connections_per_ip: u32,
 }
 
 #[cfg(test)]
@@ -61,6 +65,8 @@ impl Limits {
             timestamp_window: 600,
             max_channels: 1_000_000,
             max_connections_per_ip_per_second: 0,
+            max_http_connections: 64,
+            max_connections_per_ip: 0,
         }
     }
 }
@@ -266,6 +272,8 @@ impl Config {
                 timestamp_window: cli.timestamp_window,
                 max_channels: cli.max_channels,
                 max_connections_per_ip_per_second: cli.max_connections_per_ip_per_second,
+                max_http_connections: max_http_connections(cli),
+                max_connections_per_ip: cli.max_connections_per_ip,
             },
             handshake_timeout: Duration::from_secs(cli.handshake_timeout),
             metrics_addr: std::net::SocketAddr::new(cli.metrics_host, cli.metrics_port),
@@ -355,12 +363,22 @@ fn workers_and_cpus(cli: &Cli) -> Result<(usize, Vec<usize>), ConfigError> {
     ))
 }
 
-/// `--max-connections`, or (0) the open files limit less room for listeners, HTTP API
-/// connections, log files and the runtime itself.
+/// `--max-http-connections`, or (0) an eighth of the open files limit, from 64 to 4096.
+fn max_http_connections(cli: &Cli) -> usize {
+    match cli.max_http_connections {
+        0 => (crate::runtime::affinity::open_files_limit() / 8).clamp(64, 4096),
+        n => n,
+    }
+}
+
+/// `--max-connections`, or (0) the open files limit less the HTTP connections' share and
+/// room for listeners, the metrics listener, webhooks, Redis, log files and the runtime:
+/// WebSocket clients taking every connection they may leave the HTTP API and metrics
+/// reachable.
 fn max_connections(cli: &Cli, workers: usize) -> usize {
     match cli.max_connections {
         0 => crate::runtime::affinity::open_files_limit()
-            .saturating_sub(64 + 4 * workers)
+            .saturating_sub(64 + 4 * workers + max_http_connections(cli))
             .max(1),
         n => n,
     }

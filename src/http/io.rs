@@ -20,8 +20,9 @@ use crate::runtime::{Leftover, Reader, Socket, Writer, Written};
 /// What a connection's timers read, kept by [`HyperIo`] as bytes move.
 #[derive(Debug)]
 pub struct Clock {
-    /// When bytes were last read or written.
-    pub activity: Cell<Instant>,
+    /// When bytes were last read or written (shared with the worker's table of HTTP
+    /// connections).
+    pub activity: Rc<Cell<Instant>>,
     /// When the first byte not yet part of a request being served was read: a request's
     /// head has been arriving since then. Cleared when a request starts and ends being
     /// served.
@@ -32,7 +33,7 @@ impl Clock {
     /// A clock for a connection accepted now.
     pub fn new() -> Rc<Clock> {
         Rc::new(Clock {
-            activity: Cell::new(Instant::now()),
+            activity: Rc::new(Cell::new(Instant::now())),
             head_since: Cell::new(None),
         })
     }

@@ -23,6 +23,7 @@ use crate::metrics::{Endpoint, Rejected};
 use crate::runtime::{Runtime, Socket, Writer, SHUTDOWN_TIMEOUT};
 use crate::session::{self, Protocol};
 use crate::tls::TlsSocket;
+use crate::worker::admission::{HttpConn, IpSlot};
 use crate::worker::Worker;
 use crate::ws::handshake::{self, HandshakeError};
 
@@ -65,6 +66,40 @@ impl Drop for HttpCounted {
     }
 }
 
+/// A connection let in at accept: counted as an HTTP connection until it upgrades or ends,
+/// and against its address for its whole life (the slot goes on to the WebSocket session).
+pub struct Admitted {
+    counted: HttpCounted,
+    ip: Option<IpSlot>,
+}
+
+/// Decides at accept whether a connection from `peer` may be served: under its address's
+/// `--max-connections-per-ip`, and within the worker's share of `--max-http-connections`
+/// — at that cap the quietest HTTP connection not serving a request is closed to make room
+/// (idle keep-alive connections and slow heads go first); with none, the new one is
+/// refused. A refused socket is just closed.
+pub fn admit(worker: &Rc<Worker>, peer: SocketAddr) -> Option<Admitted> {
+    let limit = worker.config().limits.max_connections_per_ip;
+    let ip = match worker.shared.ip_conns.enter(peer.ip(), limit) {
+        Ok(slot) => slot,
+        Err(crate::worker::admission::AddressFull) => {
+            worker.stats.rejected(Rejected::IpConnections);
+            tracing::debug!(%peer, limit, "connection refused: its address has --max-connections-per-ip open");
+            return None;
+        }
+    };
+    let cap = worker.http_cap();
+    if cap > 0 && worker.http.len() >= cap && !worker.http.evict_quietest() {
+        worker.stats.rejected(Rejected::HttpOverCapacity);
+        tracing::debug!(%peer, cap, "connection refused: this worker's share of --max-http-connections is busy");
+        return None;
+    }
+    Some(Admitted {
+        counted: HttpCounted::new(worker),
+        ip,
+    })
+}
+
 /// Serves one accepted socket over TLS: the handshake (within `--handshake-timeout`), then
 /// HTTP and any WebSocket session exactly as on a plain socket.
 pub async fn serve_tls<R: Runtime>(
@@ -72,6 +107,7 @@ pub async fn serve_tls<R: Runtime>(
     socket: R::Socket,
     peer: SocketAddr,
     config: std::sync::Arc<rustls::ServerConfig>,
+    admitted: Admitted,
 ) {
     let accepted = Instant::now();
     let tls = match TlsSocket::<R>::new(socket, config) {
@@ -96,7 +132,7 @@ pub async fn serve_tls<R: Runtime>(
         tracing::debug!(%peer, error = %e, "TLS handshake failed");
         return;
     }
-    serve::<R, _>(worker, tls, peer, accepted).await;
+    serve::<R, _>(worker, tls, peer, accepted, admitted).await;
 }
 
 /// Serves one accepted socket: HTTP requests until it closes or upgrades, then the
@@ -109,12 +145,20 @@ pub async fn serve<R: Runtime, S: Socket>(
     socket: S,
     peer: SocketAddr,
     accepted: Instant,
+    admitted: Admitted,
 ) {
-    let counted = HttpCounted::new(&worker);
+    let Admitted { counted, ip } = admitted;
     let clock = io::Clock::new();
     // Requests being served: while one is, bytes read belong to it (its body) or wait
     // behind it (pipelining), and no head is overdue.
     let serving = Rc::new(Cell::new(0u32));
+    // In the worker's table, where admission may pick it to close at the cap.
+    let evict = tokio_util::sync::CancellationToken::new();
+    let entry = worker.http.enter(Rc::new(HttpConn {
+        quiet_since: clock.activity.clone(),
+        serving: serving.clone(),
+        evict: evict.clone(),
+    }));
     let upgrade: Rc<RefCell<Option<Protocol>>> = Rc::new(RefCell::new(None));
 
     // Until the first request arrives, the connection is on the clock (slowloris and
@@ -156,6 +200,7 @@ pub async fn serve<R: Runtime, S: Socket>(
     let idle_timeout = worker.config().http_idle_timeout;
     let head_timeout = worker.config().handshake_timeout;
     let mut stopping = pin!(worker.http_stop.clone().cancelled_owned());
+    let mut evicted = pin!(evict.cancelled_owned());
     let mut idle = pin!(R::sleep(idle_timeout));
     let mut closing = false;
     let mut first_request = pin!(R::sleep(
@@ -175,7 +220,8 @@ pub async fn serve<R: Runtime, S: Socket>(
             return Poll::Ready(Err(None));
         }
         if !closing {
-            let mut close = stopping.as_mut().poll(cx).is_ready();
+            let mut close =
+                stopping.as_mut().poll(cx).is_ready() || evicted.as_mut().poll(cx).is_ready();
             while !close && idle.as_mut().poll(cx).is_ready() {
                 let quiet = clock.activity.get().elapsed();
                 if quiet >= idle_timeout {
@@ -208,7 +254,7 @@ pub async fn serve<R: Runtime, S: Socket>(
         polled
     })
     .await;
-    drop(counted);
+    drop((counted, entry));
 
     let upgraded = match res {
         Ok(()) => upgrade.borrow_mut().take(),
@@ -250,7 +296,7 @@ pub async fn serve<R: Runtime, S: Socket>(
             tracing::trace!(%peer, buffered = leftover.buf.len(), "upgraded");
             // A task of its own: this one's state (hyper's connection) is freed, and a
             // WebSocket holds only what its session needs.
-            R::spawn(session::run::<S>(worker, writer, leftover, protocol));
+            R::spawn(session::run::<S>(worker, writer, leftover, protocol, ip));
         }
         Err(e) => tracing::debug!(%peer, error = %e, "connection lost during the upgrade"),
     }

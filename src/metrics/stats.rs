@@ -25,14 +25,21 @@ pub enum Rejected {
     IpRate,
     /// The upgrade (or TLS handshake) was not done within `--handshake-timeout`.
     HandshakeTimeout,
+    /// Over `--max-connections-per-ip` (closed at accept).
+    IpConnections,
+    /// At `--max-http-connections` with no idle HTTP connection to close instead (closed
+    /// at accept).
+    HttpOverCapacity,
 }
 
 impl Rejected {
-    pub(super) const ALL: [Self; 4] = [
+    pub(super) const ALL: [Self; 6] = [
         Self::OverCapacity,
         Self::AppOverQuota,
         Self::IpRate,
         Self::HandshakeTimeout,
+        Self::IpConnections,
+        Self::HttpOverCapacity,
     ];
 
     pub(super) fn label(self) -> &'static str {
@@ -41,6 +48,8 @@ impl Rejected {
             Self::AppOverQuota => "app_over_quota",
             Self::IpRate => "ip_rate",
             Self::HandshakeTimeout => "handshake_timeout",
+            Self::IpConnections => "ip_connections",
+            Self::HttpOverCapacity => "http_over_capacity",
         }
     }
 }

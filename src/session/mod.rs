@@ -59,6 +59,7 @@ pub fn run<S: Socket>(
     writer: S::Writer,
     leftover: Leftover<S::Reader>,
     protocol: Protocol,
+    ip: Option<crate::worker::admission::IpSlot>,
 ) -> impl Future<Output = ()> + 'static {
     let conn = match protocol {
         Protocol::Pusher(app) => worker.open_conn(Some(app), true),
@@ -70,6 +71,7 @@ pub fn run<S: Socket>(
         Protocol::Echo => worker.open_conn(None, false),
     };
     let mut driver = Driver::<S>::new(worker, conn, writer, leftover);
+    driver.ip = ip;
     let mut shutdown: Option<Pin<Box<dyn Future<Output = ()>>>> = None;
     poll_fn(move |cx| {
         if shutdown.is_none() {
@@ -137,6 +139,8 @@ struct Driver<S: Socket> {
     counted: usize,
     /// Whether the connection is still in the worker's books ([`Driver::finish`]).
     open: bool,
+    /// The connection's place in `--max-connections-per-ip`, while it lasts.
+    ip: Option<crate::worker::admission::IpSlot>,
 }
 
 impl<S: Socket> Drop for Driver<S> {
@@ -180,6 +184,7 @@ impl<S: Socket> Driver<S> {
             received_at: 0,
             counted: 0,
             open: true,
+            ip: None,
         }
     }
 

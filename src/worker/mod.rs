@@ -5,6 +5,7 @@
 //! ([`effects`]), delivers events to its subscribers and to other workers ([`publish`]),
 //! and checks its connections once a second ([`sweep`]).
 
+pub mod admission;
 mod conns;
 mod effects;
 pub mod ip_rate;
@@ -63,6 +64,8 @@ pub struct Shared {
     pub webhooks: Webhooks,
     /// New connections per IP address (`--max-connections-per-ip-per-second`).
     pub ip_rate: IpRateTable,
+    /// Open connections per IP address (`--max-connections-per-ip`).
+    pub ip_conns: Arc<admission::IpConnTable>,
 }
 
 /// The state one worker thread owns. Not `Send`: it never leaves its thread.
@@ -87,7 +90,8 @@ pub struct Worker {
     pub latency: LatencyRecorder,
     conns: RefCell<Slab<Rc<Conn>>>,
     socket_ids: RefCell<SocketIdGen>,
-    http_conns: Cell<usize>,
+    /// This worker's HTTP connections (not upgraded), for `--max-http-connections`.
+    pub http: Rc<admission::HttpConns>,
     this: Weak<Worker>,
     /// This worker's signed-in connections, by (app, user id).
     signed_in: RefCell<ConnsByUser>,
@@ -126,7 +130,7 @@ impl Worker {
             latency: LatencyRecorder::default(),
             conns: RefCell::new(Slab::new()),
             socket_ids: RefCell::new(SocketIdGen::new(index, workers)),
-            http_conns: Cell::new(0),
+            http: Rc::default(),
             settled: Cell::new(false),
             this,
             signed_in: RefCell::default(),
@@ -160,16 +164,24 @@ impl Worker {
 
     /// Open HTTP connections (not upgraded) on this worker.
     pub fn http_conn_count(&self) -> usize {
-        self.http_conns.get()
+        self.http.len()
     }
 
-    /// Counts an HTTP connection in or out.
+    /// This worker's share of `--max-http-connections`.
+    pub fn http_cap(&self) -> usize {
+        let workers = self.shared.config.workers.max(1);
+        self.shared
+            .config
+            .limits
+            .max_http_connections
+            .div_ceil(workers)
+    }
+
+    /// Counts an HTTP connection in or out (the `http_connections` gauge).
     pub fn http_conn_delta(&self, opened: bool) {
         if opened {
-            self.http_conns.set(self.http_conns.get() + 1);
             WorkerStats::add(&self.stats.http_connections, 1);
         } else {
-            self.http_conns.set(self.http_conns.get() - 1);
             WorkerStats::sub(&self.stats.http_connections, 1);
         }
     }
