@@ -20,6 +20,7 @@ on_both_backends!(
     a_connection_churning_channels_is_held_to_the_subscription_rate,
     idle_http_connections_cannot_take_the_servers_descriptors,
     an_address_is_held_to_its_connection_limit,
+    one_apps_hanging_webhook_receiver_does_not_hold_up_another_apps_webhooks,
 );
 
 /// Sends `GET /healthz` and reads the response head (the body is small and comes with it).
@@ -561,4 +562,59 @@ async fn an_address_is_held_to_its_connection_limit(backend: &'static str) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// App A's webhook receiver hangs while anonymous clients open 11,000 of A's channels (a
+/// `channel_occupied` each): A's URL fills only its own share of waiting requests, and app
+/// B's webhooks keep arriving.
+async fn one_apps_hanging_webhook_receiver_does_not_hold_up_another_apps_webhooks(
+    backend: &'static str,
+) {
+    use common::hooks::{Answer, Receiver};
+    let hanging = Receiver::start(vec![Answer::Hang; 20_000]).await;
+    let fine = Receiver::start(vec![]).await;
+    let apps = common::apps_file(&format!(
+        "[[app]]\nid = \"a\"\nkey = \"key-a\"\nsecret = \"secret-of-app-a\"\n\
+         [[app.webhook]]\nurl = \"{}\"\nevents = [\"channel_occupied\"]\n\n\
+         [[app]]\nid = \"b\"\nkey = \"key-b\"\nsecret = \"secret-of-app-b\"\n\
+         [[app.webhook]]\nurl = \"{}\"\nevents = [\"channel_occupied\"]\n",
+        hanging.url, fine.url
+    ));
+    let server = Server::start(
+        backend,
+        &[
+            "--apps-file",
+            apps.to_str().unwrap(),
+            "--max-subscriptions-per-second",
+            "0",
+        ],
+    );
+    let mut flood = Vec::new();
+    for c in 0..11 {
+        let mut client = Client::connect_url(&server.ws_url("key-a")).await;
+        for i in 0..1000 {
+            let channel = format!("flood-{c}-{i}");
+            client
+                .send(json!({"event": "pusher:subscribe", "data": {"channel": channel}}))
+                .await;
+        }
+        for _ in 0..1000 {
+            assert_eq!(
+                client.recv().await["event"],
+                "pusher_internal:subscription_succeeded"
+            );
+        }
+        flood.push(client);
+    }
+    let mut b = Client::connect_url(&server.ws_url("key-b")).await;
+    b.subscribe("b-room").await;
+    fine.wait_for_event(|e| e["name"] == "channel_occupied" && e["channel"] == "b-room")
+        .await;
+    // A's excess was dropped and counted, not queued.
+    assert!(
+        server
+            .metric_sum("ringcast_webhook_requests_total", &[("result", "overload")])
+            .await
+            > 0
+    );
 }

@@ -378,7 +378,7 @@ pub struct WebhookCounts {
     pub failed_attempts: u64,
     /// Requests given up after retrying for 5 minutes.
     pub dropped_after_retries: u64,
-    /// Events dropped because the queue or the outstanding requests were full.
+    /// Events dropped because the budget, the queue or a URL's share was full.
     pub dropped_overload: u64,
     /// `channel_vacated`/`member_removed` cancelled by a quick return.
     pub cancelled: u64,

@@ -18,11 +18,13 @@
 //!   answer, a connection failure or no answer within [`ATTEMPT_TIMEOUT`] is retried with
 //!   exponential backoff (1 s doubling, at most 60 s apart) for [`RETRY_FOR`]; then the
 //!   request is dropped with a warning and counted.
-//! * Each URL has its own [`PER_URL_IN_FLIGHT`] concurrent requests, so a receiver that
-//!   hangs holds up only its own events, not other URLs' or other apps'.
-//! * Memory is bounded: at most [`MAX_BYTES`] of events and request bodies (queued,
+//! * Each URL has its own [`PER_URL_IN_FLIGHT`] concurrent requests, and its own share of
+//!   what waits: [`PER_URL_QUEUE`] requests and [`PER_URL_BYTES`] (in flight, waiting for
+//!   a slot or to retry). A receiver that hangs fills only its own share: other URLs' and
+//!   other apps' webhooks keep going out.
+//! * Memory is bounded: at most [`MAX_BYTES`] of events and request bodies in all (queued,
 //!   waiting out the debounce, batched, in flight or waiting to retry), [`QUEUE`] events
-//!   waiting for the thread and [`MAX_OUTSTANDING`] requests. Beyond any of them, events are
+//!   waiting for the thread, and each URL's share. Beyond any of them, events are
 //!   dropped, logged (at most every 10 s) and counted — never queued without limit.
 //!
 //! What each event is, and when one is sent, is decided by the protocol rules
@@ -56,8 +58,10 @@ pub const BATCH_WINDOW: Duration = Duration::from_secs(1);
 pub const BATCH_MAX: usize = 100;
 /// Events waiting for the sender thread.
 pub const QUEUE: usize = 65_536;
-/// Requests in flight or waiting to retry.
-pub const MAX_OUTSTANDING: usize = 10_000;
+/// Requests one URL may have in flight, waiting for a slot or waiting to retry.
+pub const PER_URL_QUEUE: usize = 1_000;
+/// Bytes of request bodies one URL may hold (in flight, waiting for a slot or to retry).
+pub const PER_URL_BYTES: usize = 8 << 20;
 /// Bytes of events and request bodies the sender may hold at once.
 pub const MAX_BYTES: usize = 64 << 20;
 /// Requests in flight at once to one URL.

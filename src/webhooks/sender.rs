@@ -144,8 +144,28 @@ struct Sender {
     stats: Arc<WebhookStats>,
     budget: Arc<Budget>,
     client: Client<HttpConnector, Full<Bytes>>,
-    /// Each URL's concurrent requests.
-    limits: RefCell<HashMap<Arc<str>, Arc<tokio::sync::Semaphore>>>,
+    /// Each URL's share.
+    limits: RefCell<HashMap<Arc<str>, UrlShare>>,
+}
+
+/// One URL's concurrent requests, and what waits for it.
+#[derive(Clone)]
+struct UrlShare {
+    in_flight: Arc<tokio::sync::Semaphore>,
+    /// Requests in flight, waiting for a slot or to retry.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+    /// Their bodies' bytes.
+    bytes: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Default for UrlShare {
+    fn default() -> Self {
+        Self {
+            in_flight: Arc::new(tokio::sync::Semaphore::new(PER_URL_IN_FLIGHT)),
+            queued: Default::default(),
+            bytes: Default::default(),
+        }
+    }
 }
 
 impl Sender {
@@ -203,16 +223,25 @@ impl Sender {
             self.budget.give(cost);
             return;
         }
-        if self.stats.outstanding.load(Ordering::Relaxed) >= MAX_OUTSTANDING {
+        let share = self
+            .limits
+            .borrow_mut()
+            .entry(url.clone())
+            .or_default()
+            .clone();
+        let body =
+            Bytes::from(serde_json::json!({ "time_ms": time_ms, "events": events }).to_string());
+        // The URL's own share first: a receiver that does not keep up fills only it.
+        if share.queued.load(Ordering::Relaxed) >= PER_URL_QUEUE
+            || share.bytes.load(Ordering::Relaxed) + body.len() > PER_URL_BYTES
+        {
             self.stats
                 .dropped_overload
                 .fetch_add(events.len() as u64, Ordering::Relaxed);
             self.budget.give(cost);
-            warn_dropped("too many webhook requests outstanding");
+            warn_dropped("a webhook URL is not keeping up: its share of waiting requests is full");
             return;
         }
-        let body =
-            Bytes::from(serde_json::json!({ "time_ms": time_ms, "events": events }).to_string());
         if !self.budget.take(body.len()) {
             self.stats
                 .dropped_overload
@@ -229,21 +258,17 @@ impl Sender {
         let key = app.key.clone();
         let app_id = app.id.clone();
         let url = url.clone();
-        let limit = self
-            .limits
-            .borrow_mut()
-            .entry(url.clone())
-            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(PER_URL_IN_FLIGHT)))
-            .clone();
         let (stats, budget, client) =
             (self.stats.clone(), self.budget.clone(), self.client.clone());
         stats.outstanding.fetch_add(1, Ordering::Relaxed);
+        share.queued.fetch_add(1, Ordering::Relaxed);
+        share.bytes.fetch_add(body.len(), Ordering::Relaxed);
         tokio::spawn(async move {
             let started = Instant::now();
             let mut backoff = FIRST_BACKOFF;
             loop {
                 let result = {
-                    let _permit = limit.acquire().await.expect("never closed");
+                    let _permit = share.in_flight.acquire().await.expect("never closed");
                     tokio::time::timeout(
                         ATTEMPT_TIMEOUT,
                         post(&client, &url, &key, &signature, body.clone()),
@@ -270,6 +295,8 @@ impl Sender {
                 }
             }
             stats.outstanding.fetch_sub(1, Ordering::Relaxed);
+            share.queued.fetch_sub(1, Ordering::Relaxed);
+            share.bytes.fetch_sub(body.len(), Ordering::Relaxed);
             budget.give(held);
         });
     }
