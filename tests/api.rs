@@ -452,8 +452,21 @@ async fn events_reply_with_requested_info(backend: &'static str) {
 
 async fn health_readiness_and_metrics(backend: &'static str) {
     let server = Server::start(backend, &[]);
-    // On the main port and on the metrics listener alike.
-    for url in [server.http("/healthz"), server.metrics_url("/healthz")] {
+    // The metrics listener has the details; the public port only the status.
+    let (status, body) = send_raw("GET", &server.http("/healthz"), vec![]).await;
+    assert_eq!((status, body), (200, json!({"status": "ready"})));
+    let (_, body) = send_raw("GET", &server.http("/"), vec![]).await;
+    assert_eq!(
+        body,
+        json!({"name": "ringcast", "protocol": 7}),
+        "no version or backend"
+    );
+    let (_, body) = send_raw("GET", &server.metrics_url("/"), vec![]).await;
+    assert!(
+        body["version"].is_string() && body["backend"].is_string(),
+        "{body}"
+    );
+    for url in [server.metrics_url("/healthz")] {
         let (status, body) = send_raw("GET", &url, vec![]).await;
         assert_eq!(status, 200, "{url}: {body}");
         assert_eq!(body["workers"].as_array().unwrap().len(), 2, "{body}");

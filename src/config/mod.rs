@@ -159,8 +159,17 @@ pub fn check_secrets(apps: &[App], host: IpAddr) -> Result<(), ConfigError> {
     if let Some(app) = apps.iter().find(|a| a.secret.contains("CHANGE-ME")) {
         return Err(ConfigError::PlaceholderSecret(app.id.clone()));
     }
+    if !host.is_loopback() {
+        if let Some(app) = apps.iter().find(|a| a.secret.len() < MIN_PUBLIC_SECRET_LEN) {
+            return Err(ConfigError::ShortSecretOnPublicInterface(app.id.clone()));
+        }
+    }
     Ok(())
 }
+
+/// Shortest app secret accepted on a public interface: a short secret can be guessed from
+/// signatures offline.
+pub const MIN_PUBLIC_SECRET_LEN: usize = 16;
 
 /// Why the configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -191,6 +200,9 @@ pub enum ConfigError {
          or --apps-file, or listen on 127.0.0.1"
     )]
     DemoSecretOnPublicInterface(IpAddr),
+    /// An app's secret is too short for a public interface.
+    #[error("app {0:?} has a secret shorter than {MIN_PUBLIC_SECRET_LEN} characters, refused on a public interface: set a long random one (e.g. `openssl rand -hex 32`)")]
+    ShortSecretOnPublicInterface(String),
     /// An app still has the example file's placeholder secret.
     #[error("app {0:?} still has the example's placeholder secret: set a real one (e.g. `openssl rand -hex 32`)")]
     PlaceholderSecret(String),
@@ -422,11 +434,34 @@ mod tests {
             "--app-key",
             "k",
             "--app-secret",
-            "a-real-secret",
+            "a-real-secret-of-some-length",
         ]))
         .unwrap()
         .config;
         assert!(!c.demo_app);
+    }
+
+    #[test]
+    fn short_secrets_are_refused_on_a_public_interface_only() {
+        let args = |host: &'static str| {
+            cli(&[
+                "--host",
+                host,
+                "--app-id",
+                "1",
+                "--app-key",
+                "k",
+                "--app-secret",
+                "short-secret",
+            ])
+        };
+        let err = Config::from_cli(&args("0.0.0.0")).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::ShortSecretOnPublicInterface(_)),
+            "{err}"
+        );
+        assert!(err.to_string().contains("openssl rand"));
+        assert!(Config::from_cli(&args("127.0.0.1")).is_ok());
     }
 
     #[test]

@@ -365,8 +365,9 @@ async fn respond<R: Runtime>(
     match path {
         "/healthz" | "/readyz" if get => {
             let telemetry = &worker.shared.telemetry;
+            // The details (per-worker counts, the broker) are on the metrics listener.
             let (status, body) =
-                crate::metrics::health::reply(telemetry, path == "/readyz", draining);
+                crate::metrics::health::public_reply(telemetry, path == "/readyz", draining);
             json(status, body)
         }
         "/metrics" if get => error(
@@ -375,13 +376,8 @@ async fn respond<R: Runtime>(
         ),
         "/" if get => json(
             StatusCode::OK,
-            serde_json::json!({
-                "name": "ringcast",
-                "version": env!("CARGO_PKG_VERSION"),
-                "protocol": 7,
-                "backend": worker.shared.telemetry.backend.to_string(),
-            })
-            .to_string(),
+            // The version and IO backend are on the metrics listener's `/`.
+            serde_json::json!({ "name": "ringcast", "protocol": 7 }).to_string(),
         ),
         "/healthz" | "/readyz" | "/" => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         _ => error(StatusCode::NOT_FOUND, "not found"),

@@ -19,6 +19,22 @@ pub fn reply(telemetry: &Telemetry, readiness: bool, draining: bool) -> (StatusC
     (status, body)
 }
 
+/// [`reply`] for the public port: the same status code and `status`, without the
+/// per-worker connection counts and the broker's state (those are on the metrics
+/// listener).
+pub fn public_reply(
+    telemetry: &Telemetry,
+    readiness: bool,
+    draining: bool,
+) -> (StatusCode, String) {
+    let (code, body) = reply(telemetry, readiness, draining);
+    let status = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["status"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    (code, serde_json::json!({ "status": status }).to_string())
+}
+
 /// Readiness and the per-worker report behind `/healthz` and `/readyz`: ready unless
 /// shutting down, a worker has not swept for [`STUCK_AFTER_SECS`], or (with
 /// `--readiness-requires-redis`) the cluster broker cannot reach Redis. The broker's state

@@ -97,6 +97,17 @@ fn respond<B>(telemetry: &Arc<Telemetry>, req: &Request<B>) -> Response<Full<Byt
                 super::latency::hgrm(&h),
             )
         }
+        "/" => text(
+            StatusCode::OK,
+            "application/json",
+            serde_json::json!({
+                "name": "ringcast",
+                "version": env!("CARGO_PKG_VERSION"),
+                "protocol": 7,
+                "backend": telemetry.backend.to_string(),
+            })
+            .to_string(),
+        ),
         path @ ("/healthz" | "/readyz") => {
             let draining = telemetry.draining.is_cancelled();
             let (status, body) = super::health::reply(telemetry, path == "/readyz", draining);
