@@ -7,7 +7,7 @@ seconds="${FUZZ_SECONDS:-30}"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --quiet
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-for target in frame_decoder pusher_message; do
+for target in frame_decoder pusher_message presence_member upgrade_request percent_decoding; do
   echo "fuzzing $target for ${seconds}s"
   if ! RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- -max_total_time="$seconds" >"$log" 2>&1; then
     tail -60 "$log"

@@ -191,7 +191,9 @@ fn decode_segment(s: &str) -> Result<String, ApiError> {
     percent_decode(s).ok_or_else(|| ApiError::bad_request("invalid percent-encoding in path"))
 }
 
-fn percent_decode(s: &str) -> Option<String> {
+/// Decodes a percent-encoded path segment (`%XX` escapes; `+` stays `+`); `None` when an
+/// escape is malformed or the result is not UTF-8.
+pub fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -387,12 +387,18 @@ async fn respond<R: Runtime>(
 /// Decides what a `/app/{key}` connection becomes. Problems with the app or the protocol
 /// version are reported after the upgrade, with the close codes Pusher clients act on.
 fn pusher_protocol(worker: &Worker, key: &str, query: Option<&str>) -> Protocol {
+    upgrade_protocol(&worker.shared.apps.load(), key, query)
+}
+
+/// What an upgrade to `/app/{key}?{query}` will speak: Pusher for the app with that key and
+/// an acceptable `protocol` version, or a refusal with its close code.
+pub fn upgrade_protocol(apps: &crate::app::Apps, key: &str, query: Option<&str>) -> Protocol {
     let version = query.and_then(|q| {
         form_urlencoded::parse(q.as_bytes())
             .find(|(k, _)| k == "protocol")
             .map(|(_, v)| v.into_owned())
     });
-    match crate::pusher::conn::connect(&worker.shared.apps.load(), key, version.as_deref()) {
+    match crate::pusher::conn::connect(apps, key, version.as_deref()) {
         Ok(app) => Protocol::Pusher(app),
         Err(r) => Protocol::PusherRefused {
             code: r.code,

@@ -26,26 +26,38 @@ pub struct Cached {
     pub expires: Instant,
 }
 
+impl Cached {
+    /// What it holds in memory, roughly: its frame, event name and data.
+    fn size(&self) -> usize {
+        self.frame.len() + self.event.len() + self.data.len()
+    }
+}
+
 /// The last event of every cache channel, shared by all workers (lock-free).
 pub struct EventCache {
     /// Its size is papaya's own count of what was inserted and removed (never negative),
     /// so concurrent puts and sweeps cannot make it drift.
     map: papaya::HashMap<ChannelKey, Cached, FastState>,
     max: usize,
+    /// Bytes the entries hold (frames, names and data), against `max_bytes`.
+    bytes: std::sync::atomic::AtomicUsize,
+    max_bytes: usize,
     /// Channels whose cache miss was reported (the `cache_miss` webhook is sent once until
     /// the channel gets an event), with when the report expires.
     missed: papaya::HashMap<ChannelKey, Instant, FastState>,
 }
 
 impl EventCache {
-    /// A cache holding at most `max` channels.
-    pub fn new(max: usize) -> Self {
+    /// A cache holding at most `max` channels and `max_bytes` of events.
+    pub fn new(max: usize, max_bytes: usize) -> Self {
         Self {
             map: papaya::HashMap::builder()
                 .hasher(FastState::default())
                 .resize_mode(papaya::ResizeMode::Blocking)
                 .build(),
             max,
+            bytes: Default::default(),
+            max_bytes,
             missed: papaya::HashMap::builder()
                 .hasher(FastState::default())
                 .build(),
@@ -72,9 +84,10 @@ impl EventCache {
         true
     }
 
-    /// Keeps `event` as the channel's last. Returns false (and keeps nothing) when the cache
-    /// is full and this channel has no entry yet. (Puts racing for the last free places
-    /// may overshoot `max` by a few entries; the count itself stays exact.)
+    /// Keeps `event` as the channel's last. Returns false (and keeps nothing new) when the
+    /// cache is full: at `max` channels and this one has no entry yet, or the event would
+    /// take it past `max_bytes`. (Puts racing for the last free places may overshoot by a
+    /// few entries; the counts themselves stay exact.)
     pub fn put(
         &self,
         key: ChannelKey,
@@ -89,7 +102,8 @@ impl EventCache {
             name: &key.name,
         };
         self.missed.pin().remove(&r);
-        if map.get(&r).is_none() && map.len() >= self.max {
+        let old = map.get(&r).map(Cached::size);
+        if old.is_none() && map.len() >= self.max {
             return false;
         }
         let cached = Cached {
@@ -98,8 +112,24 @@ impl EventCache {
             data: Arc::from(data),
             expires: deadline(ttl),
         };
-        map.insert(key, cached);
+        let size = cached.size();
+        let held = self.bytes.load(std::sync::atomic::Ordering::Relaxed);
+        if held.saturating_sub(old.unwrap_or(0)) + size > self.max_bytes {
+            return false;
+        }
+        self.bytes
+            .fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+        if let Some(replaced) = map.insert(key, cached) {
+            self.bytes
+                .fetch_sub(replaced.size(), std::sync::atomic::Ordering::Relaxed);
+        }
         true
+    }
+
+    /// Bytes the cached events hold.
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
+        self.bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The channel's last event, unless expired.
@@ -125,7 +155,10 @@ impl EventCache {
                 app: k.app,
                 name: &k.name,
             };
-            let _ = map.remove_if(&r, |_, c| c.expires <= now);
+            if let Ok(Some((_, c))) = map.remove_if(&r, |_, c| c.expires <= now) {
+                self.bytes
+                    .fetch_sub(c.size(), std::sync::atomic::Ordering::Relaxed);
+            }
         }
     }
 }
@@ -143,8 +176,56 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_cache_holds_at_most_its_bytes() {
+        let c = EventCache::new(100, 1000);
+        let ttl = Duration::from_secs(60);
+        let big = "x".repeat(400);
+        assert!(c.put(
+            ChannelKey::new(0, "cache-a"),
+            Bytes::from(big.clone()),
+            "e",
+            &big,
+            ttl
+        ));
+        assert_eq!(c.bytes(), 801);
+        // A second entry that would pass 1000 bytes is not kept; replacing the first is.
+        assert!(!c.put(
+            ChannelKey::new(0, "cache-b"),
+            Bytes::from(big.clone()),
+            "e",
+            &big,
+            ttl
+        ));
+        assert!(c.put(
+            ChannelKey::new(0, "cache-a"),
+            Bytes::from_static(b"1"),
+            "e",
+            "one",
+            ttl
+        ));
+        assert_eq!(c.bytes(), 5);
+        assert!(c.put(
+            ChannelKey::new(0, "cache-b"),
+            Bytes::from(big.clone()),
+            "e",
+            &big,
+            ttl
+        ));
+        // Expired entries give their bytes back.
+        c.put(
+            ChannelKey::new(0, "cache-c"),
+            Bytes::from_static(b"22"),
+            "e",
+            "2",
+            Duration::ZERO,
+        );
+        c.sweep();
+        assert_eq!(c.bytes(), 5 + 801);
+    }
+
+    #[test]
     fn keeps_the_last_event_until_it_expires() {
-        let c = EventCache::new(10);
+        let c = EventCache::new(10, usize::MAX);
         let key = ChannelKey::new(0, "cache-a");
         let r = ChannelRef {
             app: 0,
@@ -175,7 +256,7 @@ mod tests {
     #[test]
     fn concurrent_puts_and_sweeps_leave_an_emptied_cache_accepting_max_channels() {
         const MAX: usize = 32;
-        let c = EventCache::new(MAX);
+        let c = EventCache::new(MAX, usize::MAX);
         let put = |name: &str, ttl| c.put(ChannelKey::new(0, name), Bytes::new(), "e", "d", ttl);
         for round in 0..200 {
             std::thread::scope(|s| {
@@ -209,7 +290,7 @@ mod tests {
 
     #[test]
     fn a_ttl_too_long_for_the_clock_never_expires() {
-        let c = EventCache::new(1);
+        let c = EventCache::new(1, usize::MAX);
         let key = ChannelKey::new(0, "cache-a");
         assert!(c.put(key.clone(), Bytes::new(), "e", "d", Duration::MAX));
         assert!(c
@@ -222,7 +303,7 @@ mod tests {
 
     #[test]
     fn a_full_cache_keeps_updating_what_it_has() {
-        let c = EventCache::new(1);
+        let c = EventCache::new(1, usize::MAX);
         assert!(c.put(
             ChannelKey::new(0, "cache-a"),
             Bytes::new(),

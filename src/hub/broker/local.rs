@@ -18,6 +18,8 @@ use crate::hub::{ChannelIndex, Router};
 
 /// Most cache channels whose last event is kept (over all apps).
 pub const MAX_CACHED_CHANNELS: usize = 100_000;
+/// Bytes of cached events (frames and data) a single node keeps over all apps.
+pub const MAX_CACHED_BYTES: usize = 256 << 20;
 
 /// The in-process [`Broker`].
 pub struct LocalBroker {
@@ -37,7 +39,7 @@ impl LocalBroker {
             router,
             presence: PresenceRegistry::default(),
             users: UserRegistry::default(),
-            cache: EventCache::new(MAX_CACHED_CHANNELS),
+            cache: EventCache::new(MAX_CACHED_CHANNELS, MAX_CACHED_BYTES),
         }
     }
 }
@@ -150,8 +152,9 @@ impl Broker for LocalBroker {
                 LAST_WARNED.store(now, Ordering::Relaxed);
                 tracing::warn!(
                     channel = &*name,
-                    max = MAX_CACHED_CHANNELS,
-                    "event cache is full: new cache channels' events are not kept"
+                    max_channels = MAX_CACHED_CHANNELS,
+                    max_bytes = MAX_CACHED_BYTES,
+                    "event cache is full: new cache events are not kept"
                 );
             }
         }
