@@ -81,6 +81,11 @@ pub struct App {
     /// Live counters, kept across configuration reloads.
     #[serde(skip)]
     pub counters: Arc<AppCounters>,
+    /// Removed by a reload: its index stays, unreachable, and is never given back (an app
+    /// added later with the same id gets a new index, so it inherits nothing: no cached
+    /// events, channels or counters).
+    #[serde(skip)]
+    pub retired: bool,
 }
 
 /// A webhook endpoint of an app.
@@ -115,6 +120,7 @@ impl App {
             max_channels: default_max_channels(),
             max_api_requests_per_second: default_max_api_rate(),
             counters: Default::default(),
+            retired: false,
         }
     }
 
@@ -251,6 +257,11 @@ impl Apps {
         let mut apps = Vec::with_capacity(self.apps.len() + new.len());
         let mut removed = Vec::new();
         for old in &self.apps {
+            if old.retired {
+                removed.push(apps.len());
+                apps.push(old.clone());
+                continue;
+            }
             match new.remove(&old.id) {
                 Some(mut app) => {
                     app.counters = old.counters.clone();
@@ -259,6 +270,7 @@ impl Apps {
                 None => {
                     let mut gone = (**old).clone();
                     gone.enabled = false;
+                    gone.retired = true;
                     removed.push(apps.len());
                     apps.push(Arc::new(gone));
                 }
@@ -342,6 +354,25 @@ mod tests {
         assert!(!next.get(1).enabled);
         assert_eq!(next.by_id("3"), Some(2));
         assert!(apps.reloaded(vec![app("1", "x"), app("9", "x")]).is_err());
+        // App 2 comes back: a new index, nothing of the old one's (cache, channels, counts).
+        next.get(1)
+            .counters
+            .connections
+            .store(7, std::sync::atomic::Ordering::Relaxed);
+        let again = next
+            .reloaded(vec![app("1", "a2"), app("2", "b2"), app("3", "c")])
+            .unwrap();
+        assert_eq!(again.by_id("2"), Some(3));
+        assert_eq!(again.by_key("b2"), Some(3));
+        assert!(!again.get(1).enabled);
+        assert_eq!(
+            again
+                .get(3)
+                .counters
+                .connections
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
     }
 
     #[test]
