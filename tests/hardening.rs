@@ -21,6 +21,7 @@ on_both_backends!(
     idle_http_connections_cannot_take_the_servers_descriptors,
     an_address_is_held_to_its_connection_limit,
     one_apps_hanging_webhook_receiver_does_not_hold_up_another_apps_webhooks,
+    behind_a_trusted_proxy_clients_are_counted_by_their_forwarded_address,
 );
 
 /// Sends `GET /healthz` and reads the response head (the body is small and comes with it).
@@ -617,4 +618,76 @@ async fn one_apps_hanging_webhook_receiver_does_not_hold_up_another_apps_webhook
             .await
             > 0
     );
+}
+
+/// Behind a `--trusted-proxy`, new WebSocket connections are counted per client address
+/// from `X-Forwarded-For`, and the proxy itself is not held to `--max-connections-per-ip`;
+/// anyone else's `X-Forwarded-For` is ignored.
+async fn behind_a_trusted_proxy_clients_are_counted_by_their_forwarded_address(
+    backend: &'static str,
+) {
+    let server = Server::start(
+        backend,
+        &[
+            "--trusted-proxy",
+            "127.0.0.2",
+            "--max-connections-per-ip-per-second",
+            "2",
+            "--max-connections-per-ip",
+            "3",
+        ],
+    );
+    let upgrade = |last: u8, forwarded: &'static str| {
+        let addr = server.addr;
+        async move {
+            let s = tokio::net::TcpSocket::new_v4().unwrap();
+            s.bind(std::net::SocketAddr::from(([127, 0, 0, last], 0)))
+                .unwrap();
+            let mut stream = s.connect(addr).await.unwrap();
+            let req = format!(
+                "GET /app/{}?protocol=7 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                 Sec-WebSocket-Version: 13\r\nX-Forwarded-For: {forwarded}\r\n\r\n",
+                common::APP_KEY
+            );
+            stream.write_all(req.as_bytes()).await.unwrap();
+            let mut head = vec![0u8; 12];
+            let status = match tokio::time::timeout(WAIT, stream.read_exact(&mut head)).await {
+                Ok(Ok(_)) => String::from_utf8_lossy(&head).to_string(),
+                // Closed at accept (--max-connections-per-ip).
+                _ => "closed".to_string(),
+            };
+            (status, stream)
+        }
+    };
+    // Six clients behind the proxy, two connections each: more than 3 from the proxy's
+    // address at once, 2 a second from each client.
+    let mut held = Vec::new();
+    for client in ["203.0.113.1", "203.0.113.2", "203.0.113.3"] {
+        for _ in 0..2 {
+            let (status, s) = upgrade(2, client).await;
+            assert!(status.ends_with("101"), "{client}: {status}");
+            held.push(s);
+        }
+    }
+    // Five more from one client at once (two windows at most): some get 429, as they
+    // would without the proxy.
+    let refused = |statuses: Vec<String>| statuses.iter().any(|s| s.ends_with("429"));
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(upgrade(2, "203.0.113.1").await.0);
+    }
+    assert!(refused(statuses.clone()), "{statuses:?}");
+    // What a client writes before the proxy's own entry is not believed.
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(upgrade(2, "198.51.100.9, 203.0.113.2").await.0);
+    }
+    assert!(refused(statuses.clone()), "{statuses:?}");
+    // Not a trusted proxy: its X-Forwarded-For is ignored, it is counted as itself.
+    let mut statuses = Vec::new();
+    for forged in ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5"] {
+        statuses.push(upgrade(3, forged).await.0);
+    }
+    assert!(refused(statuses.clone()), "{statuses:?}");
 }

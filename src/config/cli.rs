@@ -210,6 +210,14 @@ pub struct Cli {
     #[arg(long, env = "RINGCAST_SHUTDOWN_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(..=3600))]
     pub shutdown_timeout: u64,
 
+    /// Addresses or networks (CIDR) of reverse proxies in front of ringcast, comma-separated
+    /// or repeated. Their connections are not held to `--max-connections-per-ip`, and a
+    /// WebSocket upgrade through them is counted against
+    /// `--max-connections-per-ip-per-second` as the client address in `X-Forwarded-For`
+    /// (the last one not itself a trusted proxy). Other peers' `X-Forwarded-For` is ignored.
+    #[arg(long, env = "RINGCAST_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_net)]
+    pub trusted_proxy: Vec<ipnet::IpNet>,
+
     /// Serve a plain RFC 6455 echo endpoint at this path (for conformance testing).
     #[arg(long, env = "RINGCAST_ECHO_PATH", value_parser = parse_path)]
     pub echo_path: Option<String>,
@@ -368,4 +376,11 @@ fn parse_path(s: &str) -> Result<String, String> {
         return Err(format!("{s:?} is not an absolute URL path"));
     }
     Ok(s.to_string())
+}
+
+/// An address (`10.0.0.5`, a /32 or /128) or a network (`10.0.0.0/8`).
+fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is neither an IP address nor a CIDR network"))
 }

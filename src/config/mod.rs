@@ -102,6 +102,8 @@ pub struct Config {
     pub metrics_addr: std::net::SocketAddr,
     /// Path of the echo endpoint, if enabled.
     pub echo_path: Option<String>,
+    /// See [`Cli::trusted_proxy`].
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Whether the built-in demo app is in use.
     pub demo_app: bool,
     /// Where the apps come from (what SIGHUP re-reads).
@@ -295,6 +297,7 @@ impl Config {
             http_idle_timeout: Duration::from_secs(cli.http_idle_timeout),
             shutdown_timeout: Duration::from_secs(cli.shutdown_timeout),
             echo_path: cli.echo_path.clone(),
+            trusted_proxies: cli.trusted_proxy.clone(),
             demo_app,
             apps_source,
             tls: cli

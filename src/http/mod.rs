@@ -79,7 +79,11 @@ pub struct Admitted {
 /// (idle keep-alive connections and slow heads go first); with none, the new one is
 /// refused. A refused socket is just closed.
 pub fn admit(worker: &Rc<Worker>, peer: SocketAddr) -> Option<Admitted> {
-    let limit = worker.config().limits.max_connections_per_ip;
+    let mut limit = worker.config().limits.max_connections_per_ip;
+    if is_trusted_proxy(worker, peer.ip()) {
+        // Every client behind it shares its address.
+        limit = 0;
+    }
     let ip = match worker.shared.ip_conns.enter(peer.ip(), limit) {
         Ok(slot) => slot,
         Err(crate::worker::admission::AddressFull) => {
@@ -312,14 +316,15 @@ async fn route<R: Runtime>(
     // One reading of the drain state per request: a `/readyz` answer and its
     // `Connection: close` always agree.
     let draining = worker.is_shutting_down();
-    let mut resp = if endpoint == Endpoint::Upgrade && !allow_ip(&worker, ip) {
-        error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many new connections from this address: try again in a second",
-        )
-    } else {
-        respond::<R>(&worker, &upgrade, req, draining).await
-    };
+    let mut resp =
+        if endpoint == Endpoint::Upgrade && !allow_ip(&worker, client_ip(&worker, &req, ip)) {
+            error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many new connections from this address: try again in a second",
+            )
+        } else {
+            respond::<R>(&worker, &upgrade, req, draining).await
+        };
     worker.stats.http(endpoint, resp.status().as_u16());
     if draining && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         // Draining: answer, but do not keep the connection.
@@ -436,6 +441,42 @@ fn accept_upgrade(
 }
 
 /// Counts a WebSocket upgrade from `ip` against `--max-connections-per-ip-per-second`.
+/// Whether `ip` is one of `--trusted-proxy`.
+fn is_trusted_proxy(worker: &Worker, ip: std::net::IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    worker
+        .config()
+        .trusted_proxies
+        .iter()
+        .any(|net| net.contains(&ip))
+}
+
+/// The client's address: `peer`, or through a trusted proxy the last address of
+/// `X-Forwarded-For` that is not itself a trusted proxy (the proxy appends what it saw;
+/// what a client wrote before it is not believed).
+fn client_ip(worker: &Worker, req: &Request<Incoming>, peer: std::net::IpAddr) -> std::net::IpAddr {
+    if !is_trusted_proxy(worker, peer) {
+        return peer;
+    }
+    let hops: Vec<&str> = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    for hop in hops.iter().rev() {
+        match hop.parse::<std::net::IpAddr>() {
+            Ok(ip) if is_trusted_proxy(worker, ip) => continue,
+            Ok(ip) => return ip,
+            // Not an address: nothing further left can be trusted.
+            Err(_) => break,
+        }
+    }
+    peer
+}
+
 fn allow_ip(worker: &Worker, ip: std::net::IpAddr) -> bool {
     let limit = worker.config().limits.max_connections_per_ip_per_second;
     if worker
