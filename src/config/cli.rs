@@ -215,7 +215,7 @@ pub struct Cli {
     /// WebSocket upgrade through them is counted against
     /// `--max-connections-per-ip-per-second` as the client address in `X-Forwarded-For`
     /// (the last one not itself a trusted proxy). Other peers' `X-Forwarded-For` is ignored.
-    #[arg(long, env = "RINGCAST_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_net)]
+    #[arg(long, env = "RINGCAST_TRUSTED_PROXY", value_delimiter = ',', value_parser = parse_net)]
     pub trusted_proxy: Vec<ipnet::IpNet>,
 
     /// Serve a plain RFC 6455 echo endpoint at this path (for conformance testing).
