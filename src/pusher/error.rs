@@ -113,6 +113,9 @@ pub enum MemberError {
     /// Not JSON.
     #[error("channel_data is not valid JSON: {0}")]
     NotJson(String),
+    /// JSON, but not an object.
+    #[error("channel_data must be a JSON object")]
+    NotObject,
     /// `user_id` absent, or neither a string nor a number.
     #[error("channel_data.user_id must be a string or a number")]
     UserIdType,
@@ -135,6 +138,9 @@ pub enum UserDataError {
     /// Not JSON of the expected shape.
     #[error("user_data is not valid JSON: {0}")]
     NotJson(String),
+    /// JSON, but not an object.
+    #[error("user_data must be a JSON object")]
+    NotObject,
     /// `id` is not a string.
     #[error("user_data.id must be a string")]
     IdNotString,

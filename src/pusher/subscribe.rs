@@ -329,6 +329,11 @@ struct ChannelData<'a> {
 /// The member a presence subscription joins as, from its `channel_data`: a string or
 /// numeric `user_id`, and `user_info` of at most `max_info` bytes.
 pub fn parse_member(channel_data: &str, max_info: usize) -> Result<Member, MemberError> {
+    // serde would also read the struct from an array (`["id", {…}]`): only an object is a
+    // member.
+    if !channel_data.trim_start().starts_with('{') {
+        return Err(MemberError::NotObject);
+    }
     let d: ChannelData =
         serde_json::from_str(channel_data).map_err(|e| MemberError::NotJson(e.to_string()))?;
     let id = match d.user_id {
@@ -876,8 +881,14 @@ mod tests {
             Err(MemberError::InfoTooLarge { max: 10, .. })
         ));
         assert!(matches!(
-            parse_member("nope", 1024),
+            parse_member("{nope", 1024),
             Err(MemberError::NotJson(_))
         ));
+        // Found by fuzzing: the struct's fields as an array were accepted as a member.
+        assert_eq!(
+            parse_member(r#"["< 4N", 33333E0420]"#, 1024),
+            Err(MemberError::NotObject)
+        );
+        assert_eq!(parse_member("nope", 1024), Err(MemberError::NotObject));
     }
 }

@@ -143,6 +143,10 @@ pub struct User {
 /// The user a sign-in names: `user_data` with a string `id` that can name a
 /// `#server-to-user-` channel, and an optional `watchlist`.
 pub fn parse_user(user_data: &str) -> Result<User, UserDataError> {
+    // serde would also read the struct from an array: only an object is a user.
+    if !user_data.trim_start().starts_with('{') {
+        return Err(UserDataError::NotObject);
+    }
     let d: UserData =
         serde_json::from_str(user_data).map_err(|e| UserDataError::NotJson(e.to_string()))?;
     let id = match d.id {
@@ -300,5 +304,10 @@ mod tests {
             Err(UserDataError::IdCharacters)
         );
         assert!(matches!(parse_user("{"), Err(UserDataError::NotJson(_))));
+        // Found by fuzzing: the struct's fields as an array were accepted.
+        assert!(matches!(
+            parse_user(r#"["ann", []]"#),
+            Err(UserDataError::NotObject)
+        ));
     }
 }
