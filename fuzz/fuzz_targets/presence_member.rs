@@ -17,9 +17,14 @@ fuzz_target!(|input: &[u8]| {
         assert!(serde_json::from_str::<serde::de::IgnoredAny>(&member.user_info).is_ok());
         let frame = messages::member_added("presence-room", &member.user_id, &member.user_info);
         let event = frame_json(&frame);
-        let data: serde_json::Value =
-            serde_json::from_str(event["data"].as_str().unwrap()).unwrap();
-        assert_eq!(data["user_id"].as_str(), Some(&*member.user_id));
+        // Only the id is read back: user_info is relayed as the client wrote it (numbers
+        // beyond f64 included, which serde_json::Value cannot hold).
+        #[derive(serde::Deserialize)]
+        struct Data {
+            user_id: String,
+        }
+        let data: Data = serde_json::from_str(event["data"].as_str().unwrap()).unwrap();
+        assert_eq!(data.user_id, &*member.user_id);
         let frame = messages::member_removed("presence-room", &member.user_id);
         frame_json(&frame);
     }
