@@ -12,11 +12,7 @@ pub const STUCK_AFTER_SECS: f64 = 5.0;
 /// or `/readyz` (503 unless ready), on either listener.
 pub fn reply(telemetry: &Telemetry, readiness: bool, draining: bool) -> (StatusCode, String) {
     let (ready, body) = report(telemetry, draining);
-    let status = match ready || !readiness {
-        true => StatusCode::OK,
-        false => StatusCode::SERVICE_UNAVAILABLE,
-    };
-    (status, body)
+    (code(ready, readiness), body)
 }
 
 /// [`reply`] for the public port: the same status code and `status`, without the
@@ -27,12 +23,37 @@ pub fn public_reply(
     readiness: bool,
     draining: bool,
 ) -> (StatusCode, String) {
-    let (code, body) = reply(telemetry, readiness, draining);
-    let status = serde_json::from_str::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v["status"].as_str().map(str::to_string))
-        .unwrap_or_default();
-    (code, serde_json::json!({ "status": status }).to_string())
+    let (ready, status) = readiness_of(telemetry, draining, connected(telemetry));
+    (
+        code(ready, readiness),
+        serde_json::json!({ "status": status }).to_string(),
+    )
+}
+
+fn code(ready: bool, readiness: bool) -> StatusCode {
+    match ready || !readiness {
+        true => StatusCode::OK,
+        false => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// Whether the node is ready, and the `status` word saying why not, given whether the
+/// cluster broker reaches Redis (`None`: no cluster).
+fn readiness_of(
+    telemetry: &Telemetry,
+    draining: bool,
+    connected: Option<bool>,
+) -> (bool, &'static str) {
+    let ages: Vec<f64> = telemetry.workers.iter().map(|s| heartbeat_age(s)).collect();
+    let broker_down = telemetry.readiness_requires_broker && connected == Some(false);
+    assess(draining, &ages, broker_down)
+}
+
+fn connected(telemetry: &Telemetry) -> Option<bool> {
+    telemetry
+        .broker
+        .as_ref()
+        .map(|b| b.connected.load(std::sync::atomic::Ordering::Relaxed))
 }
 
 /// Readiness and the per-worker report behind `/healthz` and `/readyz`: ready unless
@@ -54,13 +75,8 @@ pub fn report(telemetry: &Telemetry, draining: bool) -> (bool, String) {
             })
         })
         .collect();
-    let ages: Vec<f64> = telemetry.workers.iter().map(|s| heartbeat_age(s)).collect();
-    let connected = telemetry
-        .broker
-        .as_ref()
-        .map(|b| b.connected.load(std::sync::atomic::Ordering::Relaxed));
-    let broker_down = telemetry.readiness_requires_broker && connected == Some(false);
-    let (ready, status) = assess(draining, &ages, broker_down);
+    let connected = connected(telemetry);
+    let (ready, status) = readiness_of(telemetry, draining, connected);
     let broker = match connected {
         None => serde_json::json!({ "kind": "local" }),
         Some(c) => serde_json::json!({ "kind": "redis", "connected": c }),

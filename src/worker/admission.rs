@@ -14,10 +14,11 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-const SHARDS: usize = 16;
+/// Shards of the per-IP tables (this one and `ip_rate`'s).
+pub(super) const SHARDS: usize = 16;
 
-/// What `ip` is counted as: IPv4 addresses (also when mapped into IPv6) as they are, IPv6
-/// addresses as their /64 prefix.
+/// What `ip` is counted as, by both per-IP limits: IPv4 addresses (also when mapped into
+/// IPv6) as they are, IPv6 addresses as their /64 prefix.
 pub fn ip_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & !u128::from(u64::MAX))),
@@ -25,7 +26,8 @@ pub fn ip_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-fn shard_of(key: IpAddr) -> usize {
+/// The shard of a per-IP table holding `key`.
+pub(super) fn shard_of(key: IpAddr) -> usize {
     (match key {
         IpAddr::V4(a) => a.octets()[3] as usize,
         IpAddr::V6(a) => a.octets()[7] as usize,

@@ -3,10 +3,11 @@
 //! message), each lock held for one map update.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::Mutex;
 
-const SHARDS: usize = 16;
+use super::admission::{ip_key, shard_of, SHARDS};
+
 /// Entries a shard keeps before dropping those of past seconds (at most once a second).
 const PRUNE_ABOVE: usize = 4096;
 /// Entries a shard never grows beyond, however many addresses arrive in one second.
@@ -34,15 +35,6 @@ impl Default for IpRateTable {
     }
 }
 
-/// What `ip` is counted as: IPv4 addresses (also when mapped into IPv6) as they are, IPv6
-/// addresses as their /64 prefix.
-fn rate_key(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & !u128::from(u64::MAX))),
-        v4 => v4,
-    }
-}
-
 impl IpRateTable {
     /// Counts a connection from `ip` in `second`; false when it is over `per_second`
     /// (0: no limit, nothing counted).
@@ -50,12 +42,10 @@ impl IpRateTable {
         if per_second == 0 {
             return true;
         }
-        let key = rate_key(ip);
-        let shard = match key {
-            IpAddr::V4(a) => a.octets()[3] as usize,
-            IpAddr::V6(a) => a.octets()[7] as usize,
-        } % SHARDS;
-        let mut shard = self.shards[shard].lock().unwrap_or_else(|e| e.into_inner());
+        let key = ip_key(ip);
+        let mut shard = self.shards[shard_of(key)]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if shard.map.len() > PRUNE_ABOVE && shard.pruned != second {
             shard.map.retain(|_, (s, _)| *s == second);
             shard.pruned = second;
