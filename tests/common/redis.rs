@@ -39,13 +39,7 @@ impl Redis {
     /// Starts a Redis of `kind`, or `None` (skipped loudly) if `redis-server` (and, for a
     /// Cluster, `redis-cli`) is not installed.
     pub fn start_kind(kind: Kind) -> Option<Redis> {
-        if Command::new("redis-server")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            deps::unavailable("redis-server (Debian package redis-server), for the cluster tests")?;
-        }
+        redis_server_installed()?;
         if kind == Kind::Sharded && Command::new("redis-cli").arg("--version").output().is_err() {
             deps::unavailable(
                 "redis-cli (Debian package redis-tools), for the Redis Cluster tests",
@@ -254,6 +248,19 @@ impl Drop for Redis {
     }
 }
 
+/// `Some` if `redis-server` is on the PATH; else skipped loudly (or failed, with
+/// `RINGCAST_REQUIRE_ALL_TESTS=1`).
+fn redis_server_installed() -> Option<()> {
+    if Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        deps::unavailable("redis-server (Debian package redis-server), for the cluster tests")?;
+    }
+    Some(())
+}
+
 /// A number unlikely to repeat between tests of one process.
 fn rand_suffix() -> u64 {
     use std::hash::{BuildHasher, Hasher};
@@ -284,13 +291,7 @@ pub struct TlsRedis {
 impl TlsRedis {
     /// Starts it, or `None` (skipped loudly) if `redis-server` is not installed.
     pub fn start() -> Option<TlsRedis> {
-        if Command::new("redis-server")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            deps::unavailable("redis-server (Debian package redis-server), for the cluster tests")?;
-        }
+        redis_server_installed()?;
         let dir = super::certs::temp_dir();
         let cert = super::certs::write_cert(&dir, 1, "redis");
         let password = "s3cret-redis-password";
