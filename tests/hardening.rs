@@ -18,6 +18,8 @@ on_both_backends!(
     announced_but_trickled_frames_hold_little_and_are_cut,
     a_panicking_session_leaves_no_member_subscription_or_count_behind,
     a_connection_churning_channels_is_held_to_the_subscription_rate,
+    a_subscribe_loop_does_not_flood_a_counted_channels_subscribers,
+    re_subscribing_to_a_large_presence_channel_gets_the_same_members,
     idle_http_connections_cannot_take_the_servers_descriptors,
     an_address_is_held_to_its_connection_limit,
     one_apps_hanging_webhook_receiver_does_not_hold_up_another_apps_webhooks,
@@ -443,6 +445,116 @@ async fn a_connection_churning_channels_is_held_to_the_subscription_rate(backend
     // Another connection subscribes as usual.
     let mut other = Client::connect(&server).await;
     other.subscribe("news").await;
+}
+
+/// A connection looping subscribe/unsubscribe on a channel with subscription counts gives
+/// its subscribers at most a burst of counts a second (not two frames per turn), and they
+/// end with the true count.
+async fn a_subscribe_loop_does_not_flood_a_counted_channels_subscribers(backend: &'static str) {
+    let apps = common::demo_app_with("subscription_count = true");
+    let server = Server::start(backend, &["--apps-file", apps.to_str().unwrap()]);
+    let count = |msg: &serde_json::Value| {
+        assert_eq!(msg["event"], "pusher_internal:subscription_count", "{msg}");
+        let data: serde_json::Value = serde_json::from_str(msg["data"].as_str().unwrap()).unwrap();
+        data["subscription_count"].as_u64().unwrap()
+    };
+    let mut watcher = Client::connect(&server).await;
+    watcher.subscribe("counted").await;
+    assert_eq!(count(&watcher.recv().await), 1);
+    let mut churner = Client::connect(&server).await;
+    for _ in 0..40 {
+        for event in ["pusher:subscribe", "pusher:unsubscribe"] {
+            churner
+                .send(json!({"event": event, "data": {"channel": "counted"}}))
+                .await;
+        }
+    }
+    // 80 changes; the watcher gets a burst, then the last one from the sweep.
+    let mut seen = Vec::new();
+    while let Some(msg) = watcher.try_recv(Duration::from_millis(2500)).await {
+        seen.push(count(&msg));
+    }
+    assert!(
+        seen.len() <= 2 * 10 + 1,
+        "{} counts for 80 changes: {seen:?}",
+        seen.len()
+    );
+    assert_eq!(seen.last(), Some(&1), "ends with the true count: {seen:?}");
+    // The churner was answered every time.
+    let mut answered = 0;
+    while answered < 40 {
+        let m = churner.recv_event().await;
+        assert_eq!(m["event"], "pusher_internal:subscription_succeeded", "{m}");
+        answered += 1;
+    }
+}
+
+/// Subscribing again to a joined presence channel of 100 members with large `user_info`
+/// answers with the members, the same bytes each time, and with the change once a member
+/// leaves.
+async fn re_subscribing_to_a_large_presence_channel_gets_the_same_members(backend: &'static str) {
+    let server = Server::start(backend, &[]);
+    let bio = "x".repeat(900);
+    let mut members = Vec::new();
+    for u in 0..100 {
+        let mut c = Client::connect(&server).await;
+        c.send_presence_subscribe(
+            "presence-big",
+            &json!({"user_id": u.to_string(), "user_info": {"bio": bio}}),
+        )
+        .await;
+        let ok = c.recv_event().await;
+        assert_eq!(
+            ok["event"], "pusher_internal:subscription_succeeded",
+            "{ok}"
+        );
+        members.push(c);
+    }
+    let me = &mut members[0];
+    let mut answers = Vec::new();
+    for _ in 0..20 {
+        me.send_presence_subscribe(
+            "presence-big",
+            &json!({"user_id": "0", "user_info": {"bio": bio}}),
+        )
+        .await;
+        let again = loop {
+            let m = me.recv().await;
+            if m["event"] == "pusher_internal:subscription_succeeded" {
+                break m;
+            }
+        };
+        answers.push(again["data"].as_str().unwrap().to_string());
+    }
+    let data: serde_json::Value = serde_json::from_str(&answers[0]).unwrap();
+    assert_eq!(data["presence"]["count"], 100);
+    assert_eq!(data["presence"]["hash"]["42"]["bio"], bio.as_str());
+    assert!(answers.iter().all(|a| *a == answers[0]));
+    drop(members.pop());
+    let me = &mut members[0];
+    let gone = loop {
+        me.send_presence_subscribe(
+            "presence-big",
+            &json!({"user_id": "0", "user_info": {"bio": bio}}),
+        )
+        .await;
+        let m = loop {
+            let m = me.recv().await;
+            if m["event"] == "pusher_internal:subscription_succeeded" {
+                break m;
+            }
+        };
+        let data: serde_json::Value = serde_json::from_str(m["data"].as_str().unwrap()).unwrap();
+        if data["presence"]["count"] == 99 {
+            break data;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        gone["presence"]["hash"].get("99").is_none(),
+        "{}",
+        gone["presence"]["ids"]
+    );
 }
 
 /// A server with 256 descriptors, flooded with 300 idle TCP connections and kept-alive API

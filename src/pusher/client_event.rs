@@ -226,7 +226,10 @@ mod tests {
         t.app.client_events = true;
         t.app.webhooks = webhooks_for(&[Kind::ClientEvent]);
         t.subscribe_presence("presence-room", "7");
-        t.joined("presence-room", super::super::Joined::First(vec![]));
+        t.joined(
+            "presence-room",
+            super::super::Joined::First(super::super::Roster::of("presence-room", &[])),
+        );
         let out = send(&mut t, "presence-room", r#"{"typing":true}"#);
         let [_, Effect::Publish { frame, .. }, Effect::Webhook(w)] = &out[..] else {
             panic!("{out:?}")

@@ -100,18 +100,39 @@ pub struct Leaving {
     pub announce: Bytes,
 }
 
+/// A presence channel's members as a subscriber receives them: the encoded
+/// `pusher_internal:subscription_succeeded` frame with the channel's `presence` data. The
+/// broker builds it once per change of membership and hands the same bytes to every
+/// subscription until the next change, so re-subscribing to a large channel costs a
+/// reference count, not a rebuilt snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Roster(Bytes);
+
+impl Roster {
+    /// Encodes `members` (in joining order) for `channel`.
+    pub fn of(channel: &str, members: &[Member]) -> Self {
+        let data = messages::presence_data(members.iter().map(|m| (&*m.user_id, &*m.user_info)));
+        Self(messages::subscription_succeeded_with(channel, &data))
+    }
+
+    /// The frame.
+    pub fn frame(&self) -> &Bytes {
+        &self.0
+    }
+}
+
 /// The broker's answer to a presence join.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Joined {
     /// The user's first connection in the channel: the others are told `member_added`.
     /// Carries the members now, in joining order.
-    First(Vec<Member>),
+    First(Roster),
     /// Another connection of a member already there. Carries the members now.
-    Again(Vec<Member>),
+    Again(Roster),
     /// The user's first connection again, within the webhook debounce of their leaving
     /// (decided on another node, which drops its held `member_removed`): the others are
     /// told `member_added`, the app nothing.
-    Back(Vec<Member>),
+    Back(Roster),
     /// The channel has its maximum of members and this user is not one of them.
     Full,
 }

@@ -3,9 +3,12 @@
 //! count of a channel's subscriptions over the whole cluster.
 //!
 //! Busy channels (more than [`THROTTLE_ABOVE`] subscriptions) get a count at most every
-//! [`THROTTLE_EVERY`] from each worker: [`CountThrottle`] holds back the changes in between,
-//! and the worker's sweep sends the last one when the interval is over ([`CountThrottle::due`],
-//! then [`Change::Due`]).
+//! [`THROTTLE_EVERY`] from each worker; smaller ones at most [`SMALL_BURST`] every
+//! [`SMALL_EVERY`], so a client looping subscribe/unsubscribe cannot turn each turn into a
+//! frame for every subscriber. [`CountThrottle`] holds back the changes in between, and the
+//! worker's once-a-second sweep sends the last one when the interval is over
+//! ([`CountThrottle::due`], then [`Change::Due`]): the count subscribers end with is always
+//! the true one.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +25,11 @@ use crate::protocol::webhook::{Detail, Kind};
 pub const THROTTLE_ABOVE: u64 = 100;
 /// See [`THROTTLE_ABOVE`].
 pub const THROTTLE_EVERY: Duration = Duration::from_secs(5);
+/// Channels with at most [`THROTTLE_ABOVE`] subscriptions get at most this many counts
+/// every [`SMALL_EVERY`] (enough for people arriving and leaving; a loop is held back).
+pub const SMALL_BURST: u16 = 10;
+/// See [`SMALL_BURST`].
+pub const SMALL_EVERY: Duration = Duration::from_secs(1);
 
 /// What changed a channel's subscription count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,12 +96,12 @@ pub fn on_count(
         return;
     }
     if change != Change::Due
-        && count > THROTTLE_ABOVE
         && !throttle.allow(
             ChannelRef {
                 app: ctx.app,
                 name: channel,
             },
+            count,
             ctx.now,
         )
     {
@@ -112,43 +120,65 @@ pub fn on_count(
 
 #[derive(Debug, Clone, Copy)]
 struct Sent {
+    /// When the current interval began.
     at: Tick,
+    /// Its length.
+    every: Tick,
+    /// Counts it may carry, and has carried.
+    burst: u16,
+    sent: u16,
+    /// Whether a change since the last count is held back.
     pending: bool,
+}
+
+impl Sent {
+    /// A new interval at `now` for a channel of `count` subscriptions, its first count sent.
+    fn new(now: Tick, count: u64) -> Self {
+        let (every, burst) = if count > THROTTLE_ABOVE {
+            (THROTTLE_EVERY, 1)
+        } else {
+            (SMALL_EVERY, SMALL_BURST)
+        };
+        Self {
+            at: now,
+            every: ticks(every),
+            burst,
+            sent: 1,
+            pending: false,
+        }
+    }
 }
 
 type FastState = foldhash::fast::RandomState;
 
-/// When each busy channel last had its count sent from this worker, and whether a change
-/// since is waiting.
+/// When each channel with recent counts began its interval on this worker, how many it
+/// sent in it, and whether a change since is waiting.
 #[derive(Debug, Default)]
 pub struct CountThrottle {
     sent: hashbrown::HashMap<ChannelKey, Sent, FastState>,
 }
 
 impl CountThrottle {
-    /// Whether a count of `channel` may go out at `now`; if not, it is remembered as due.
-    fn allow(&mut self, channel: ChannelRef<'_>, now: Tick) -> bool {
-        let every = ticks(THROTTLE_EVERY);
+    /// Whether a count (`count` subscriptions) of `channel` may go out at `now`; if not,
+    /// it is remembered as due.
+    fn allow(&mut self, channel: ChannelRef<'_>, count: u64, now: Tick) -> bool {
         match self.sent.get_mut(&channel) {
-            Some(s) if now.wrapping_sub(s.at) < every => {
-                s.pending = true;
-                false
+            Some(s) if now.wrapping_sub(s.at) < s.every => {
+                if s.sent < s.burst {
+                    s.sent += 1;
+                    s.pending = false;
+                    true
+                } else {
+                    s.pending = true;
+                    false
+                }
             }
             Some(s) => {
-                *s = Sent {
-                    at: now,
-                    pending: false,
-                };
+                *s = Sent::new(now, count);
                 true
             }
             None => {
-                self.sent.insert(
-                    channel.to_key(),
-                    Sent {
-                        at: now,
-                        pending: false,
-                    },
-                );
+                self.sent.insert(channel.to_key(), Sent::new(now, count));
                 true
             }
         }
@@ -157,18 +187,16 @@ impl CountThrottle {
     /// The channels whose held-back count is due at `now` (each then counts as sent now);
     /// forgets channels quiet for a whole interval.
     pub fn due(&mut self, now: Tick) -> Vec<(AppIdx, Arc<str>)> {
-        let every = ticks(THROTTLE_EVERY);
         let mut due = Vec::new();
         self.sent.retain(|key, s| {
-            if now.wrapping_sub(s.at) < every {
+            if now.wrapping_sub(s.at) < s.every {
                 return true;
             }
             if s.pending {
                 due.push((key.app, key.name.clone()));
-                *s = Sent {
-                    at: now,
-                    pending: false,
-                };
+                s.at = now;
+                s.sent = s.burst;
+                s.pending = false;
                 return true;
             }
             false
@@ -316,9 +344,42 @@ mod tests {
             "nothing changed since"
         );
         assert!(th.sent.is_empty(), "a quiet channel is forgotten");
-        // Below the threshold every change goes out.
+        // Below the threshold changes go out as they come.
         for n in [100, 99, 98] {
             assert_eq!(count(&t, &mut th, "news", Change::Unsubscribed, n).len(), 1);
         }
+    }
+
+    #[test]
+    fn a_subscribe_loop_on_a_small_channel_is_held_to_a_burst_a_second() {
+        let mut t = Test::new();
+        t.app.subscription_count = true;
+        let mut th = CountThrottle::default();
+        let start = 100 * TICKS_PER_SEC;
+        t.now = start;
+        let mut sent = 0;
+        for i in 0..200u64 {
+            let (change, n) = if i % 2 == 0 {
+                (Change::Subscribed, 3)
+            } else {
+                (Change::Unsubscribed, 2)
+            };
+            if !count(&t, &mut th, "room", change, n).is_empty() {
+                sent += 1;
+            }
+        }
+        assert_eq!(sent, SMALL_BURST, "the rest is held back");
+        assert!(th.due(start + TICKS_PER_SEC / 2).is_empty(), "not yet");
+        // The sweep sends the last change once the second is over, then the interval is
+        // spent: the next change waits for the one after.
+        let later = start + TICKS_PER_SEC;
+        assert_eq!(th.due(later), vec![(0, Arc::from("room"))]);
+        t.now = later;
+        let due = count(&t, &mut th, "room", Change::Due, 2);
+        assert!(matches!(&due[0], Effect::Publish { frame, .. }
+            if frame_data(frame)["subscription_count"] == 2));
+        assert!(count(&t, &mut th, "room", Change::Subscribed, 3).is_empty());
+        t.now = later + TICKS_PER_SEC;
+        assert_eq!(count(&t, &mut th, "room", Change::Subscribed, 4).len(), 1);
     }
 }

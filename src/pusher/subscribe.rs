@@ -13,7 +13,7 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 
 use super::{
-    authorize, ConnState, Ctx, Effect, Joined, Leaving, Member, MemberError, NodeView,
+    authorize, ConnState, Ctx, Effect, Joined, Leaving, Member, MemberError, NodeView, Roster,
     SubscriptionError, Verdict,
 };
 use crate::app::ChannelRef;
@@ -222,14 +222,14 @@ pub fn on_joined(
             };
             return refuse(channel, &e, out);
         }
-        Joined::First(members) => {
-            succeeded_with_members(channel, &members, out);
+        Joined::First(roster) => {
+            out.push(Effect::Send(roster.frame().clone()));
             if let Some(e) = ctx.webhook(Kind::MemberAdded, channel) {
                 out.push(Effect::Webhook(e.with_user(&member.user_id)));
             }
         }
-        Joined::Again(members) | Joined::Back(members) => {
-            succeeded_with_members(channel, &members, out)
+        Joined::Again(roster) | Joined::Back(roster) => {
+            out.push(Effect::Send(roster.frame().clone()))
         }
     }
     if kind.is_cache() {
@@ -239,17 +239,10 @@ pub fn on_joined(
     }
 }
 
-fn succeeded_with_members(channel: &str, members: &[Member], out: &mut Vec<Effect>) {
-    let data = messages::presence_data(members.iter().map(|m| (&*m.user_id, &*m.user_info)));
-    out.push(Effect::Send(messages::subscription_succeeded_with(
-        channel, &data,
-    )));
-}
-
 /// The broker's answer to [`Effect::ListPresence`]: a repeated subscription is answered
 /// with the members again.
-pub fn on_members(channel: &str, members: &[Member], out: &mut Vec<Effect>) {
-    succeeded_with_members(channel, members, out);
+pub fn on_members(roster: &Roster, out: &mut Vec<Effect>) {
+    out.push(Effect::Send(roster.frame().clone()));
 }
 
 /// The broker's answer to [`Effect::ReplayCache`]: the last event (as subscribers got it),
@@ -497,7 +490,10 @@ mod tests {
         );
         assert_eq!(t.conn.channels().len(), 1);
         t.subscribe_presence("presence-a", "1");
-        t.joined("presence-a", Joined::First(vec![member("1")]));
+        t.joined(
+            "presence-a",
+            Joined::First(Roster::of("presence-a", &[member("1")])),
+        );
         let out = t.subscribe_presence("presence-a", "1");
         assert_eq!(
             out,
@@ -682,7 +678,7 @@ mod tests {
         t.subscribe_presence("presence-room", "7");
         let out = t.joined(
             "presence-room",
-            Joined::First(vec![member("3"), member("7")]),
+            Joined::First(Roster::of("presence-room", &[member("3"), member("7")])),
         );
         // The others got member_added from the broker, which decided it.
         let [Effect::Send(answer), Effect::Webhook(hook)] = &out[..] else {
@@ -700,7 +696,10 @@ mod tests {
         let mut t = Test::new();
         t.app.webhooks = webhooks_for(&[Kind::MemberAdded]);
         t.subscribe_presence("presence-room", "7");
-        let out = t.joined("presence-room", Joined::Again(vec![member("7")]));
+        let out = t.joined(
+            "presence-room",
+            Joined::Again(Roster::of("presence-room", &[member("7")])),
+        );
         assert_eq!(out.len(), 1, "{out:?}");
         assert!(matches!(out[0], Effect::Send(_)));
     }
@@ -710,7 +709,10 @@ mod tests {
         let mut t = Test::new();
         t.app.webhooks = webhooks_for(&[Kind::MemberAdded]);
         t.subscribe_presence("presence-room", "7");
-        let out = t.joined("presence-room", Joined::Back(vec![member("7")]));
+        let out = t.joined(
+            "presence-room",
+            Joined::Back(Roster::of("presence-room", &[member("7")])),
+        );
         assert_eq!(out.len(), 1, "{out:?}");
         assert!(matches!(out[0], Effect::Send(_)));
     }
@@ -754,7 +756,12 @@ mod tests {
                 }),
             }]
         );
-        assert!(t.joined("presence-room", Joined::First(vec![])).is_empty());
+        assert!(t
+            .joined(
+                "presence-room",
+                Joined::First(Roster::of("presence-room", &[]))
+            )
+            .is_empty());
     }
 
     #[test]
@@ -792,7 +799,10 @@ mod tests {
     fn presence_cache_channels_replay_after_the_members() {
         let mut t = Test::new();
         t.subscribe_presence("presence-cache-x", "1");
-        let out = t.joined("presence-cache-x", Joined::Again(vec![member("1")]));
+        let out = t.joined(
+            "presence-cache-x",
+            Joined::Again(Roster::of("presence-cache-x", &[member("1")])),
+        );
         assert_eq!(
             out.last(),
             Some(&Effect::ReplayCache {

@@ -198,10 +198,10 @@ impl Worker {
                     occupancy::on_count(ctx, &mut throttle, counted, out)
                 });
             }
-            Answer::Members(req, members) => {
+            Answer::Members(req, roster) => {
                 if let Some(conn) = self.conn(req.conn) {
                     self.run_app_rule(req.channel.app, Some(&conn), |_, out| {
-                        subscribe::on_members(&req.channel.name, &members, out)
+                        subscribe::on_members(&roster, out)
                     });
                 }
             }

@@ -117,8 +117,8 @@ impl Broker for LocalBroker {
     }
 
     fn members(&self, _worker: usize, req: ForConn) -> Option<Answer> {
-        let members = self.presence.members(req.channel.as_ref());
-        Some(Answer::Members(req, members))
+        let roster = self.presence.roster(req.channel.as_ref());
+        Some(Answer::Members(req, roster))
     }
 
     fn sign_in(&self, _worker: usize, req: SignIn) -> Option<Answer> {

@@ -62,13 +62,14 @@ use bytes::Bytes;
 
 pub use cache::Cached;
 pub use local::LocalBroker;
+pub use presence::PresenceRegistry;
 
 use super::inbox::Delivery;
 use crate::app::{AppIdx, ChannelKey, ChannelRef};
 use crate::protocol::channel::ChannelKind;
 use crate::protocol::SocketId;
 use crate::pusher::occupancy::Change;
-use crate::pusher::{Joined, Member, Verdict};
+use crate::pusher::{Joined, Member, Roster, Verdict};
 
 /// A connection on a worker, as answers name it: its slot in the worker's table and its
 /// socket id (a slot is reused; the socket id tells whether it is still the same
@@ -185,7 +186,7 @@ pub enum Answer {
     /// To [`Broker::count`]: the subscriptions over the cluster.
     Counted(Count, u64, Verdict),
     /// To [`Broker::members`].
-    Members(ForConn, Vec<Member>),
+    Members(ForConn, Roster),
     /// To [`Broker::replay`].
     Replayed(ForConn, Replay),
     /// To [`Broker::sign_in`]: whether the user just came online, and which of the users it

@@ -13,7 +13,7 @@ use indexmap::IndexMap;
 use super::sharded::Sharded;
 use crate::app::{ChannelKey, ChannelRef};
 use crate::protocol::SocketId;
-use crate::pusher::{Joined, Member};
+use crate::pusher::{Joined, Member, Roster};
 
 type FastState = foldhash::fast::RandomState;
 
@@ -27,9 +27,21 @@ struct Entry {
 #[derive(Default)]
 struct Channel {
     members: IndexMap<Arc<str>, Entry, FastState>,
+    /// The members as subscribers receive them, built on the first subscription after a
+    /// change of membership and shared by every one until the next.
+    roster: Option<Roster>,
 }
 
 impl Channel {
+    fn roster(&mut self, name: &str) -> Roster {
+        if let Some(r) = &self.roster {
+            return r.clone();
+        }
+        let r = Roster::of(name, &self.members());
+        self.roster = Some(r.clone());
+        r
+    }
+
     fn members(&self) -> Vec<Member> {
         self.members
             .iter()
@@ -80,14 +92,15 @@ impl PresenceRegistry {
                     sockets: vec![socket_id],
                 },
             );
+            channel.roster = None;
             true
         };
-        let members = channel.members();
+        let roster = channel.roster(&key.name);
         if first {
             on_first();
-            Joined::First(members)
+            Joined::First(roster)
         } else {
-            Joined::Again(members)
+            Joined::Again(roster)
         }
     }
 
@@ -115,11 +128,20 @@ impl PresenceRegistry {
             return false;
         }
         channel.members.shift_remove(user);
+        channel.roster = None;
         if channel.members.is_empty() {
             shard.remove(&key);
         }
         on_last();
         true
+    }
+
+    /// The channel's members as a (repeated) subscription receives them.
+    pub fn roster(&self, key: ChannelRef<'_>) -> Roster {
+        match self.channels.lock(key).get_mut(&key) {
+            Some(channel) => channel.roster(key.name),
+            None => Roster::of(key.name, &[]),
+        }
     }
 
     /// The channel's members, in joining order.
@@ -176,10 +198,13 @@ mod tests {
         let key = ChannelKey::new(0, "presence-room");
         let r = key.as_ref();
         let ann = member("1", r#"{"name":"Ann"}"#);
-        let Joined::First(members) = reg.join(&key, &ann, socket(1), 100, || {}) else {
+        let Joined::First(roster) = reg.join(&key, &ann, socket(1), 100, || {}) else {
             panic!()
         };
-        assert_eq!(members, vec![ann.clone()]);
+        assert_eq!(
+            roster,
+            Roster::of("presence-room", std::slice::from_ref(&ann))
+        );
         assert!(matches!(
             reg.join(&key, &ann, socket(2), 100, || {}),
             Joined::Again(_)
@@ -198,6 +223,42 @@ mod tests {
         assert!(reg.leave(r, "2", socket(3), || {}));
         assert_eq!(reg.user_count(r), 0);
         assert!(!reg.leave(r, "2", socket(3), || {}));
+    }
+
+    /// Re-subscribing to a large channel hands out the same encoded frame (no rebuilt
+    /// snapshot) until a member joins or leaves.
+    #[test]
+    fn the_roster_is_built_once_per_change_of_membership() {
+        let reg = PresenceRegistry::default();
+        let key = ChannelKey::new(0, "presence-big");
+        let r = key.as_ref();
+        let info = format!(r#"{{"bio":"{}"}}"#, "x".repeat(900));
+        for u in 0..100 {
+            reg.join(&key, &member(&u.to_string(), &info), socket(u), 100, || {});
+        }
+        let first = reg.roster(r);
+        assert!(first.frame().len() > 90_000, "{}", first.frame().len());
+        let again = reg.roster(r);
+        assert_eq!(
+            first.frame().as_ptr(),
+            again.frame().as_ptr(),
+            "shared, not rebuilt"
+        );
+        let Joined::Again(tab) = reg.join(&key, &member("7", &info), socket(500), 100, || {})
+        else {
+            panic!()
+        };
+        assert_eq!(
+            tab.frame().as_ptr(),
+            first.frame().as_ptr(),
+            "another tab: same members"
+        );
+        assert!(reg.leave(r, "3", socket(3), || {}));
+        let after = reg.roster(r);
+        assert_ne!(after.frame().as_ptr(), first.frame().as_ptr());
+        let members = reg.members(r);
+        assert_eq!(members.len(), 99);
+        assert_eq!(after, Roster::of("presence-big", &members));
     }
 
     #[test]

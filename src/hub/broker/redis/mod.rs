@@ -409,7 +409,7 @@ impl Broker for RedisBroker {
     fn members(&self, worker: usize, req: ForConn) -> Option<Answer> {
         let local = Answer::Members(
             req.clone(),
-            self.mirror.presence.members(req.channel.as_ref()),
+            self.mirror.presence.roster(req.channel.as_ref()),
         );
         match self.send(Command::Members { worker, req }) {
             true => None,

@@ -30,7 +30,7 @@ use crate::hub::broker::{Answer, BrokerError, Cached, ChannelInfo, Replay, UserM
 use crate::hub::{Delivery, Router};
 use crate::protocol::messages;
 use crate::protocol::webhook::{Event, Kind};
-use crate::pusher::{Joined, Member, Verdict};
+use crate::pusher::{Joined, Member, Roster, Verdict};
 use crate::webhooks::Webhooks;
 
 /// Longest a Redis command may take before it counts as failed.
@@ -708,7 +708,7 @@ impl Node {
                         .arg(publish)
                         .invoke_async(&mut conn)
                         .await;
-                    let joined = match res.map(parse_joined) {
+                    let joined = match res.map(|v| parse_joined(&req.channel.name, v)) {
                         Ok(Some(joined)) => joined,
                         other => {
                             if let Err(e) = other {
@@ -770,16 +770,17 @@ impl Node {
                 }));
             }
             Command::Members { worker, req } => {
-                let local = self.mirror.presence.members(req.channel.as_ref());
+                let local = self.mirror.presence.roster(req.channel.as_ref());
                 let Some(app_id) = self.app_id(req.channel.app) else {
                     return self.answer(worker, Answer::Members(req, local));
                 };
                 let k = self.keys.channel(&app_id, &req.channel.name);
                 in_flight.push_back(Box::pin(async move {
-                    let members = members(&mut conn, &k.members, &k.order)
-                        .await
-                        .unwrap_or(local);
-                    Some((worker, Answer::Members(req, members)))
+                    let roster = match members(&mut conn, &k.members, &k.order).await {
+                        Ok(members) => Roster::of(&req.channel.name, &members),
+                        Err(_) => local,
+                    };
+                    Some((worker, Answer::Members(req, roster)))
                 }));
             }
             Command::SignIn { worker, req, local } => {
@@ -1357,19 +1358,20 @@ fn unavailable(e: redis::RedisError) -> BrokerError {
     BrokerError::Unavailable(format!("Redis did not answer ({e})"))
 }
 
-/// The `{kind, id, info, …}` of [`scripts::JOIN`].
-fn parse_joined(v: Vec<Value>) -> Option<Joined> {
+/// The `{kind, id, info, …}` of [`scripts::JOIN`] for `channel`.
+fn parse_joined(channel: &str, v: Vec<Value>) -> Option<Joined> {
     let mut it = v.into_iter();
     let kind = match it.next()? {
         Value::Int(k) => k,
         _ => return None,
     };
     let members = pairs(it.collect())?;
+    let roster = || Roster::of(channel, &members);
     match kind {
         0 => Some(Joined::Full),
-        1 => Some(Joined::First(members)),
-        2 => Some(Joined::Again(members)),
-        3 => Some(Joined::Back(members)),
+        1 => Some(Joined::First(roster())),
+        2 => Some(Joined::Again(roster())),
+        3 => Some(Joined::Back(roster())),
         _ => None,
     }
 }
@@ -1445,15 +1447,14 @@ mod tests {
     #[test]
     fn join_results_parse() {
         let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
-        assert_eq!(parse_joined(vec![Value::Int(0)]), Some(Joined::Full));
-        let first = parse_joined(vec![Value::Int(1), bulk("ann"), bulk("null")]).unwrap();
-        assert_eq!(
-            first,
-            Joined::First(vec![Member {
-                user_id: Arc::from("ann"),
-                user_info: Arc::from("null")
-            }])
-        );
-        assert_eq!(parse_joined(vec![Value::Int(2), bulk("a")]), None);
+        let parse = |v| parse_joined("presence-x", v);
+        assert_eq!(parse(vec![Value::Int(0)]), Some(Joined::Full));
+        let first = parse(vec![Value::Int(1), bulk("ann"), bulk("null")]).unwrap();
+        let ann = Member {
+            user_id: Arc::from("ann"),
+            user_info: Arc::from("null"),
+        };
+        assert_eq!(first, Joined::First(Roster::of("presence-x", &[ann])));
+        assert_eq!(parse(vec![Value::Int(2), bulk("a")]), None);
     }
 }
