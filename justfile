@@ -21,6 +21,16 @@ lint:
 bench *ARGS:
     cargo bench {{ARGS}}
 
+# Line coverage of src/ (cargo-tarpaulin, LLVM engine): the whole suite, the servers it
+# starts included (stopped with SIGTERM so they write their counts). Report in coverage/,
+# a table per module printed (docs/testing.md). About 20 minutes on 2 cores.
+coverage:
+    command -v cargo-tarpaulin >/dev/null || cargo install cargo-tarpaulin --locked
+    RINGCAST_COVERAGE=1 RINGCAST_REQUIRE_ALL_TESTS=1 cargo tarpaulin -p ringcast --engine llvm \
+        --target-dir target/coverage --skip-clean --timeout 600 --include-files 'src/*' \
+        --objects target/coverage/debug/ringcast --out Json --out Html --output-dir coverage
+    python3 tests/coverage/by_module.py coverage/tarpaulin-report.json
+
 # Fuzz every target for SECONDS each (default 300).
 fuzz SECONDS="300":
     FUZZ_SECONDS={{SECONDS}} fuzz/run-smoke.sh
@@ -31,6 +41,12 @@ autobahn BACKEND="uring":
     ./target/release/ringcast --port 9001 --io {{BACKEND}} --echo-path /echo --max-message-size 16777216 --max-outbound-buffer 67108864 & pid=$!; sleep 1; python3 tests/autobahn/run.py ws://127.0.0.1:9001/echo | python3 -m json.tool; kill $pid
 
 # --- Load tests (docs/loadtest.md). The server runs on CPU 0, the harness on CPU 1. ---
+
+# Soak: ~10,000 connections for DURATION with churn, presence joins and leaves, client
+# events and webhooks; fails on any lost, doubled or reordered event, unbalanced webhooks,
+# or a descriptor left open (loadtest/scripts/soak.sh, docs/loadtest.md).
+soak DURATION="30m": loadtest-build
+    OUT=runs/soak loadtest/scripts/soak.sh {{DURATION}}
 
 # Build the server and the harness in release mode.
 loadtest-build:

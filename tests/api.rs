@@ -24,10 +24,121 @@ on_both_backends!(
     health_readiness_and_metrics,
     disabled_app_api_gets_403,
     a_slow_request_is_judged_by_the_apps_when_its_body_arrives,
+    event_data_given_as_json_is_relayed_as_its_text,
+    less_common_bad_requests_get_clear_answers,
 );
 
 fn events_path() -> String {
     format!("/apps/{APP_ID}/events")
+}
+
+/// The SDKs send `data` as a string; given as any other JSON value, subscribers receive
+/// its compact JSON text.
+async fn event_data_given_as_json_is_relayed_as_its_text(backend: &'static str) {
+    let server = Server::start(backend, &[]);
+    let mut c = Client::connect(&server).await;
+    c.subscribe("news").await;
+    for (data, text) in [
+        (
+            json!({"id": 42, "tags": ["a"]}),
+            r#"{"id":42,"tags":["a"]}"#,
+        ),
+        (json!([1, "two"]), r#"[1,"two"]"#),
+        (json!(42), "42"),
+        (json!(-7), "-7"),
+        (json!(1.5), "1.5"),
+        (json!(true), "true"),
+        (json!(null), "null"),
+    ] {
+        let (status, reply) = api(
+            &server,
+            "POST",
+            &events_path(),
+            &[],
+            Some(&json!({"name": "e", "channels": ["news"], "data": data})),
+        )
+        .await;
+        assert_eq!(status, 200, "{data}: {reply}");
+        let got = c.recv().await;
+        assert_eq!(got["data"], text, "{data}");
+    }
+}
+
+/// Malformed path segments, an empty user id, an unknown `auth_key`, a chunked body over
+/// the limit, and wrong methods or paths on the metrics listener: each a status and a JSON
+/// error, and the server serves on.
+async fn less_common_bad_requests_get_clear_answers(backend: &'static str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::start(backend, &["--max-request-body", "1024"]);
+    let path = format!("/apps/{APP_ID}/channels/bad%zz");
+    let (status, reply) = api(&server, "GET", &path, &[], None).await;
+    assert_eq!(status, 400, "{reply}");
+    assert!(reply["error"]
+        .as_str()
+        .unwrap()
+        .contains("percent-encoding"));
+    let path = format!("/apps/{APP_ID}/channels/caf%C3%A9");
+    let (status, reply) = api(&server, "GET", &path, &[], None).await;
+    assert_eq!(status, 400, "{reply}");
+    assert!(reply["error"]
+        .as_str()
+        .unwrap()
+        .contains("invalid channel \"café\""));
+    let path = format!("/apps/{APP_ID}/channels/my%2Dchannel");
+    let (status, reply) = api(&server, "GET", &path, &[], None).await;
+    assert_eq!(
+        (status, &reply["occupied"]),
+        (200, &json!(false)),
+        "{reply}"
+    );
+
+    let path = format!("/apps/{APP_ID}/users//terminate_connections");
+    let (status, reply) = api(&server, "POST", &path, &[], Some(&json!({}))).await;
+    assert_eq!(status, 400, "{reply}");
+    assert!(reply["error"].as_str().unwrap().contains("missing user id"));
+
+    // Chunked, so no Content-Length to refuse it up front: cut at the limit while read.
+    let body = json!({"name": "e", "channels": ["news"], "data": "x".repeat(2000)}).to_string();
+    let url = signed_url(
+        &server,
+        "POST",
+        &events_path(),
+        &[],
+        body.as_bytes(),
+        now_secs(),
+    );
+    let target = url.strip_prefix(&server.http("")).unwrap();
+    let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "POST {target} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body.as_bytes()).await.unwrap();
+    s.write_all(b"\r\n0\r\n\r\n").await.unwrap();
+    let mut reply = vec![0u8; 4096];
+    let n = tokio::time::timeout(common::WAIT, s.read(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
+    let reply = String::from_utf8_lossy(&reply[..n]);
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    assert!(reply.contains("exceeds 1024 bytes"), "{reply}");
+
+    let (status, reply) = send_raw("POST", &server.metrics_url("/metrics"), vec![]).await;
+    assert_eq!(status, 405, "{reply}");
+    let (status, reply) = send_raw("GET", &server.metrics_url("/nope"), vec![]).await;
+    assert_eq!(status, 404, "{reply}");
+    assert!(reply["error"].as_str().unwrap().contains("/metrics"));
+    let (status, _) = api(
+        &server,
+        "GET",
+        &format!("/apps/{APP_ID}/channels"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
 }
 
 async fn events_reach_every_named_channel(backend: &'static str) {

@@ -273,6 +273,115 @@ fn durations_too_long_are_refused_at_start() {
     }
 }
 
+/// Apps that could not work (clashing ids or keys, missing credentials, an `https://`
+/// webhook, zero rates) and configuration values of the wrong type stop the server at
+/// start, saying which.
+#[test]
+fn apps_and_values_that_cannot_work_are_refused_at_start() {
+    let app = |id: &str, key: &str, more: &str| {
+        format!("[[app]]\nid = \"{id}\"\nkey = \"{key}\"\nsecret = \"a-real-secret\"\n{more}\n")
+    };
+    for (toml, expect) in [
+        (
+            app("1", "k", "") + &app("2", "k", ""),
+            "duplicate app key \"k\"",
+        ),
+        (
+            app("1", "k", "") + &app("1", "j", ""),
+            "duplicate app id \"1\"",
+        ),
+        (app("", "k", ""), "has an empty id, key or secret"),
+        (app("a/b", "k", ""), "id and key may not contain '/'"),
+        (
+            app(
+                "1",
+                "k",
+                "[[app.webhook]]\nurl = \"https://example.com/hook\"",
+            ),
+            "must start with http://",
+        ),
+        (app("1", "k", "client_event_rate = 0"), "must be positive"),
+        (
+            app("1", "k", "max_presence_members = 0"),
+            "must be positive",
+        ),
+    ] {
+        let apps = apps_file(&toml);
+        let mut cmd = Command::new(BIN);
+        cmd.args(["--port", "0", "--metrics-port", "0", "--workers", "1"])
+            .arg("--apps-file")
+            .arg(&apps);
+        let (code, err) = exit_of(cmd);
+        assert_eq!(code, Some(2), "{toml}: {err}");
+        assert!(err.contains(expect), "{toml}: want {expect:?} in {err}");
+    }
+    for (toml, key, expect) in [
+        (
+            "workers = { n = 1 }\n",
+            "workers",
+            "expected a string, number or boolean",
+        ),
+        (
+            "redis_cluster = \"yes\"\n",
+            "redis_cluster",
+            "expected true or false",
+        ),
+    ] {
+        let file = config_file(toml);
+        let (code, err) = exit_of({
+            let mut cmd = Command::new(BIN);
+            cmd.arg("--config").arg(&file);
+            cmd
+        });
+        assert_eq!(code, Some(2), "{toml}: {err}");
+        assert!(err.contains(&format!("{key}: {expect}")), "{toml}: {err}");
+    }
+}
+
+/// Malformed flag values stop the server at start with status 2 and say what was expected.
+#[test]
+fn malformed_flag_values_are_refused_saying_what_is_expected() {
+    for (args, expect) in [
+        (&["--cpus", "3-1"][..], "expected e.g. 0,2-3"),
+        (&["--cpus", "x"], "expected e.g. 0,2-3"),
+        (&["--cpus", ","], "empty CPU list"),
+        (
+            &["--redis-url", "http://127.0.0.1:6379"],
+            "expected redis://",
+        ),
+        (&["--redis-prefix", "a{b}"], "without spaces or braces"),
+        (&["--redis-prefix", ""], "1 to 64 printable characters"),
+        (&["--node-id", "node 1"], "1 to 64 characters of A-Z"),
+        (&["--echo-path", "echo"], "is not an absolute URL path"),
+        (
+            &["--redis-url", "redis://127.0.0.1:1,redis://127.0.0.1:2"],
+            "add --redis-cluster",
+        ),
+        (
+            &["--echo-path", "/echo", "--max-outbound-buffer", "4096"],
+            "must be at least --max-message-size",
+        ),
+        (&["--workers", "100000"], "exceeds the maximum"),
+    ] {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["--port", "0", "--metrics-port", "0"]).args(args);
+        let (code, err) = exit_of(cmd);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(args[0]) && err.contains(expect),
+            "{args:?}: {err}"
+        );
+    }
+    // A metrics port already taken.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--port", "0", "--metrics-port", &port]);
+    let (code, err) = exit_of(cmd);
+    assert_ne!(code, Some(0), "{err}");
+    assert!(err.contains("cannot listen for metrics"), "{err}");
+}
+
 #[test]
 fn toml_errors_name_the_line_but_never_print_the_secret() {
     const SECRET: &str = "9f86d081884c7d65";

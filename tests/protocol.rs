@@ -37,7 +37,65 @@ on_both_backends!(
     channel_limit_per_connection_is_enforced,
     connections_beyond_max_connections_get_4100,
     disabled_app_is_refused_with_4003,
+    upgrade_requests_that_cannot_be_accepted_get_clear_http_answers,
 );
+
+/// Sends a raw request head and returns the response head and body.
+async fn raw_http(server: &Server, head: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut reply = vec![0u8; 4096];
+    let n = tokio::time::timeout(common::WAIT, s.read(&mut reply))
+        .await
+        .expect("an answer")
+        .unwrap();
+    String::from_utf8_lossy(&reply[..n]).into_owned()
+}
+
+/// Upgrades with another WebSocket version, a missing key, the wrong method, and health
+/// checks with the wrong method: an HTTP status and a JSON error each, the server serving on.
+async fn upgrade_requests_that_cannot_be_accepted_get_clear_http_answers(backend: &'static str) {
+    let server = Server::start(backend, &[]);
+    let upgrade = |method: &str, version: &str, key: bool| {
+        let key = if key {
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        } else {
+            ""
+        };
+        format!(
+            "{method} /app/{APP_KEY}?protocol=7 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n\
+             Upgrade: websocket\r\nSec-WebSocket-Version: {version}\r\n{key}Content-Length: 0\r\n\r\n"
+        )
+    };
+    let reply = raw_http(&server, &upgrade("GET", "8", true)).await;
+    assert!(reply.starts_with("HTTP/1.1 426"), "{reply}");
+    assert!(
+        reply
+            .to_ascii_lowercase()
+            .contains("sec-websocket-version: 13"),
+        "{reply}"
+    );
+    assert!(reply.contains("only 13 is supported"), "{reply}");
+    let reply = raw_http(&server, &upgrade("GET", "13", false)).await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(reply.contains("Sec-WebSocket-Key"), "{reply}");
+    let reply = raw_http(&server, &upgrade("POST", "13", true)).await;
+    assert!(reply.starts_with("HTTP/1.1 405"), "{reply}");
+    assert!(reply.contains("WebSocket upgrades use GET"), "{reply}");
+    let reply = raw_http(
+        &server,
+        "POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 405"), "{reply}");
+    assert!(
+        reply.contains(r#"{"error":"method not allowed"}"#),
+        "{reply}"
+    );
+    // A proper upgrade still works.
+    Client::connect(&server).await;
+}
 
 fn data(msg: &Value) -> Value {
     serde_json::from_str(msg["data"].as_str().expect("data is a string")).unwrap()

@@ -165,6 +165,27 @@ pub struct SoakArgs {
     /// How often to sample the server's memory.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub sample_every: Duration,
+    /// Presence connections that join a presence channel, stay a while, leave and join
+    /// again, for as long as events are published (each checks it is in the member list).
+    #[arg(long, default_value_t = 0)]
+    pub presence: usize,
+    /// Presence channels those connections are spread over (keep connections per channel
+    /// within the app's `max_presence_members`).
+    #[arg(long, default_value_t = 10)]
+    pub presence_channels: usize,
+    /// How long a presence connection stays a member, on average (half to one and a half
+    /// times this).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub presence_hold: Duration,
+    /// Receive the server's webhooks on this address (the app's webhook URL must point
+    /// here) and check at the end that none was lost or doubled: presence joins and leaves
+    /// balance, channels occupied are vacated, one `client_event` webhook per client event.
+    #[arg(long)]
+    pub webhook_listen: Option<SocketAddr>,
+    /// How long to wait after every connection closed for the last webhooks (the server
+    /// holds `channel_vacated` and `member_removed` for 3 s).
+    #[arg(long, default_value = "8s", value_parser = parse_duration)]
+    pub webhook_settle: Duration,
 }
 
 #[derive(Debug, Clone, Args)]

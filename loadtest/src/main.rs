@@ -30,6 +30,7 @@ mod report;
 mod selftest;
 mod stats;
 mod svg;
+mod webhooks;
 mod wsclient;
 
 use clap::Parser;
@@ -46,6 +47,11 @@ fn main() -> std::process::ExitCode {
             Some(fanout::Soak {
                 churn_per_sec: args.churn,
                 sample_every: args.sample_every,
+                presence: args.presence,
+                presence_channels: args.presence_channels,
+                presence_hold: args.presence_hold,
+                webhooks: args.webhook_listen,
+                webhook_settle: args.webhook_settle,
             }),
         ),
         cli::Command::Connect(args) => connect::run(args),

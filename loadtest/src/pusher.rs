@@ -41,6 +41,23 @@ pub fn subscribe(target: &Target, socket_id: &str, channel: &str) -> Vec<u8> {
     text_frame(msg.to_string().as_bytes())
 }
 
+/// A `pusher:subscribe` to presence `channel` as `channel_data` (`{"user_id":…}` JSON),
+/// signed with the app secret as an auth endpoint would.
+pub fn presence_subscribe(
+    target: &Target,
+    socket_id: &str,
+    channel: &str,
+    channel_data: &str,
+) -> Vec<u8> {
+    let sig = hmac_hex(
+        &target.app_secret,
+        &format!("{socket_id}:{channel}:{channel_data}"),
+    );
+    let auth = format!("{}:{sig}", target.app_key);
+    let msg = serde_json::json!({"event": "pusher:subscribe", "data": {"channel": channel, "auth": auth, "channel_data": channel_data}});
+    text_frame(msg.to_string().as_bytes())
+}
+
 /// A `pusher:pong` frame.
 pub fn pong() -> Vec<u8> {
     text_frame(br#"{"event":"pusher:pong","data":{}}"#)

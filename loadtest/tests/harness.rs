@@ -446,6 +446,86 @@ fn soak_churns_and_keeps_the_others_whole() {
     assert!(s["server"]["rss_samples"].as_array().unwrap().len() >= 3);
 }
 
+/// A soak with presence connections and client events, the app's webhooks pointed at the
+/// harness: joins and leaves happen, and every webhook checks out (signed, members and
+/// channels balance, one `client_event` webhook per client event).
+#[test]
+fn soak_checks_presence_and_webhooks() {
+    let hooks = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hooks_addr = hooks.local_addr().unwrap();
+    drop(hooks);
+    let dir = out_dir("soak-webhooks-apps");
+    std::fs::create_dir_all(&dir).unwrap();
+    let apps = dir.join("apps.toml");
+    std::fs::write(
+        &apps,
+        format!(
+            "[[app]]\nid = \"app-id\"\nkey = \"app-key\"\nsecret = \"app-secret\"\n\
+             client_events = true\n[[app.webhook]]\nurl = \"http://{hooks_addr}/hooks\"\n"
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&["--apps-file", apps.to_str().unwrap()]);
+    let out = out_dir("soak-webhooks");
+    let hooks_arg = hooks_addr.to_string();
+    let o = harness(&[
+        "soak",
+        "--url",
+        &server.url(),
+        "--via",
+        "client-event",
+        "--subscribers",
+        "20",
+        "--channels",
+        "4",
+        "--publishers",
+        "4",
+        "--rate",
+        "20",
+        "--churn",
+        "2",
+        "--presence",
+        "12",
+        "--presence-channels",
+        "3",
+        "--presence-hold",
+        "1s",
+        "--webhook-listen",
+        &hooks_arg,
+        "--webhook-settle",
+        "5s",
+        "--duration",
+        "4s",
+        "--warmup",
+        "1s",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let s = summary(&out);
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        s["errors"]
+    );
+    assert!(fig(&s, "presence_joins") >= 12.0, "{}", s["figures"]);
+    assert_eq!(fig(&s, "presence_joins"), fig(&s, "presence_leaves"));
+    assert!(fig(&s, "webhook_member_added") >= 12.0, "{}", s["figures"]);
+    assert_eq!(
+        fig(&s, "webhook_member_added"),
+        fig(&s, "webhook_member_removed")
+    );
+    assert_eq!(fig(&s, "webhook_members_unbalanced"), 0.0);
+    assert_eq!(fig(&s, "webhook_channels_unbalanced"), 0.0);
+    assert!(fig(&s, "webhook_channel_occupied") >= 7.0, "4 + 3 channels");
+    assert_eq!(
+        fig(&s, "webhook_client_event"),
+        fig(&s, "client_events_published")
+    );
+    assert!(fig(&s, "client_events_published") > 0.0);
+}
+
 #[test]
 fn a_server_that_goes_away_fails_the_run() {
     let mut server = Server::start(&[]);

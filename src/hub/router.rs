@@ -116,3 +116,72 @@ pub const FROM_BROKER: usize = usize::MAX;
 
 static DROPPED_SINCE_LOG: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 static LAST_LOG_SECS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::inbox;
+    use crate::metrics::BrokerStats;
+    use crate::runtime::Backend;
+    use bytes::Bytes;
+
+    fn delivery(channel: &str) -> Delivery {
+        Delivery {
+            channel: ChannelKey::new(0, channel),
+            frame: Bytes::from_static(b"\x81\x02{}"),
+            except: None,
+            published_at: 0,
+        }
+    }
+
+    /// A full inbox skips that worker only, and the drop is counted against the worker
+    /// whose call made the event — or, for another node's event, against the receiving
+    /// worker and the broker.
+    #[test]
+    fn a_full_inbox_is_skipped_and_counted_not_waited_on() {
+        let index = Arc::new(ChannelIndex::default());
+        let (a, ra) = inbox::inbox(1);
+        let (b, rb) = inbox::inbox(1);
+        let broker = Arc::new(BrokerStats::default());
+        let telemetry = Arc::new(
+            Telemetry::new(2, Backend::Epoll, Default::default())
+                .with_broker(broker.clone(), false),
+        );
+        let router = Router::new(index.clone(), vec![a, b], telemetry.clone());
+        assert_eq!(router.workers(), 2);
+        router.route(0, delivery("nobody"));
+        assert!(
+            ra.try_recv().is_none() && rb.try_recv().is_none(),
+            "no subscribers"
+        );
+        index.add(ChannelKey::new(0, "news"), 1);
+        router.route(0, delivery("news"));
+        router.route(0, delivery("news"));
+        assert!(ra.try_recv().is_none());
+        assert!(matches!(rb.try_recv(), Some(WorkerMsg::Deliver(_))));
+        assert!(rb.try_recv().is_none(), "the second found the inbox full");
+        let full = |w: usize| telemetry.workers[w].inbox_full.load(Ordering::Relaxed);
+        assert_eq!(
+            (full(0), full(1)),
+            (1, 0),
+            "counted against the publishing worker"
+        );
+        router.route(FROM_BROKER, delivery("news"));
+        router.route(FROM_BROKER, delivery("news"));
+        assert_eq!(
+            full(1),
+            1,
+            "another node's event: against the receiving worker"
+        );
+        assert_eq!(broker.dropped.load(Ordering::Relaxed), 1);
+        let user = UserMsg::Terminate {
+            app: 0,
+            user: Arc::from("u"),
+        };
+        router.route_user(0, &user);
+        assert!(matches!(ra.try_recv(), Some(WorkerMsg::User(_))));
+        assert!(matches!(rb.try_recv(), Some(WorkerMsg::Deliver(_))));
+        assert_eq!(full(0), 2, "worker 1's inbox was still full");
+        assert_eq!(router.channels().len(), 1);
+    }
+}

@@ -306,6 +306,20 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // Measuring coverage (`just coverage`): an instrumented server writes its counts
+        // when it exits normally, so it is asked to stop (SIGTERM) rather than killed.
+        if std::env::var_os("RINGCAST_COVERAGE").is_some() {
+            if let Ok(None) = self.child.try_wait() {
+                self.signal(libc::SIGTERM);
+                let deadline = Instant::now() + Duration::from_secs(15);
+                while Instant::now() < deadline {
+                    if let Ok(Some(_)) = self.child.try_wait() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -13,7 +13,7 @@ use crate::wsclient::{self, WsConn};
 use super::schedule::Plan;
 
 /// Reads until `want` matches a message; fails on errors or after 10 s.
-async fn wait_for<T>(
+pub(super) async fn wait_for<T>(
     conn: &mut WsConn,
     mut want: impl FnMut(Incoming<'_>) -> Option<anyhow::Result<T>>,
 ) -> anyhow::Result<T> {

@@ -15,6 +15,7 @@
 mod accounting;
 mod connection;
 mod phases;
+mod presence;
 mod publishers;
 mod schedule;
 mod subscribers;
@@ -27,19 +28,28 @@ use std::time::Duration;
 use anyhow::bail;
 
 use crate::cli::{FanoutArgs, Via};
-use crate::pool;
 use crate::progress::Coordinator;
 use crate::report::{self, Verdict};
 use crate::stats::now_ns;
+use crate::{pool, webhooks};
 
 use schedule::Plan;
 use summary::Measured;
 
-/// Soak options: churn and memory sampling.
+/// Soak options: churn, presence, webhooks and memory sampling.
 #[derive(Debug, Clone, Copy)]
 pub struct Soak {
     pub churn_per_sec: f64,
     pub sample_every: Duration,
+    /// Presence connections joining and leaving, over this many channels, staying this
+    /// long on average.
+    pub presence: usize,
+    pub presence_channels: usize,
+    pub presence_hold: Duration,
+    /// Where to receive the server's webhooks, and how long to wait for the last ones
+    /// after everything disconnected.
+    pub webhooks: Option<std::net::SocketAddr>,
+    pub webhook_settle: Duration,
 }
 
 /// Runs `fanout` (with `soak`: `soak`), then saves and prints the summary.
@@ -55,10 +65,20 @@ pub fn run(args: FanoutArgs, soak: Option<Soak>) -> anyhow::Result<Verdict> {
     let source_ips = common.source_ips_for(&target, &[args.subscribers, ws_publishers]);
     check(&args)?;
     std::fs::create_dir_all(&common.out)?;
-    let channels = channel_names(&args);
+    let run_id = format!("{:06x}", rand::random::<u32>() & 0xffffff);
+    let channels = channel_names(&args, &run_id);
+    let receiver = match soak.and_then(|s| s.webhooks) {
+        Some(addr) => Some(webhooks::Receiver::start(
+            addr,
+            common.app_key.clone(),
+            common.app_secret.clone(),
+            format!("lt-{run_id}-"),
+        )?),
+        None => None,
+    };
     let (tick_tx, tick_rx) = mpsc::channel();
     let plan = Arc::new(Plan::new(
-        &args, soak, target, source_ips, channels, tick_tx,
+        &args, soak, target, source_ips, channels, &run_id, tick_tx,
     ));
     let threads = common.threads;
 
@@ -111,7 +131,24 @@ pub fn run(args: FanoutArgs, soak: Option<Soak>) -> anyhow::Result<Verdict> {
         series,
         thread_util,
     };
-    let summary = summary::build(&args, soak, &plan, &tally, measured);
+    let mut summary = summary::build(&args, soak, &plan, &tally, measured);
+    if let Some(p) = &plan.presence {
+        let (joins, leaves) = (p.joins.load(Relaxed), p.leaves.load(Relaxed));
+        summary
+            .figures
+            .insert("presence_joins".into(), joins as f64);
+        summary
+            .figures
+            .insert("presence_leaves".into(), leaves as f64);
+    }
+    if let (Some(receiver), Some(s)) = (&receiver, soak) {
+        // Every connection is closed now: wait out the webhook debounce and delivery.
+        std::thread::sleep(s.webhook_settle);
+        let client_events = (args.via == Via::ClientEvent).then(|| tally.published.iter().sum());
+        let (figures, errors) = receiver.check(client_events);
+        summary.figures.extend(figures);
+        summary.errors.extend(errors);
+    }
     report::write(&common.out, &summary, &tally.hist)
 }
 
@@ -148,8 +185,7 @@ fn check(args: &FanoutArgs) -> anyhow::Result<()> {
 }
 
 /// This run's channel names, unique to it (private channels for client events).
-fn channel_names(args: &FanoutArgs) -> Vec<String> {
-    let run_id = format!("{:06x}", rand::random::<u32>() & 0xffffff);
+fn channel_names(args: &FanoutArgs, run_id: &str) -> Vec<String> {
     let prefix = if args.via == Via::ClientEvent {
         "private-"
     } else {

@@ -50,7 +50,19 @@ pub(super) struct Plan {
     pub publish_errors: AtomicU64,
     pub errors: Mutex<BTreeMap<String, (u64, Vec<String>)>>,
     pub churn_per_thread: f64,
+    /// Soak: presence connections joining and leaving.
+    pub presence: Option<PresencePlan>,
     pub ticks: Mutex<mpsc::Sender<Tick>>,
+}
+
+/// Soak: the presence connections' channels and how they fared.
+pub(super) struct PresencePlan {
+    pub connections: usize,
+    pub channels: Vec<String>,
+    /// Mean time a connection stays a member.
+    pub hold: Duration,
+    pub joins: AtomicU64,
+    pub leaves: AtomicU64,
 }
 
 impl Plan {
@@ -61,6 +73,7 @@ impl Plan {
         target: Target,
         source_ips: Option<Vec<IpAddr>>,
         channels: Vec<String>,
+        run: &str,
         ticks: mpsc::Sender<Tick>,
     ) -> Plan {
         let common = &args.common;
@@ -90,6 +103,15 @@ impl Plan {
             publish_errors: AtomicU64::new(0),
             errors: Mutex::new(BTreeMap::new()),
             churn_per_thread: soak.map_or(0.0, |s| s.churn_per_sec / threads as f64),
+            presence: soak.filter(|s| s.presence > 0).map(|s| PresencePlan {
+                connections: s.presence,
+                channels: (0..s.presence_channels.max(1))
+                    .map(|j| super::presence::channel_name(run, j))
+                    .collect(),
+                hold: s.presence_hold,
+                joins: AtomicU64::new(0),
+                leaves: AtomicU64::new(0),
+            }),
             ticks: Mutex::new(ticks),
         }
     }

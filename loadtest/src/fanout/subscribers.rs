@@ -63,6 +63,11 @@ pub(super) async fn thread_main(plan: Arc<Plan>, me: usize) -> anyhow::Result<Th
             Via::ClientEvent => tokio::task::spawn_local(client_event_publisher(plan.clone(), k)),
         };
     }
+    if let Some(presence) = &plan.presence {
+        for p in (me..presence.connections).step_by(plan.threads) {
+            tokio::task::spawn_local(super::presence::churner(plan.clone(), p));
+        }
+    }
     tokio::task::spawn_local(ticker(plan.clone(), state.clone(), me));
     if plan.churn_per_thread > 0.0 {
         tokio::task::spawn_local(churn(plan.clone(), state.clone()));
