@@ -69,6 +69,18 @@ pub fn table(runs: &[Summary]) -> String {
             .and_then(|s| s.cpu_us_per_message)
             .map_or("–".into(), |v| format!("{v:.3}"))
     });
+    row("server user CPU µs per message", &|r| {
+        r.server
+            .as_ref()
+            .and_then(|s| s.user_us_per_message)
+            .map_or("–".into(), |v| format!("{v:.3}"))
+    });
+    row("server system CPU µs per message", &|r| {
+        r.server
+            .as_ref()
+            .and_then(|s| s.system_us_per_message)
+            .map_or("–".into(), |v| format!("{v:.3}"))
+    });
     row("errors", &|r| r.errors.len().to_string());
     row("machine", &|r| {
         format!("{} × {}", r.machine.cpus, r.machine.cpu_model)

@@ -214,6 +214,8 @@ pub fn run(args: ConnectArgs) -> anyhow::Result<Verdict> {
                     .round()
                     / 1000.0,
                 cpu_us_per_message: None,
+                user_us_per_message: None,
+                system_us_per_message: None,
                 rss_samples: vec![
                     [0.0, b.rss_kib as f64],
                     [open_secs, o.rss_kib as f64],
@@ -230,6 +232,34 @@ pub fn run(args: ConnectArgs) -> anyhow::Result<Verdict> {
         _ => None,
     };
     let mut errors = Vec::new();
+    // The schedule opens connection i at i / --connect-rate; a run that took longer than
+    // that by more than 5% (and the last handshake's 100 ms) did not apply the load asked.
+    let scheduled = (plan.n.saturating_sub(1)) as f64 / args.connect_rate.max(1.0);
+    if opened > 0 {
+        figures.insert(
+            "connect_rate_achieved".into(),
+            (opened as f64 / open_secs.max(1e-3)).round(),
+        );
+    }
+    if opened_at.is_some() && open_secs > scheduled / 0.95 + 0.1 {
+        errors.push(format!(
+            "the harness fell behind --connect-rate {}: {opened} connections took {open_secs:.2} s \
+             where the schedule allowed {scheduled:.2} s; add --threads (or lower the rate)",
+            args.connect_rate
+        ));
+    }
+    if let (Some(b), Some(o)) = (&before, &after_open) {
+        let [cpu, user, system] = report::cpu_per_message(b, o, opened);
+        for (name, v) in [
+            ("server_cpu_us_per_connection", cpu),
+            ("server_user_us_per_connection", user),
+            ("server_system_us_per_connection", system),
+        ] {
+            if let Some(v) = v {
+                figures.insert(name.into(), v);
+            }
+        }
+    }
     if failed > 0 {
         errors.push(format!(
             "{failed} connections failed: {}",

@@ -48,6 +48,10 @@ pub struct ProcSample {
     pub rss_kib: u64,
     /// User + system CPU time, nanoseconds.
     pub cpu_ns: u64,
+    /// User CPU time alone, nanoseconds (the rest of `cpu_ns` is the kernel's, on the
+    /// process's behalf: on loopback that is most of a delivery).
+    #[serde(default)]
+    pub user_ns: u64,
 }
 
 /// Samples process `pid` from /proc.
@@ -61,12 +65,14 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
     // Fields after the command name (which may contain spaces), 1-based: utime is 14, stime 15.
     let after = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let user: u64 = fields.get(11)?.parse().ok()?;
+    let system: u64 = fields.get(12)?.parse().ok()?;
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     Some(ProcSample {
         rss_kib,
-        cpu_ns: ticks * 1_000_000_000 / hz,
+        cpu_ns: (user + system) * 1_000_000_000 / hz,
+        user_ns: user * 1_000_000_000 / hz,
     })
 }
 
@@ -81,6 +87,7 @@ pub fn sample_sum(pids: &[u32]) -> Option<ProcSample> {
         Some(ProcSample {
             rss_kib: sum.rss_kib + s.rss_kib,
             cpu_ns: sum.cpu_ns + s.cpu_ns,
+            user_ns: sum.user_ns + s.user_ns,
         })
     })
 }

@@ -189,17 +189,21 @@ pub fn run(args: PingArgs) -> anyhow::Result<Verdict> {
         ));
     }
     let server = match (pids.first().copied(), srv_a.flatten(), srv_b.flatten()) {
-        (Some(pid), Some(a), Some(b)) => Some(Server {
-            pid,
-            pids: pids.clone(),
-            rss_start_kib: a.rss_kib,
-            rss_end_kib: b.rss_kib,
-            cpu_cores: ((b.cpu_ns - a.cpu_ns) as f64 / (duration * 1e9) * 1000.0).round() / 1000.0,
-            cpu_us_per_message: (in_window > 0).then(|| {
-                ((b.cpu_ns - a.cpu_ns) as f64 / 1000.0 / in_window as f64 * 1000.0).round() / 1000.0
-            }),
-            rss_samples: vec![],
-        }),
+        (Some(pid), Some(a), Some(b)) => {
+            let [cpu, user, system] = report::cpu_per_message(&a, &b, in_window);
+            Some(Server {
+                pid,
+                pids: pids.clone(),
+                rss_start_kib: a.rss_kib,
+                rss_end_kib: b.rss_kib,
+                cpu_cores: ((b.cpu_ns - a.cpu_ns) as f64 / (duration * 1e9) * 1000.0).round()
+                    / 1000.0,
+                cpu_us_per_message: cpu,
+                user_us_per_message: user,
+                system_us_per_message: system,
+                rss_samples: vec![],
+            })
+        }
         _ => None,
     };
     let summary = Summary {

@@ -50,8 +50,27 @@ pub struct Server {
     pub cpu_cores: f64,
     /// Server CPU per received message, in microseconds.
     pub cpu_us_per_message: Option<f64>,
+    /// Of that, user-space CPU (the server's own code) and system CPU (the kernel working
+    /// for it), in microseconds.
+    #[serde(default)]
+    pub user_us_per_message: Option<f64>,
+    #[serde(default)]
+    pub system_us_per_message: Option<f64>,
     /// RSS samples over time (soak), `[seconds, KiB]`.
     pub rss_samples: Vec<[f64; 2]>,
+}
+
+/// Server CPU per message between samples `a` and `b` for `n` messages, in microseconds:
+/// total, user and system (each rounded to ns; `None` without messages).
+pub fn cpu_per_message(
+    a: &crate::machine::ProcSample,
+    b: &crate::machine::ProcSample,
+    n: u64,
+) -> [Option<f64>; 3] {
+    let per = |ns: u64| (n > 0).then(|| (ns as f64 / n as f64).round() / 1000.0);
+    let user = b.user_ns.saturating_sub(a.user_ns);
+    let total = b.cpu_ns.saturating_sub(a.cpu_ns);
+    [per(total), per(user), per(total.saturating_sub(user))]
 }
 
 /// Everything a run measured.
@@ -218,9 +237,16 @@ fn print(s: &Summary) {
             srv.cpu_cores,
             srv.rss_start_kib,
             srv.rss_end_kib,
-            srv.cpu_us_per_message
-                .map(|c| format!(", {c:.3} µs CPU per message"))
-                .unwrap_or_default()
+            match (
+                srv.cpu_us_per_message,
+                srv.user_us_per_message,
+                srv.system_us_per_message
+            ) {
+                (Some(c), Some(u), Some(s)) =>
+                    format!(", {c:.3} µs CPU per message ({u:.3} user, {s:.3} system)"),
+                (Some(c), _, _) => format!(", {c:.3} µs CPU per message"),
+                _ => String::new(),
+            }
         );
     }
     for w in &s.warnings {

@@ -177,10 +177,77 @@ fn fanout_delivers_published_times_subscribers() {
     }
     assert!(s["latency"]["count"].as_u64().unwrap() > 0);
     assert!(s["server"]["cpu_cores"].as_f64().is_some());
+    // Server CPU per delivery, split into the server's own (user) and the kernel's.
+    let (cpu, user, system) = (
+        fig(&s, "server_cpu_us_per_delivery"),
+        fig(&s, "server_user_us_per_delivery"),
+        fig(&s, "server_system_us_per_delivery"),
+    );
+    assert!((cpu - user - system).abs() < 0.01, "{cpu} {user} {system}");
+    assert_eq!(s["server"]["user_us_per_message"].as_f64(), Some(user));
+    assert!(fig(&s, "publish_rate_achieved") >= 0.95 * 400.0);
     assert_eq!(s["errors"].as_array().unwrap().len(), 0);
     let csv = std::fs::read_to_string(out.join("subscribers.csv")).unwrap();
     assert_eq!(csv.lines().count(), 21);
     check_outputs(&out);
+}
+
+/// A publisher that cannot keep up with --rate (one request at a time, far more requests
+/// a second than one connection can make) fails the run with the rate it achieved, however
+/// complete the deliveries; publishers that could not all own a channel are refused.
+#[test]
+fn a_run_that_falls_behind_its_rate_fails() {
+    let server = Server::start(&[]);
+    let out = out_dir("behind");
+    let o = harness(&[
+        "fanout",
+        "--url",
+        &server.url(),
+        "--subscribers",
+        "5",
+        "--rate",
+        "1000000",
+        "--duration",
+        "1s",
+        "--warmup",
+        "0s",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let s = summary(&out);
+    assert_eq!(fig(&s, "lost"), 0.0, "everything published arrived");
+    let errors = s["errors"].to_string();
+    assert!(errors.contains("publishers fell behind"), "{errors}");
+    assert!(errors.contains("--pipeline"), "{errors}");
+    assert!(fig(&s, "publish_rate_achieved") < 950_000.0);
+
+    let o = harness(&[
+        "fanout",
+        "--url",
+        &server.url(),
+        "--subscribers",
+        "5",
+        "--channels",
+        "1",
+        "--publishers",
+        "8",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--publishers (8) exceeds --channels (1)"),
+        "{err}"
+    );
 }
 
 /// A second URL for `server`: `localhost` when it resolves to the server's address (it
@@ -356,7 +423,7 @@ fn connect_counts_handshakes_and_server_memory() {
         "--connections",
         "300",
         "--connect-rate",
-        "3000",
+        "500",
         "--channels",
         "10",
         "--hold",
@@ -374,6 +441,14 @@ fn connect_counts_handshakes_and_server_memory() {
     assert_eq!(s["latency"]["count"].as_u64(), Some(300));
     assert!(fig(&s, "server_rss_per_connection_bytes") > 0.0);
     assert!(s["figures"]["kernel_tcp_mem_bytes_per_connection"].is_number());
+    // Server CPU per handshake, split; the schedule was kept.
+    // (/proc counts CPU in 10 ms ticks: 300 handshakes may show as 0.)
+    assert!(fig(&s, "server_cpu_us_per_connection") >= 0.0);
+    assert!(
+        fig(&s, "server_user_us_per_connection") + fig(&s, "server_system_us_per_connection")
+            <= fig(&s, "server_cpu_us_per_connection") + 0.01
+    );
+    assert!(fig(&s, "connect_rate_achieved") > 0.0);
     check_outputs(&out);
 }
 

@@ -168,6 +168,17 @@ fn check(args: &FanoutArgs) -> anyhow::Result<()> {
     if args.batch == 0 || args.publishers == 0 {
         bail!("--batch and --publishers must be at least 1");
     }
+    if args.publishers > args.channels {
+        bail!(
+            "--publishers ({}) exceeds --channels ({}): each publisher owns whole channels, so \
+             that each channel's events keep their order, and a publisher without one would \
+             stay idle while the rate is shared among all; use at most {} publishers, and \
+             --pipeline for more requests in flight",
+            args.publishers,
+            args.channels,
+            args.channels
+        );
+    }
     if args.via == Via::ClientEvent && args.batch > 1 {
         bail!("--batch applies to --via http only");
     }

@@ -49,7 +49,10 @@ pub(super) fn build(
     ] {
         figures.insert(format!("latency_{k}_ms"), v as f64 / 1000.0);
     }
-    let errors = errors(plan, tally, soak);
+    let mut errors = errors(plan, tally, soak);
+    if let Some(behind) = fell_behind(args, tally, &mut figures) {
+        errors.push(behind);
+    }
     let mut warnings = Vec::new();
     let thread_util = measured.thread_util;
     let saturated = thread_util.iter().any(|u| *u >= 0.9);
@@ -146,6 +149,33 @@ fn figures(
     figures
 }
 
+/// The rate the publishers achieved (a figure), and an error when it is below 95% of
+/// `--rate`: latency is still measured from the intended send times (so the delay shows),
+/// but the load asked for was not applied, and a run that fell behind is not a pass.
+fn fell_behind(
+    args: &FanoutArgs,
+    tally: &Tally,
+    figures: &mut BTreeMap<String, f64>,
+) -> Option<String> {
+    let secs = args.common.warmup.as_secs_f64() + args.common.duration.as_secs_f64();
+    let published: u64 = tally.published.iter().sum();
+    let achieved = published as f64 / secs.max(1e-9);
+    figures.insert("publish_rate_achieved".into(), achieved.round());
+    if args.rate <= 0.0 || achieved >= 0.95 * args.rate {
+        return None;
+    }
+    let hint = match args.via {
+        Via::Http => "add --publishers (up to --channels) or --pipeline",
+        Via::ClientEvent => {
+            "add --publishers (up to --channels), or raise the app's client_event_rate"
+        }
+    };
+    Some(format!(
+        "publishers fell behind: {published} events in {secs:.1} s is {achieved:.0}/s, below 95% of --rate {}; {hint}",
+        args.rate
+    ))
+}
+
 /// What fails the run: loss, duplicates, reordering, and every kind of error the threads
 /// recorded.
 fn errors(plan: &Plan, tally: &Tally, soak: Option<Soak>) -> Vec<String> {
@@ -204,17 +234,25 @@ fn server(
                     warnings.push(format!("server RSS grew {growth:.0} KiB/min over the run"));
                 }
             }
+            let [cpu, user, system] = report::cpu_per_message(&a, &b, received_in_window);
+            for (name, v) in [
+                ("server_cpu_us_per_delivery", cpu),
+                ("server_user_us_per_delivery", user),
+                ("server_system_us_per_delivery", system),
+            ] {
+                if let Some(v) = v {
+                    figures.insert(name.into(), v);
+                }
+            }
             Some(Server {
                 pid,
                 pids: pids.clone(),
                 rss_start_kib: a.rss_kib,
                 rss_end_kib: b.rss_kib,
                 cpu_cores: (cores * 1000.0).round() / 1000.0,
-                cpu_us_per_message: (received_in_window > 0).then(|| {
-                    ((b.cpu_ns - a.cpu_ns) as f64 / 1000.0 / received_in_window as f64 * 1000.0)
-                        .round()
-                        / 1000.0
-                }),
+                cpu_us_per_message: cpu,
+                user_us_per_message: user,
+                system_us_per_message: system,
                 rss_samples,
             })
         }
