@@ -48,6 +48,11 @@ autobahn BACKEND="uring":
 soak DURATION="30m": loadtest-build
     OUT=runs/soak loadtest/scripts/soak.sh {{DURATION}}
 
+# ringcast's server CPU per delivery against the kernel's floor (benches/floor.rs), both
+# backends at RATE events/s to 1,000 subscribers, alternating ROUNDS times.
+loadtest-floor RATE="100" ROUNDS="2": loadtest-build
+    OUT=runs/floor loadtest/scripts/floor.sh {{RATE}} {{ROUNDS}}
+
 # Build the server and the harness in release mode.
 loadtest-build:
     cargo build --release -p ringcast -p ringcast-loadtest
