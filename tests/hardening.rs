@@ -20,6 +20,7 @@ on_both_backends!(
     a_connection_churning_channels_is_held_to_the_subscription_rate,
     a_subscribe_loop_does_not_flood_a_counted_channels_subscribers,
     re_subscribing_to_a_large_presence_channel_gets_the_same_members,
+    the_channel_index_shrinks_after_a_mass_unsubscribe,
     idle_http_connections_cannot_take_the_servers_descriptors,
     an_address_is_held_to_its_connection_limit,
     one_apps_hanging_webhook_receiver_does_not_hold_up_another_apps_webhooks,
@@ -555,6 +556,49 @@ async fn re_subscribing_to_a_large_presence_channel_gets_the_same_members(backen
         "{}",
         gone["presence"]["ids"]
     );
+}
+
+/// A connection that opened 4,200 channels leaves: the app's channel table is rebuilt
+/// smaller within a second or two (logged), and what remains is served as before.
+async fn the_channel_index_shrinks_after_a_mass_unsubscribe(backend: &'static str) {
+    let server = Server::start(
+        backend,
+        &[
+            "--max-channels-per-connection",
+            "5000",
+            "--max-subscriptions-per-second",
+            "0",
+            "--workers",
+            "1",
+        ],
+    );
+    let mut stays = Client::connect(&server).await;
+    stays.subscribe("keep").await;
+    let mut many = Client::connect(&server).await;
+    for i in 0..4200 {
+        many.send(json!({"event": "pusher:subscribe", "data": {"channel": format!("mass-{i}")}}))
+            .await;
+    }
+    for _ in 0..4200 {
+        assert_eq!(
+            many.recv_event().await["event"],
+            "pusher_internal:subscription_succeeded"
+        );
+    }
+    drop(many);
+    server.wait_for_log("channel index rebuilt smaller").await;
+    publish(&server, &["keep"], "after", "x").await;
+    assert_eq!(stays.recv().await["event"], "after");
+    let (status, body) = common::api(
+        &server,
+        "GET",
+        &format!("/apps/{APP_ID}/channels"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body, json!({"channels": {"keep": {}}}));
 }
 
 /// A server with 256 descriptors, flooded with 300 idle TCP connections and kept-alive API

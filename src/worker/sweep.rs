@@ -58,7 +58,7 @@ impl Worker {
     }
 
     /// Housekeeping that is not per connection: subscription counts held back on busy
-    /// channels, and (on worker 0) the broker's.
+    /// channels, and (on worker 0) the broker's and the channel index's shrinking.
     pub fn sweep_shared(&self, now: Tick) {
         let due = self.counts.borrow_mut().due(now);
         for (app, name) in due {
@@ -77,6 +77,13 @@ impl Worker {
         }
         if self.index == 0 {
             self.shared.broker.sweep();
+            let rebuilt = self.shared.index.shrink();
+            if rebuilt > 0 {
+                tracing::info!(
+                    apps = rebuilt,
+                    "channel index rebuilt smaller after mass unsubscribes"
+                );
+            }
         }
     }
 }
