@@ -76,6 +76,8 @@ pub fn run(config: Config, apps: Apps) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let broker_stats = Arc::new(BrokerStats::default());
     let mut telemetry = Telemetry::new(workers, choice.backend, shutdown.clone());
+    telemetry.io_fallback = config.io == runtime::IoMode::Auto && choice.backend == Backend::Epoll;
+    telemetry.connections_limit = config.limits.max_connections;
     if let Some(c) = &config.cluster {
         telemetry = telemetry.with_broker(broker_stats.clone(), c.readiness_requires_redis);
     }

@@ -181,6 +181,8 @@ async fn clients_stay_through_a_redis_outage_and_the_cluster_heals(backend: &'st
     let body = json!({"name": "e", "channel": "news", "data": refused});
     let (status, _) = api(&a, "POST", &path, &[], Some(&body)).await;
     assert_eq!(status, 503);
+    // What RingcastBrokerUnreachable (deploy/prometheus/alerts.yml) watches.
+    assert_eq!(a.metric_value("ringcast_broker_connected").await, 0);
     // Past the node timeout: every lease has expired by the time Redis is back.
     tokio::time::sleep(Duration::from_secs(5).saturating_sub(stopped.elapsed())).await;
     redis.signal(libc::SIGCONT);
@@ -209,6 +211,7 @@ async fn clients_stay_through_a_redis_outage_and_the_cluster_heals(backend: &'st
         assert!(Instant::now() < deadline, "the cluster did not heal");
     }
     publish(&b, &["news"], "back", "x").await;
+    assert_eq!(a.metric_value("ringcast_broker_connected").await, 1);
     for c in [&mut on_a, &mut on_b] {
         let deadline = Instant::now() + WAIT;
         loop {

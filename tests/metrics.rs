@@ -17,7 +17,73 @@ on_both_backends!(
     metrics_pass_promtool,
     latency_histograms_fill_and_export_hgrm,
     readiness_flips_during_a_drain,
+    the_alert_rules_pass_their_tests_and_name_metrics_the_server_exports,
 );
+
+/// `deploy/prometheus/alerts.yml` passes `promtool check rules` and its unit tests
+/// (`alerts_test.yml`: each alert firing on a node that breaks its rule, silent on a
+/// healthy one), and every ringcast metric its expressions use is one the server exports —
+/// the limits and descriptor gauges with their values.
+async fn the_alert_rules_pass_their_tests_and_name_metrics_the_server_exports(
+    backend: &'static str,
+) {
+    let Some(promtool) = common::deps::promtool() else {
+        return;
+    };
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus");
+    for args in [
+        ["check", "config", "prometheus.yml"],
+        ["check", "rules", "alerts.yml"],
+        ["test", "rules", "alerts_test.yml"],
+    ] {
+        let out = std::process::Command::new(&promtool)
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let server = Server::start(backend, &["--max-connections", "500"]);
+    let text = server.metrics_text().await;
+    let rules = std::fs::read_to_string(format!("{dir}/alerts.yml")).unwrap();
+    let mut names: Vec<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("ringcast_") || w.starts_with("process_"))
+        .collect();
+    names.sort();
+    names.dedup();
+    assert!(names.len() >= 10, "{names:?}");
+    for name in names {
+        // The broker's metrics exist only in a cluster (tests/cluster.rs scrapes them).
+        if name.starts_with("ringcast_broker_") {
+            continue;
+        }
+        // A family is declared even while it has no samples (counters without traffic).
+        let family = name.strip_suffix("_bucket").unwrap_or(name);
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(name) || l.starts_with(&format!("# TYPE {family} "))),
+            "alerts.yml uses {name}, which the server does not export"
+        );
+    }
+    let samples = server.metric_samples().await;
+    assert_eq!(sum(&samples, "ringcast_connections_limit", &[]), 500.0);
+    assert_eq!(
+        sum(&samples, "ringcast_io_fallback", &[]),
+        0.0,
+        "--io {backend} was asked for"
+    );
+    let open = sum(&samples, "process_open_fds", &[]);
+    assert!(
+        open >= 5.0 && open < sum(&samples, "process_max_fds", &[]),
+        "{open}"
+    );
+}
 
 /// Waits until `check` holds for the scraped samples.
 async fn eventually(server: &Server, what: &str, check: impl Fn(&HashMap<String, f64>) -> bool) {

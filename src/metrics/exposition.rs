@@ -15,7 +15,7 @@ use prometheus_client::registry::Registry;
 use super::stats::{
     kind_label, kind_slot, Endpoint, Limited, Rejected, WorkerStats, CLOSE_CODES, KINDS, STATUSES,
 };
-use super::{heartbeat_age, latency, resident_memory_bytes, Telemetry};
+use super::{heartbeat_age, latency, open_fds, resident_memory_bytes, Telemetry};
 
 /// Bucket bounds of the latency histograms, in seconds.
 const LATENCY_BUCKETS: [f64; 18] = [
@@ -121,6 +121,38 @@ impl PromCollector for Collector {
                 "Resident memory size in bytes.",
                 MetricType::Gauge,
                 [(vec![], ConstGauge::new(rss as i64))],
+            )?;
+        }
+        if let Some((open, max)) = open_fds() {
+            family(
+                &mut encoder,
+                "process_open_fds",
+                "Number of open file descriptors.",
+                MetricType::Gauge,
+                [(vec![], ConstGauge::new(open as i64))],
+            )?;
+            family(
+                &mut encoder,
+                "process_max_fds",
+                "Maximum number of open file descriptors.",
+                MetricType::Gauge,
+                [(vec![], ConstGauge::new(max as i64))],
+            )?;
+        }
+        family(
+            &mut encoder,
+            "ringcast_io_fallback",
+            "1 when io_uring was wanted (--io auto) but is unavailable, so the server runs on epoll.",
+            MetricType::Gauge,
+            [(vec![], ConstGauge::new(i64::from(shared.io_fallback)))],
+        )?;
+        if shared.connections_limit > 0 {
+            family(
+                &mut encoder,
+                "ringcast_connections_limit",
+                "Concurrent WebSocket connections the server admits (--max-connections, resolved).",
+                MetricType::Gauge,
+                [(vec![], ConstGauge::new(shared.connections_limit as i64))],
             )?;
         }
 

@@ -45,6 +45,12 @@ pub struct Telemetry {
     pub broker: Option<Arc<BrokerStats>>,
     /// Whether readiness fails while the broker cannot reach Redis.
     pub readiness_requires_broker: bool,
+    /// Whether io_uring was wanted (`--io auto`) but unavailable, so the server runs on
+    /// epoll.
+    pub io_fallback: bool,
+    /// The concurrent WebSocket connections the server admits (`--max-connections`,
+    /// resolved); 0 when unknown.
+    pub connections_limit: usize,
 }
 
 impl Telemetry {
@@ -60,6 +66,8 @@ impl Telemetry {
             draining,
             broker: None,
             readiness_requires_broker: false,
+            io_fallback: false,
+            connections_limit: 0,
         }
     }
 
@@ -79,6 +87,13 @@ impl Telemetry {
 pub fn heartbeat_age(stats: &WorkerStats) -> f64 {
     let beat = stats.heartbeat.load(Ordering::Relaxed);
     now_ns().saturating_sub(beat) as f64 / 1e9
+}
+
+/// The process's open file descriptors (entries of `/proc/self/fd`) and its limit on them
+/// (the soft `RLIMIT_NOFILE`).
+pub fn open_fds() -> Option<(u64, u64)> {
+    let open = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+    Some((open, crate::runtime::affinity::open_files_limit() as u64))
 }
 
 /// The process's resident set size in bytes, from `/proc/self/statm`.
