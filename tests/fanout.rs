@@ -15,7 +15,54 @@ use tokio_tungstenite::tungstenite::Message;
 on_both_backends!(
     many_subscribers_across_workers_get_every_event_once_in_order,
     slow_consumer_is_closed_with_4100_while_others_keep_receiving,
+    a_write_delay_gathers_frames_into_fewer_writes,
 );
+
+/// Twenty events published one after another reach a subscriber in twenty writes by
+/// default, and in a few with `--write-delay-us 100000` (each frame may wait 100 ms for
+/// company) — every event still there, in order.
+async fn a_write_delay_gathers_frames_into_fewer_writes(backend: &'static str) {
+    let mut writes = Vec::new();
+    for delay in ["0", "100000"] {
+        let server = Server::start(backend, &["--workers", "1", "--write-delay-us", delay]);
+        let mut c = Client::connect(&server).await;
+        c.subscribe("news").await;
+        let before = server.metric_sum("ringcast_socket_writes_total", &[]).await;
+        // One kept-alive HTTP client: each publish takes about a millisecond.
+        let http = reqwest::Client::new();
+        let path = format!("/apps/{APP_ID}/events");
+        for i in 0..20 {
+            let body =
+                json!({"name": "e", "channels": ["news"], "data": i.to_string()}).to_string();
+            let url = common::signed_url(
+                &server,
+                "POST",
+                &path,
+                &[],
+                body.as_bytes(),
+                common::now_secs(),
+            );
+            let resp = http
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+        }
+        for i in 0..20 {
+            let m = c.recv().await;
+            assert_eq!(
+                (&m["event"], &m["data"]),
+                (&json!("e"), &json!(i.to_string()))
+            );
+        }
+        writes.push(server.metric_sum("ringcast_socket_writes_total", &[]).await - before);
+    }
+    assert!(writes[0] >= 15, "without a delay: {writes:?}");
+    assert!(writes[1] <= 5, "with a delay: {writes:?}");
+}
 
 const SUBSCRIBERS: usize = 200;
 const EVENTS: usize = 60;

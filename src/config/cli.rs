@@ -115,6 +115,12 @@ pub struct Cli {
     #[arg(long, env = "RINGCAST_MESSAGE_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub message_timeout: u64,
 
+    /// Microseconds a connection's outgoing frames may wait to leave in one write (0: off,
+    /// each is written as soon as the connection's task runs). Trades latency for fewer
+    /// writes on busy channels; epoll's timers round it up to whole milliseconds.
+    #[arg(long, env = "RINGCAST_WRITE_DELAY_US", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    pub write_delay_us: u64,
+
     /// Largest WebSocket message a client may send, in bytes (after reassembly); larger
     /// ones close the connection with 1009.
     #[arg(long, env = "RINGCAST_MAX_MESSAGE_SIZE", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u64).range(125..=(1 << 30)))]

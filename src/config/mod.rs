@@ -92,6 +92,8 @@ pub struct Config {
     pub pong_timeout: Duration,
     /// Longest a client's WebSocket message may take to arrive whole.
     pub message_timeout: Duration,
+    /// How long outgoing frames may wait to leave in one write (zero: off).
+    pub write_delay: Duration,
     /// Idle HTTP keep-alive connections are closed after this.
     pub http_idle_timeout: Duration,
     /// Drain time on shutdown.
@@ -294,6 +296,7 @@ impl Config {
             activity_timeout: Duration::from_secs(cli.activity_timeout),
             pong_timeout: Duration::from_secs(cli.pong_timeout),
             message_timeout: Duration::from_secs(cli.message_timeout),
+            write_delay: Duration::from_micros(cli.write_delay_us),
             http_idle_timeout: Duration::from_secs(cli.http_idle_timeout),
             shutdown_timeout: Duration::from_secs(cli.shutdown_timeout),
             echo_path: cli.echo_path.clone(),

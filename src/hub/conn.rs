@@ -108,6 +108,11 @@ impl Conn {
         self.close_code.get()
     }
 
+    /// Whether the queue holds a whole batch (one write's worth) already.
+    pub fn batch_is_full(&self) -> bool {
+        self.queued_bytes.get() >= MAX_BATCH_BYTES || self.queue.borrow().len() >= MAX_BATCH_FRAMES
+    }
+
     /// Bytes waiting in the queue.
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes.get()

@@ -157,7 +157,7 @@ impl PromCollector for Collector {
         }
 
         type Getter = fn(&WorkerStats) -> &AtomicU64;
-        let per_worker: [(&str, &str, bool, Getter); 14] = [
+        let per_worker: [(&str, &str, bool, Getter); 15] = [
             (
                 "ringcast_connections",
                 "Open WebSocket connections.",
@@ -193,6 +193,12 @@ impl PromCollector for Collector {
                 "WebSocket frames written to clients.",
                 true,
                 |s| &s.messages_sent,
+            ),
+            (
+                "ringcast_socket_writes_total",
+                "Writes issued to WebSocket connections, each carrying one or more frames (see --write-delay-us).",
+                true,
+                |s| &s.socket_writes,
             ),
             (
                 "ringcast_sent_bytes_total",

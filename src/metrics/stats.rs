@@ -223,6 +223,8 @@ pub struct WorkerStats {
     pub messages_sent: AtomicU64,
     /// Bytes written to WebSocket connections.
     pub bytes_sent: AtomicU64,
+    /// Writes issued to WebSocket connections (each carries one or more frames).
+    pub socket_writes: AtomicU64,
     /// Event frames queued to subscribers.
     pub frames_delivered: AtomicU64,
     /// Events accepted by the HTTP API (one per channel).

@@ -133,6 +133,9 @@ struct Driver<S: Socket> {
     skip: u64,
     batch: Vec<Bytes>,
     write: Option<PendingWrite<S::Writer>>,
+    /// With `--write-delay-us`: the wait, begun when frames were first found queued, for
+    /// more to join them in one write.
+    hold: Option<crate::runtime::LocalBoxFuture>,
     /// When the last bytes arrived ([`crate::clock::now_ns`]), for the frame latency.
     received_at: u64,
     /// `inbuf`'s capacity as last counted in the worker's `inbound_buffer_bytes`.
@@ -181,6 +184,7 @@ impl<S: Socket> Driver<S> {
             skip: 0,
             batch: Vec::new(),
             write: None,
+            hold: None,
             received_at: 0,
             counted: 0,
             open: true,
@@ -238,6 +242,22 @@ impl<S: Socket> Driver<S> {
                     self.batch = done.bufs;
                 }
             }
+            // Frames wait for company only while there is less than a write's worth, and
+            // not once closing has begun.
+            let delay = self.worker.config().write_delay;
+            if !delay.is_zero()
+                && self.conn.queued_bytes() > 0
+                && self.conn.is_open()
+                && !self.conn.batch_is_full()
+            {
+                let hold = self.hold.get_or_insert_with(|| self.worker.rt.sleep(delay));
+                if hold.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                self.hold = None;
+            } else {
+                self.hold = None;
+            }
             let mut now = 0;
             let latency = &self.worker.latency;
             if self.conn.take_batch(&mut self.batch, |stamp| {
@@ -250,6 +270,7 @@ impl<S: Socket> Driver<S> {
                 let bytes: usize = self.batch.iter().map(Bytes::len).sum();
                 WorkerStats::add(&self.worker.stats.messages_sent, self.batch.len() as u64);
                 WorkerStats::add(&self.worker.stats.bytes_sent, bytes as u64);
+                WorkerStats::add(&self.worker.stats.socket_writes, 1);
                 let writer = self.writer.take().expect("one write at a time");
                 let batch = std::mem::take(&mut self.batch);
                 self.write = Some(Box::pin(writer.write(batch)));
