@@ -53,6 +53,10 @@ soak DURATION="30m": loadtest-build
 loadtest-floor RATE="100" ROUNDS="2": loadtest-build
     OUT=runs/floor loadtest/scripts/floor.sh {{RATE}} {{ROUNDS}}
 
+# --write-delay-us 0 / 200 / 1000 on 1 channel x 100 subscribers at RATE events/s.
+loadtest-write-delay RATE="10000" ROUNDS="1": loadtest-build
+    OUT=runs/write-delay loadtest/scripts/write-delay.sh {{RATE}} {{ROUNDS}}
+
 # Build the server and the harness in release mode.
 loadtest-build:
     cargo build --release -p ringcast -p ringcast-loadtest

@@ -77,6 +77,15 @@ impl SeqTracker {
         published - self.received_below(published)
     }
 
+    /// Of [`SeqTracker::lost`], those after the last one that arrived: still on their way
+    /// when the run ended (a server behind its load), rather than skipped.
+    pub fn late(&self, published: u64) -> u64 {
+        let arrived_up_to = self.highest.map_or(0, |h| (h + 1).min(published));
+        published
+            - arrived_up_to
+            - (self.received_below(published) - self.received_below(arrived_up_to))
+    }
+
     /// Distinct sequence numbers below `limit` that arrived.
     pub fn received_below(&self, limit: u64) -> u64 {
         let full = (limit / 64) as usize;
@@ -132,6 +141,18 @@ impl Percentiles {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_missing_after_the_last_arrival_are_late_not_lost() {
+        let mut t = SeqTracker::default();
+        for seq in [0, 1, 3, 4] {
+            t.record(seq);
+        }
+        assert_eq!(t.lost(7), 3, "2, 5 and 6 never arrived");
+        assert_eq!(t.late(7), 2, "5 and 6 were still on their way");
+        assert_eq!(t.late(4), 0, "an arrival beyond what was acknowledged");
+        assert_eq!(SeqTracker::default().late(3), 3);
+    }
 
     #[test]
     fn in_order_delivery_has_nothing_to_report() {

@@ -72,8 +72,12 @@ pub(super) struct Tally {
     pub published: Vec<u64>,
     /// Subscribers, churned or not.
     pub subscribers: usize,
-    /// Losses, of subscribers that stayed connected.
+    /// Losses, of subscribers that stayed connected: events missing although a later one
+    /// arrived.
     pub lost: u64,
+    /// Events of subscribers that stayed connected that had not arrived when the drain
+    /// ended, after the last one that did (the server was behind).
+    pub late: u64,
     pub dup: u64,
     pub ooo: u64,
     /// Subscribers that stayed connected and lost messages.
@@ -101,14 +105,16 @@ pub(super) fn tally(plan: &Plan, results: Vec<ThreadResult>, out: &Path) -> anyh
     let published: Vec<u64> = plan.published.iter().map(|p| p.load(Relaxed)).collect();
     let (mut lost, mut dup, mut ooo, mut with_loss, mut unique, mut expected, mut stayed) =
         (0u64, 0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut late = 0u64;
     let mut csv = String::from(
-        "subscriber,channel,churned,published,received,lost,duplicates,out_of_order\n",
+        "subscriber,channel,churned,published,received,lost,late,duplicates,out_of_order\n",
     );
     for (global, ch, tracker, churned) in &subs {
         let p = published[*ch];
-        let l = tracker.lost(p);
+        let t = tracker.late(p);
+        let l = tracker.lost(p) - t;
         csv.push_str(&format!(
-            "{global},{},{churned},{p},{},{l},{},{}\n",
+            "{global},{},{churned},{p},{},{l},{t},{},{}\n",
             plan.channels[*ch], tracker.unique, tracker.duplicates, tracker.out_of_order
         ));
         dup += tracker.duplicates;
@@ -118,6 +124,7 @@ pub(super) fn tally(plan: &Plan, results: Vec<ThreadResult>, out: &Path) -> anyh
         if !churned {
             stayed += 1;
             lost += l;
+            late += t;
             with_loss += u64::from(l > 0);
         }
     }
@@ -128,6 +135,7 @@ pub(super) fn tally(plan: &Plan, results: Vec<ThreadResult>, out: &Path) -> anyh
         published,
         subscribers: subs.len(),
         lost,
+        late,
         dup,
         ooo,
         with_loss,

@@ -135,6 +135,7 @@ fn figures(
         (tally.received_in_window as f64 / duration).round(),
     );
     figures.insert("lost".into(), tally.lost as f64);
+    figures.insert("late_at_end".into(), tally.late as f64);
     figures.insert("duplicates".into(), tally.dup as f64);
     figures.insert("out_of_order".into(), tally.ooo as f64);
     figures.insert("subscribers_with_loss".into(), tally.with_loss as f64);
@@ -189,6 +190,12 @@ fn errors(plan: &Plan, tally: &Tally, soak: Option<Soak>) -> Vec<String> {
     if lost > 0 {
         errors.push(format!(
             "{lost} messages lost{what}, by {with_loss} subscribers (see subscribers.csv)"
+        ));
+    }
+    if tally.late > 0 {
+        errors.push(format!(
+            "{} events{what} had not arrived when the drain ended, after the last that did: the server was behind its load (lengthen --drain to tell late from lost, or lower --rate)",
+            tally.late
         ));
     }
     if dup > 0 {
