@@ -13,7 +13,7 @@ use crate::wsclient::{self, WsConn};
 use super::schedule::Plan;
 
 /// Reads until `want` matches a message; fails on errors or after 10 s.
-pub(super) async fn wait_for<T>(
+async fn wait_for<T>(
     conn: &mut WsConn,
     mut want: impl FnMut(Incoming<'_>) -> Option<anyhow::Result<T>>,
 ) -> anyhow::Result<T> {
@@ -39,13 +39,10 @@ pub(super) async fn wait_for<T>(
     }
 }
 
-/// Connection `i` of its kind (subscriber i, or client-event publisher i): connects to the
-/// WebSocket URL `i mod n`, waits for the socket id, subscribes to `channels`.
-pub(super) async fn connect_subscribed(
-    plan: &Plan,
-    i: usize,
-    channels: &[&str],
-) -> anyhow::Result<(WsConn, String)> {
+/// Connection `i` of its kind (subscriber i, client-event publisher i, presence connection
+/// i): connects to the WebSocket URL `i mod n` from the planned source address and waits
+/// for the socket id.
+pub(super) async fn connect_established(plan: &Plan, i: usize) -> anyhow::Result<(WsConn, String)> {
     let ws = plan.target.ws_for(i);
     let source = plan
         .source_ips
@@ -59,6 +56,16 @@ pub(super) async fn connect_subscribed(
         _ => None,
     })
     .await?;
+    Ok((conn, socket_id))
+}
+
+/// [`connect_established`], then subscribes to `channels`.
+pub(super) async fn connect_subscribed(
+    plan: &Plan,
+    i: usize,
+    channels: &[&str],
+) -> anyhow::Result<(WsConn, String)> {
+    let (mut conn, socket_id) = connect_established(plan, i).await?;
     for ch in channels {
         conn.send(&pusher::subscribe(&plan.target, &socket_id, ch))
             .await?;

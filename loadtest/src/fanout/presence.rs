@@ -11,12 +11,11 @@ use std::time::Duration;
 
 use anyhow::bail;
 
-use crate::cli::source_for;
 use crate::pusher::{self, Incoming};
 use crate::stats::now_ns;
 use crate::wsclient::{self, WsConn};
 
-use super::connection::wait_for;
+use super::connection::connect_established;
 use super::schedule::Plan;
 
 /// Presence channel `j` of the run `run`.
@@ -64,19 +63,7 @@ async fn cycle(
     stay: Duration,
 ) -> anyhow::Result<()> {
     let presence = plan.presence.as_ref().expect("presence planned");
-    let ws = plan.target.ws_for(p);
-    let source = plan
-        .source_ips
-        .as_ref()
-        .map(|ips| source_for(ips, plan.target.ws.len(), p));
-    let stream = wsclient::tcp_connect(ws.addr, source).await?;
-    let mut conn = wsclient::handshake(stream, ws, &pusher::ws_path(&plan.target, ws)).await?;
-    let socket_id = wait_for(&mut conn, |m| match m {
-        Incoming::Established(id) => Some(Ok(id)),
-        Incoming::Error(e) => Some(Err(anyhow::anyhow!("{}", String::from_utf8_lossy(e)))),
-        _ => None,
-    })
-    .await?;
+    let (mut conn, socket_id) = connect_established(plan, p).await?;
     let data = serde_json::json!({"user_id": user, "user_info": {"p": p}}).to_string();
     conn.send(&pusher::presence_subscribe(
         &plan.target,
