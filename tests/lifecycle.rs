@@ -150,7 +150,16 @@ async fn auto_falls_back_to_epoll_when_io_uring_is_blocked() {
     // (Server::command installs it; this test builds its own command.)
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringcast"));
-    cmd.args(["--port", "0", "--metrics-port", "0", "--io", "auto", "--workers", "2"]);
+    cmd.args([
+        "--port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--io",
+        "auto",
+        "--workers",
+        "2",
+    ]);
     block_io_uring(&mut cmd);
     let server = Server::spawn(cmd, "auto").unwrap_or_else(|log| panic!("{}", log.join("\n")));
     let line = server.wait_for_log("IO backend").await;
