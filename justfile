@@ -38,7 +38,7 @@ fuzz SECONDS="300":
 # The Autobahn conformance suite against the echo endpoint of a release build.
 autobahn BACKEND="uring":
     cargo build --release
-    ./target/release/ringcast --port 9001 --io {{BACKEND}} --echo-path /echo --max-message-size 16777216 --max-outbound-buffer 67108864 & pid=$!; sleep 1; python3 tests/autobahn/run.py ws://127.0.0.1:9001/echo | python3 -m json.tool; kill $pid
+    ./target/release/ringcast --port 9001 --metrics-port 0 --io {{BACKEND}} --echo-path /echo --max-message-size 16777216 --max-outbound-buffer 67108864 & pid=$!; sleep 1; python3 tests/autobahn/run.py ws://127.0.0.1:9001/echo | python3 -m json.tool; kill $pid
 
 # --- Load tests (docs/loadtest.md). The server runs on CPU 0, the harness on CPU 1. ---
 
@@ -63,21 +63,21 @@ loadtest-build:
 
 # Fan-out at saturation: 1 channel x 1,000 subscribers, 100-byte events, as fast as accepted.
 loadtest-fanout IO="uring" OUT="runs/fanout": loadtest-build
-    ./target/release/ringcast --port 6500 --workers 1 --cpus 0 --io {{IO}} --log-level warn & pid=$!; sleep 1; \
+    ./target/release/ringcast --port 6500 --metrics-port 0 --workers 1 --cpus 0 --io {{IO}} --log-level warn & pid=$!; sleep 1; \
     ./target/release/ringcast-loadtest fanout --url ws://127.0.0.1:6500 --cpus 1 --server-pid $pid --out {{OUT}} \
       --subscribers 1000 --channels 1 --rate 0 --batch 10 --payload 100 --duration 20s --warmup 3s; \
     status=$?; kill $pid; exit $status
 
 # Fan-out at a fixed rate (events/s; 1,000 subscribers each) for latency.
 loadtest-latency RATE="1100" IO="uring" OUT="runs/latency": loadtest-build
-    ./target/release/ringcast --port 6500 --workers 1 --cpus 0 --io {{IO}} --log-level warn & pid=$!; sleep 1; \
+    ./target/release/ringcast --port 6500 --metrics-port 0 --workers 1 --cpus 0 --io {{IO}} --log-level warn & pid=$!; sleep 1; \
     ./target/release/ringcast-loadtest fanout --url ws://127.0.0.1:6500 --cpus 1 --server-pid $pid --out {{OUT}} \
       --subscribers 1000 --channels 1 --rate {{RATE}} --batch 10 --payload 100 --duration 20s --warmup 3s; \
     status=$?; kill $pid; exit $status
 
 # Per-user notifications: 10,000 channels x 1 subscriber, published 10 per batch_events request.
 loadtest-channels IO="uring" OUT="runs/channels": loadtest-build
-    ./target/release/ringcast --port 6500 --workers 1 --cpus 0 --io {{IO}} --log-level warn & pid=$!; sleep 1; \
+    ./target/release/ringcast --port 6500 --metrics-port 0 --workers 1 --cpus 0 --io {{IO}} --log-level warn & pid=$!; sleep 1; \
     ./target/release/ringcast-loadtest fanout --url ws://127.0.0.1:6500 --cpus 1 --server-pid $pid --out {{OUT}} \
       --subscribers 10000 --channels 10000 --rate 0 --batch 10 --publishers 8 --payload 100 --connect-rate 4000 \
       --duration 20s --warmup 3s; \
@@ -85,7 +85,7 @@ loadtest-channels IO="uring" OUT="runs/channels": loadtest-build
 
 # 19,000 idle connections held 60 s: handshake times and server memory per connection.
 loadtest-connect IO="uring" OUT="runs/connect": loadtest-build
-    ./target/release/ringcast --port 6500 --workers 1 --cpus 0 --io {{IO}} --log-level warn & pid=$!; sleep 1; \
+    ./target/release/ringcast --port 6500 --metrics-port 0 --workers 1 --cpus 0 --io {{IO}} --log-level warn & pid=$!; sleep 1; \
     ./target/release/ringcast-loadtest connect --url ws://127.0.0.1:6500 --cpus 1 --server-pid $pid --out {{OUT}} \
       --connections 19000 --connect-rate 2000 --hold 60s; \
     status=$?; kill $pid; exit $status

@@ -23,7 +23,7 @@ command -v inferno-flamegraph >/dev/null || cargo install inferno --locked --qui
 cargo build --release -p ringcast-loadtest --quiet
 RUSTFLAGS="-C force-frame-pointers=yes" cargo build --release -p ringcast --target-dir target/flamegraph --quiet
 port=$((20000 + RANDOM % 20000))
-./target/flamegraph/release/ringcast --port "$port" --workers 1 --cpus 0 --io "$io" --log-level warn &
+./target/flamegraph/release/ringcast --port "$port" --metrics-port 0 --workers 1 --cpus 0 --io "$io" --log-level warn &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
 sleep 1

@@ -20,7 +20,7 @@ f=s['figures']; sv=s.get('server') or {}
 print('$2', round(f.get('delivered_per_sec',0)), 'p50', f.get('latency_p50_ms'), 'p99', f.get('latency_p99_ms'), 'lost', f.get('lost'), 'cpu_us', sv.get('cpu_us_per_message'), 'cores', sv.get('cpu_cores'))
 " 2>&1 | tee -a $out/summary.txt; }
 single() { # scen extra
-  taskset -c 0 $BIN --port 6500 --workers 1 --cpus 0 --log-level warn & pid=$!; sleep 1
+  taskset -c 0 $BIN --port 6500 --metrics-port 0 --workers 1 --cpus 0 --log-level warn & pid=$!; sleep 1
   d=$out/$1; rm -rf $d
   $LT fanout --url ws://127.0.0.1:6500 --cpus 1 --server-pid $pid --out $d --subscribers 1000 --channels 1 $2 --payload 100 --duration $dur --warmup 3s > $d.log 2>&1
   kill $pid; wait $pid 2>/dev/null; sleep 1

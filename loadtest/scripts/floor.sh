@@ -17,7 +17,7 @@ fw=$(floor write); fu=$(floor io_uring_send_one_submit)
 echo "floor per delivery: write(2) $fw us, io_uring one submit $fu us" | tee "$out/floor.txt"
 for r in $(seq 1 "$rounds"); do
   for io in uring epoll; do
-    $BIN --port 6500 --workers 1 --cpus 0 --io $io --log-level warn & pid=$!; sleep 1
+    $BIN --port 6500 --metrics-port 0 --workers 1 --cpus 0 --io $io --log-level warn & pid=$!; sleep 1
     d=$out/$io-$r
     $LT fanout --url ws://127.0.0.1:6500 --cpus 1 --server-pid $pid --out "$d" --quiet \
       --subscribers 1000 --channels 1 --rate "$rate" --batch 1 --payload 100 --duration 20s --warmup 3s > "$d.log" 2>&1

@@ -17,7 +17,7 @@ f=s['figures']
 print('$2', 'setup_s', f.get('setup_seconds'), 'delivered/s', round(f.get('delivered_per_sec',0)), 'p50', f.get('latency_p50_ms'), 'lost', f.get('lost'))
 " 2>&1 | tee -a $out/summary.txt; }
 for r in $(seq 1 $rounds); do
-  taskset -c 0 $BIN --port 6500 --workers 1 --cpus 0 --log-level warn & pid=$!; sleep 1
+  taskset -c 0 $BIN --port 6500 --metrics-port 0 --workers 1 --cpus 0 --log-level warn & pid=$!; sleep 1
   d=$out/single-$r; rm -rf $d
   $LT fanout --url ws://127.0.0.1:6500 --cpus 1 --out $d $args > $d.log 2>&1
   kill $pid; wait $pid 2>/dev/null; sleep 1; summ $d "storm single $r"
