@@ -9,9 +9,10 @@
 # Each harness fails on any lost, duplicated or reordered event of a subscriber that stayed.
 # This script samples the server's RSS and open descriptors every minute (server.csv) and
 # compares the descriptors before the clients came and after they left.
-# usage: loadtest/scripts/soak.sh [DURATION]   (after just loadtest-build)
+# usage: [CHURN=reconnects per second per process, default 5] loadtest/scripts/soak.sh [DURATION]
+#        (after just loadtest-build)
 set -u
-duration=${1:-30m}
+duration=${1:-30m}; churn=${CHURN:-5}
 cd "$(dirname "$0")/../.."
 BIN=./target/release/ringcast
 LT=./target/release/ringcast-loadtest
@@ -50,7 +51,7 @@ start=$(date +%s)
   done ) & sampler=$!
 
 common="--url ws://127.0.0.1:$port --server-pid $pid --duration $duration --warmup 10s --quiet
-  --connect-rate 1000 --churn 5 --sample-every 60s"
+  --connect-rate 1000 --churn $churn --sample-every 60s"
 $LT soak $common --app-id soak-http --app-key soak-http-key --app-secret "$secret_http" \
   --subscribers 4500 --channels 45 --rate 300 --publishers 3 --label "soak http" \
   --out "$out/http" > "$out/http.log" 2>&1 & a=$!
