@@ -71,6 +71,7 @@ pub mod api;
 pub mod app;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod http;
 pub mod hub;
 pub mod logging;

@@ -194,9 +194,17 @@ pub fn run(config: Config, apps: Apps) -> anyhow::Result<()> {
     let signals = spawn_signal_thread(events_tx.clone())?;
     tracing::info!(addr = %local, workers, backend = %choice.backend, "listening");
     let metrics_addr = metrics_listener.local_addr()?;
-    crate::metrics::listener::start(metrics_listener, shared.telemetry.clone())
-        .context("cannot start the metrics thread")?;
+    let console = crate::console::Console::new(shared.clone(), local);
+    crate::metrics::listener::start(
+        metrics_listener,
+        shared.telemetry.clone(),
+        console.as_ref().map(|c| c.routes()),
+    )
+    .context("cannot start the metrics thread")?;
     tracing::info!(addr = %metrics_addr, "metrics endpoint (/metrics, /metrics/latency.hgrm, /healthz, /readyz)");
+    if console.is_some() {
+        tracing::info!(url = %format!("http://{metrics_addr}/console"), "live console");
+    }
     if shared.config.demo_app {
         tracing::info!(
             "demo app: id=app-id key=app-key secret=app-secret (loopback only). Connect with \

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 /// Top-level modules, lowest first.
 const LAYERS: &[&str] = &[
     "clock", "ws", "protocol", "app", "runtime", "config", "logging", "metrics", "tls", "webhooks",
-    "pusher", "hub", "worker", "session", "api", "http", "server",
+    "pusher", "hub", "worker", "session", "api", "console", "http", "server",
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

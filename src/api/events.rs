@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::json::{from_body, string_or_json, Shape};
 use super::ApiError;
+use crate::app::console::Entry;
 use crate::app::{AppIdx, ChannelKey, ChannelRef};
 use crate::config::Limits;
 use crate::hub::Delivery;
@@ -218,17 +219,43 @@ async fn publish<R: Runtime>(
 ) -> Result<(), ApiError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let deliveries = deliveries(worker, app, events);
-    let worker = worker.clone();
+    let publisher = worker.clone();
     R::spawn(async move {
-        let _ = tx.send(worker.publish(deliveries).await);
+        let _ = tx.send(publisher.publish(deliveries).await);
     });
-    match rx.await {
+    let res = match rx.await {
         Ok(res) => res.map_err(ApiError::from),
         // Only when the worker itself is going away.
         Err(_) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "server is shutting down",
         )),
+    };
+    if res.is_ok() {
+        note_published(worker, app, events);
+    }
+    res
+}
+
+/// Logs published events for the app's console, and counts them, if a console watches.
+fn note_published(worker: &Worker, app: AppIdx, events: &[Event]) {
+    if !crate::app::console::watching() {
+        return;
+    }
+    worker.count_in(app, events.iter().map(|e| e.channels.len() as u64).sum());
+    for e in events {
+        for c in &e.channels {
+            worker.note(app, || {
+                let mut entry = Entry::new("api_message")
+                    .channel(&std::sync::Arc::from(c.as_str()))
+                    .event(&e.name)
+                    .detail(&e.data);
+                if let Some(s) = e.except {
+                    entry = entry.socket(s);
+                }
+                entry
+            });
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 //! Apps are loaded by [`crate::config`] and replaced as a whole on reload (SIGHUP); the
 //! apps in use are always those in [`LiveApps`].
 
+pub mod console;
 mod counters;
 
 use std::collections::HashMap;
@@ -81,6 +82,9 @@ pub struct App {
     /// Live counters, kept across configuration reloads.
     #[serde(skip)]
     pub counters: Arc<AppCounters>,
+    /// The live console's log, rates and webhook deliveries, kept across reloads.
+    #[serde(skip)]
+    pub console: Arc<console::AppConsole>,
     /// Removed by a reload: its index stays, unreachable, and is never given back (an app
     /// added later with the same id gets a new index, so it inherits nothing: no cached
     /// events, channels or counters).
@@ -120,6 +124,7 @@ impl App {
             max_channels: default_max_channels(),
             max_api_requests_per_second: default_max_api_rate(),
             counters: Default::default(),
+            console: Default::default(),
             retired: false,
         }
     }
@@ -265,6 +270,7 @@ impl Apps {
             match new.remove(&old.id) {
                 Some(mut app) => {
                     app.counters = old.counters.clone();
+                    app.console = old.console.clone();
                     apps.push(Arc::new(app));
                 }
                 None => {

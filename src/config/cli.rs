@@ -61,6 +61,16 @@ pub struct Cli {
     #[arg(long, env = "RINGCAST_METRICS_PORT", default_value_t = 9601)]
     pub metrics_port: u16,
 
+    /// Token the live console (`/console` on the metrics listener) asks for, compared in
+    /// constant time; at least 16 characters. Without one the console is served only when
+    /// the metrics listener is on a loopback address (see docs/console.md).
+    #[arg(long, env = "RINGCAST_CONSOLE_TOKEN", hide_env_values = true, value_parser = parse_console_token)]
+    pub console_token: Option<String>,
+
+    /// Turn the live console off (the metrics listener then serves no `/console`).
+    #[arg(long, env = "RINGCAST_NO_CONSOLE")]
+    pub no_console: bool,
+
     /// Worker threads, one pinned per CPU; 0 means one per available CPU.
     #[arg(long, env = "RINGCAST_WORKERS", default_value_t = 0)]
     pub workers: usize,
@@ -339,6 +349,16 @@ pub(super) fn parse_cpu_list(s: &str) -> Result<CpuList, String> {
         return Err("empty CPU list".into());
     }
     Ok(CpuList(cpus))
+}
+
+fn parse_console_token(s: &str) -> Result<String, String> {
+    if s.chars().count() < 16 {
+        return Err("the console token must be at least 16 characters".into());
+    }
+    if s.chars().any(char::is_control) {
+        return Err("the console token cannot hold control characters".into());
+    }
+    Ok(s.to_string())
 }
 
 fn parse_redis_url(s: &str) -> Result<String, String> {

@@ -233,6 +233,9 @@ impl Effective {
         if let Some(url) = cli.redis_url.as_deref() {
             t.insert("redis_url".into(), mask_url_password(url).into());
         }
+        if let Some(s) = cli.console_token.as_deref() {
+            t.insert("console_token".into(), mask(s).into());
+        }
         Effective(t)
     }
 }

@@ -102,6 +102,10 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Where the metrics listener binds.
     pub metrics_addr: std::net::SocketAddr,
+    /// The live console's token, if set.
+    pub console_token: Option<String>,
+    /// Whether the live console is off.
+    pub no_console: bool,
     /// Path of the echo endpoint, if enabled.
     pub echo_path: Option<String>,
     /// See [`Cli::trusted_proxy`].
@@ -293,6 +297,8 @@ impl Config {
             },
             handshake_timeout: Duration::from_secs(cli.handshake_timeout),
             metrics_addr: std::net::SocketAddr::new(cli.metrics_host, cli.metrics_port),
+            console_token: cli.console_token.clone(),
+            no_console: cli.no_console,
             activity_timeout: Duration::from_secs(cli.activity_timeout),
             pong_timeout: Duration::from_secs(cli.pong_timeout),
             message_timeout: Duration::from_secs(cli.message_timeout),

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::app::console::DeliveryState;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Uri};
@@ -229,6 +230,11 @@ impl Sender {
             .entry(url.clone())
             .or_default()
             .clone();
+        let console = app.console.clone();
+        let names: Vec<String> = events
+            .iter()
+            .map(|e| e["name"].as_str().unwrap_or("?").to_string())
+            .collect();
         let body =
             Bytes::from(serde_json::json!({ "time_ms": time_ms, "events": events }).to_string());
         // The URL's own share first: a receiver that does not keep up fills only it.
@@ -239,7 +245,9 @@ impl Sender {
                 .dropped_overload
                 .fetch_add(events.len() as u64, Ordering::Relaxed);
             self.budget.give(cost);
-            warn_dropped("a webhook URL is not keeping up: its share of waiting requests is full");
+            let why = "a webhook URL is not keeping up: its share of waiting requests is full";
+            console.delivery_dropped(url, names, why);
+            warn_dropped(why);
             return;
         }
         if !self.budget.take(body.len()) {
@@ -247,7 +255,9 @@ impl Sender {
                 .dropped_overload
                 .fetch_add(events.len() as u64, Ordering::Relaxed);
             self.budget.give(cost);
-            warn_dropped("the webhook memory budget is used up (receivers too slow or down)");
+            let why = "the webhook memory budget is used up (receivers too slow or down)";
+            console.delivery_dropped(url, names, why);
+            warn_dropped(why);
             return;
         }
         let held = cost + body.len();
@@ -263,10 +273,13 @@ impl Sender {
         stats.outstanding.fetch_add(1, Ordering::Relaxed);
         share.queued.fetch_add(1, Ordering::Relaxed);
         share.bytes.fetch_add(body.len(), Ordering::Relaxed);
+        let record = console.delivery_started(&url, names);
         tokio::spawn(async move {
             let started = Instant::now();
             let mut backoff = FIRST_BACKOFF;
+            let mut attempts = 0;
             loop {
+                attempts += 1;
                 let result = {
                     let _permit = share.in_flight.acquire().await.expect("never closed");
                     tokio::time::timeout(
@@ -274,16 +287,35 @@ impl Sender {
                         post(&client, &url, &key, &signature, body.clone()),
                     )
                     .await
-                    .unwrap_or_else(|_| Err(format!("no answer within {ATTEMPT_TIMEOUT:?}")))
+                    .unwrap_or_else(|_| Err(format!("no answer within {ATTEMPT_TIMEOUT:?}").into()))
                 };
                 match result {
-                    Ok(()) => {
+                    Ok(status) => {
                         stats.delivered.fetch_add(1, Ordering::Relaxed);
+                        console.delivery_update(record, |d| {
+                            d.state = DeliveryState::Delivered;
+                            d.http_status = Some(status);
+                            d.error = None;
+                            d.attempts = attempts;
+                            d.next_retry_at = None;
+                        });
                         break;
                     }
                     Err(e) => {
                         stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
-                        if started.elapsed() + backoff > RETRY_FOR {
+                        let give_up = started.elapsed() + backoff > RETRY_FOR;
+                        console.delivery_update(record, |d| {
+                            d.state = match give_up {
+                                true => DeliveryState::Failed,
+                                false => DeliveryState::Retrying,
+                            };
+                            d.http_status = e.status;
+                            d.error = Some(e.message.clone());
+                            d.attempts = attempts;
+                            d.next_retry_at = (!give_up)
+                                .then(|| crate::clock::unix_ms() + backoff.as_millis() as u64);
+                        });
+                        if give_up {
                             stats.dropped_after_retries.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(app = %app_id, url = &*url, error = %e, "webhook dropped after retrying for 5 minutes");
                             break;
@@ -306,14 +338,36 @@ fn next_backoff(d: Duration) -> Duration {
     (d * 2).min(MAX_BACKOFF)
 }
 
-/// One POST over the pooled client; `Ok` on a 2xx answer.
+/// Why an attempt failed: the answer's status, if there was one.
+#[derive(Debug)]
+struct Failure {
+    status: Option<u16>,
+    message: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Self {
+            status: None,
+            message,
+        }
+    }
+}
+
+/// One POST over the pooled client; the status of a 2xx answer.
 async fn post(
     client: &Client<HttpConnector, Full<Bytes>>,
     url: &str,
     key: &str,
     signature: &str,
     body: Bytes,
-) -> Result<(), String> {
+) -> Result<u16, Failure> {
     let uri: Uri = url.parse().map_err(|e| format!("invalid URL: {e}"))?;
     let req = Request::post(uri)
         .header(hyper::header::CONTENT_TYPE, "application/json")
@@ -335,9 +389,12 @@ async fn post(
         .collect()
         .await;
     if status.is_success() {
-        Ok(())
+        Ok(status.as_u16())
     } else {
-        Err(format!("answered {status}"))
+        Err(Failure {
+            status: Some(status.as_u16()),
+            message: format!("answered {status}"),
+        })
     }
 }
 

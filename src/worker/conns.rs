@@ -6,6 +6,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
 use super::{ConnsByUser, Worker};
+use crate::app::console::Entry;
 use crate::app::{AppIdx, ChannelRef};
 use crate::hub::broker::ConnRef;
 use crate::hub::Conn;
@@ -46,6 +47,9 @@ impl Worker {
         };
         match admit(admission) {
             Ok(()) if pusher && app.is_some() => {
+                if let Some(app) = app {
+                    self.note(app, || Entry::new("connection_opened").socket(socket_id));
+                }
                 let activity = self.config().activity_timeout.as_secs();
                 self.run_rule(&conn, |_, _, out| established(socket_id, activity, out));
             }
@@ -53,6 +57,13 @@ impl Worker {
             Err(refusal) => {
                 if let Some(why) = refusal.rejected {
                     self.stats.rejected(why);
+                }
+                if let Some(app) = app {
+                    self.note(app, || {
+                        Entry::new("connection_refused")
+                            .socket(socket_id)
+                            .detail(&format!("{}: {}", refusal.code, refusal.reason))
+                    });
                 }
                 tracing::debug!(%socket_id, code = refusal.code, reason = %refusal.reason, "connection turned away");
                 conn.close(refusal.code, &refusal.reason);
@@ -76,6 +87,12 @@ impl Worker {
     /// Forgets a finished connection: it leaves its channels, signs out, and frees its slot.
     pub fn close_conn(&self, conn: &Rc<Conn>) {
         if let Some(app) = conn.app {
+            self.note(app, || {
+                let code = conn.close_code().map_or("none".into(), |c| c.to_string());
+                Entry::new("connection_closed")
+                    .socket(conn.socket_id)
+                    .detail(&format!("code {code}"))
+            });
             self.run_rule(conn, |state, _, out| on_close(state, out));
             self.app(app)
                 .counters

@@ -13,14 +13,16 @@ use std::sync::Arc;
 
 use super::conns::{add_conn, remove_conn};
 use super::Worker;
+use crate::app::console::Entry;
 use crate::app::{AppIdx, ChannelKey, ChannelRef};
 use crate::clock::tick_now;
 use crate::hub::broker::{Count, ForConn, Join, Leave, Replay, SignIn, SignOut, UserMsg};
 use crate::hub::{Answer, Conn, Delivery};
 use crate::metrics::WorkerStats;
 use crate::protocol::channel::ChannelKind;
+use crate::protocol::SocketId;
 use crate::pusher::occupancy::{self, Change};
-use crate::pusher::{subscribe, user, ConnState, Ctx, Effect, Leaving, Member};
+use crate::pusher::{subscribe, user, ConnState, Ctx, Effect, Joined, Leaving, Member};
 
 impl Worker {
     /// Runs a protocol rule for `conn` (of a valid app) and carries out its effects.
@@ -62,6 +64,7 @@ impl Worker {
         for effect in effects {
             match (effect, conn) {
                 (Effect::Send(frame), Some(conn)) => {
+                    self.note_refusal(app, conn, &frame);
                     conn.push(frame);
                 }
                 (Effect::Close { code, reason }, Some(conn)) => conn.close(code, &reason),
@@ -126,12 +129,16 @@ impl Worker {
                         except,
                     },
                     _,
-                ) => self.publish_now(vec![Delivery {
-                    channel: ChannelKey { app, name: channel },
-                    frame,
-                    except,
-                    published_at: 0,
-                }]),
+                ) => {
+                    self.note(app, || client_event_entry(&channel, &frame, except));
+                    self.count_in(app, 1);
+                    self.publish_now(vec![Delivery {
+                        channel: ChannelKey { app, name: channel },
+                        frame,
+                        except,
+                        published_at: 0,
+                    }])
+                }
                 (Effect::Webhook(event), _) => self.shared.webhooks.send(app, event),
                 (Effect::Limited(limit), _) => self.stats.limited(limit),
                 (Effect::ClientEventRelayed, _) => WorkerStats::add(&self.stats.client_events, 1),
@@ -173,6 +180,14 @@ impl Worker {
                 }
             }
             Answer::Joined(req, joined) => {
+                if matches!(joined, Joined::First(_) | Joined::Back(_)) {
+                    self.note(req.channel.app, || {
+                        Entry::new("member_added")
+                            .channel(&req.channel.name)
+                            .socket(req.conn.socket_id)
+                            .detail(&req.member.user_id)
+                    });
+                }
                 if let Some(conn) = self.conn(req.conn) {
                     let (channel, member) = (req.channel.name, req.member);
                     self.run_rule(&conn, |state, ctx, out| {
@@ -181,6 +196,14 @@ impl Worker {
                 }
             }
             Answer::Left(req, last, verdict) => {
+                if last {
+                    self.note(req.channel.app, || {
+                        Entry::new("member_removed")
+                            .channel(&req.channel.name)
+                            .socket(req.socket_id)
+                            .detail(&req.user)
+                    });
+                }
                 self.run_app_rule(req.channel.app, None, |ctx, out| {
                     subscribe::on_left(ctx, &req.channel.name, &req.user, last, &verdict, out)
                 });
@@ -221,6 +244,11 @@ impl Worker {
                 came_online,
                 watched_online,
             } => {
+                self.note(req.app, || {
+                    Entry::new("signed_in")
+                        .socket(req.conn.socket_id)
+                        .detail(&req.user)
+                });
                 // Watchers are told even if the connection has gone meanwhile (its sign-out
                 // follows this sign-in to the broker).
                 let conn = self.conn(req.conn);
@@ -253,6 +281,11 @@ impl Worker {
         let Some(first_here) = self.channels.add(&key, conn) else {
             return;
         };
+        self.note(app, || {
+            Entry::new("subscribed")
+                .channel(&key.name)
+                .socket(conn.socket_id)
+        });
         // Mark this worker in the shared index before the client hears of success.
         let count = self.shared.index.add(key.clone(), self.index);
         self.stats.subscription(kind, 1);
@@ -296,6 +329,11 @@ impl Worker {
         let Some(last_here) = self.channels.remove(key.as_ref(), conn.id) else {
             return;
         };
+        self.note(app, || {
+            Entry::new("unsubscribed")
+                .channel(&key.name)
+                .socket(conn.socket_id)
+        });
         if let Some(Leaving { user, announce }) = leave {
             let req = Leave {
                 socket_id: conn.socket_id,
@@ -396,4 +434,58 @@ impl Worker {
             }
         }
     }
+}
+
+impl Worker {
+    /// Logs a `pusher:subscription_error` or `pusher:error` sent to `conn`, if a console
+    /// watches its app.
+    fn note_refusal(&self, app: AppIdx, conn: &Conn, frame: &bytes::Bytes) {
+        const SUBSCRIPTION_ERROR: &[u8] = br#"{"event":"pusher:subscription_error""#;
+        const ERROR: &[u8] = br#"{"event":"pusher:error""#;
+        if !crate::app::console::watching() {
+            return;
+        }
+        let payload = crate::ws::codec::payload_of(frame);
+        let kind = if payload.starts_with(SUBSCRIPTION_ERROR) {
+            "subscription_error"
+        } else if payload.starts_with(ERROR) {
+            "error"
+        } else {
+            return;
+        };
+        self.note(app, || {
+            let v: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
+            let mut e = Entry::new(kind).socket(conn.socket_id);
+            if let Some(channel) = v["channel"].as_str() {
+                e = e.channel(&Arc::from(channel));
+            }
+            let data = match &v["data"] {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            e.detail(&data)
+        });
+    }
+}
+
+/// The console's entry for an event a connection published (a client event; other events
+/// the rules publish, such as subscription counts, are logged as what they are).
+fn client_event_entry(channel: &Arc<str>, frame: &bytes::Bytes, except: Option<SocketId>) -> Entry {
+    let payload = crate::ws::codec::payload_of(frame);
+    let v: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
+    let event = v["event"].as_str().unwrap_or("");
+    let kind = if event.starts_with("client-") {
+        "client_event"
+    } else {
+        "internal_event"
+    };
+    let data = match &v["data"] {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let mut e = Entry::new(kind).channel(channel).event(event).detail(&data);
+    if let Some(s) = except {
+        e = e.socket(s);
+    }
+    e
 }

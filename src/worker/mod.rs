@@ -152,6 +152,27 @@ impl Worker {
         self.shared.apps.load().get(app).clone()
     }
 
+    /// Records `entry()` in the app's console log if a console watches the app; otherwise
+    /// costs one relaxed load.
+    #[inline]
+    pub fn note(&self, app: AppIdx, entry: impl FnOnce() -> crate::app::console::Entry) {
+        if crate::app::console::watching() {
+            let app = self.app(app);
+            if app.console.watched() {
+                app.console.record(entry());
+            }
+        }
+    }
+
+    /// Counts messages received for `app` (API and client events) for its console's rates,
+    /// if a console watches it.
+    #[inline]
+    pub fn count_in(&self, app: AppIdx, n: u64) {
+        if crate::app::console::watching() {
+            self.app(app).console.count_in(n);
+        }
+    }
+
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.shared.config

@@ -420,6 +420,17 @@ impl FrameBuilder {
     }
 }
 
+/// The payload of an unmasked server frame built here (empty if `frame` is not one).
+pub fn payload_of(frame: &[u8]) -> &[u8] {
+    let head = match frame.get(1).map(|b| b & 0x7f) {
+        None => return &[],
+        Some(126) => 4,
+        Some(127) => 10,
+        Some(_) => 2,
+    };
+    frame.get(head..).unwrap_or_default()
+}
+
 /// Encodes a frame, copying `payload`.
 pub fn encode(opcode: OpCode, payload: &[u8]) -> Bytes {
     let mut b = FrameBuilder::with_capacity(payload.len());

@@ -128,7 +128,7 @@ impl Broker for LocalBroker {
             .filter(|w| self.users.is_online(req.app, w))
             .cloned()
             .collect();
-        let came_online = self.users.sign_in(req.app, &req.user);
+        let came_online = self.users.sign_in(req.app, &req.user, req.conn.socket_id);
         Some(Answer::SignedIn {
             req,
             came_online,
@@ -137,7 +137,7 @@ impl Broker for LocalBroker {
     }
 
     fn sign_out(&self, _worker: usize, req: SignOut) -> Option<Answer> {
-        let went_offline = self.users.sign_out(req.app, &req.user);
+        let went_offline = self.users.sign_out(req.app, &req.user, req.socket_id);
         Some(Answer::SignedOut(req, went_offline))
     }
 
@@ -198,6 +198,19 @@ impl Broker for LocalBroker {
 
     fn sweep(&self) {
         self.cache.sweep();
+    }
+
+    fn user_connections(&self, app: AppIdx, user: &str) -> Pending<Vec<UserConn>> {
+        let conns = self.users.connections(app, user);
+        Pending::ready(
+            conns
+                .into_iter()
+                .map(|s| UserConn {
+                    socket_id: s.to_string(),
+                    node: None,
+                })
+                .collect(),
+        )
     }
 }
 

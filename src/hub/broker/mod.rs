@@ -235,6 +235,16 @@ pub struct ChannelInfo {
     pub user_count: usize,
 }
 
+/// A connection signed in as a user, as [`Broker::user_connections`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UserConn {
+    /// Its socket id.
+    pub socket_id: String,
+    /// The node holding it, over a cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
 /// Why the broker could not answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BrokerError {
@@ -326,6 +336,10 @@ pub trait Broker: Send + Sync + 'static {
 
     /// A cache channel's last event and when it expires, for the HTTP API.
     fn cached(&self, channel: ChannelRef<'_>) -> Pending<Option<Cached>>;
+
+    /// The connections signed in as `user` (the console): socket ids, and over a cluster
+    /// the node holding each.
+    fn user_connections(&self, app: AppIdx, user: &str) -> Pending<Vec<UserConn>>;
 
     /// Periodic housekeeping (expired cache entries), called once a second by one worker.
     fn sweep(&self);

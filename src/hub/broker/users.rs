@@ -3,43 +3,53 @@
 
 use super::sharded::Sharded;
 use crate::app::{AppIdx, ChannelKey, ChannelRef};
+use crate::protocol::SocketId;
 
-/// Connections per signed-in user, keyed by (app, user id).
+/// The connections of each signed-in user, keyed by (app, user id).
 #[derive(Default)]
 pub struct UserRegistry {
-    map: Sharded<u32>,
+    map: Sharded<Vec<SocketId>>,
 }
 
 impl UserRegistry {
-    /// Counts a sign-in; returns whether the user just came online.
-    pub fn sign_in(&self, app: AppIdx, user: &str) -> bool {
+    /// Records a sign-in; returns whether the user just came online.
+    pub fn sign_in(&self, app: AppIdx, user: &str, socket: SocketId) -> bool {
         let r = ChannelRef { app, name: user };
         let mut shard = self.map.lock(r);
         match shard.get_mut(&r) {
-            Some(n) => {
-                *n += 1;
+            Some(conns) => {
+                conns.push(socket);
                 false
             }
             None => {
-                shard.insert(ChannelKey::new(app, user), 1);
+                shard.insert(ChannelKey::new(app, user), vec![socket]);
                 true
             }
         }
     }
 
-    /// Counts a signed-in connection going away; returns whether the user went offline.
-    pub fn sign_out(&self, app: AppIdx, user: &str) -> bool {
+    /// Records a signed-in connection going away; returns whether the user went offline.
+    pub fn sign_out(&self, app: AppIdx, user: &str, socket: SocketId) -> bool {
         let r = ChannelRef { app, name: user };
         let mut shard = self.map.lock(r);
-        let Some(n) = shard.get_mut(&r) else {
+        let Some(conns) = shard.get_mut(&r) else {
             return false;
         };
-        *n -= 1;
-        if *n == 0 {
+        let Some(i) = conns.iter().position(|s| *s == socket) else {
+            return false;
+        };
+        conns.swap_remove(i);
+        if conns.is_empty() {
             shard.remove(&r);
             return true;
         }
         false
+    }
+
+    /// The user's signed-in connections.
+    pub fn connections(&self, app: AppIdx, user: &str) -> Vec<SocketId> {
+        let r = ChannelRef { app, name: user };
+        self.map.lock(r).get(&r).cloned().unwrap_or_default()
     }
 
     /// Whether the user is signed in on any connection.
@@ -53,16 +63,24 @@ impl UserRegistry {
 mod tests {
     use super::*;
 
+    fn s(seq: u64) -> SocketId {
+        SocketId { random: 1, seq }
+    }
+
     #[test]
     fn online_from_first_sign_in_to_last_sign_out() {
         let users = UserRegistry::default();
-        assert!(users.sign_in(0, "ann"));
-        assert!(!users.sign_in(0, "ann"));
+        assert!(users.sign_in(0, "ann", s(1)));
+        assert!(!users.sign_in(0, "ann", s(2)));
         assert!(!users.is_online(1, "ann"), "apps are separate");
-        assert!(!users.sign_out(0, "ann"));
+        assert_eq!(users.connections(0, "ann"), vec![s(1), s(2)]);
+        assert!(!users.sign_out(0, "ann", s(1)));
         assert!(users.is_online(0, "ann"));
-        assert!(users.sign_out(0, "ann"));
+        assert!(!users.sign_out(0, "ann", s(9)), "not one of hers");
+        assert_eq!(users.connections(0, "ann"), vec![s(2)]);
+        assert!(users.sign_out(0, "ann", s(2)));
         assert!(!users.is_online(0, "ann"));
-        assert!(!users.sign_out(0, "ann"));
+        assert!(users.connections(0, "ann").is_empty());
+        assert!(!users.sign_out(0, "ann", s(2)));
     }
 }

@@ -179,6 +179,11 @@ pub(super) enum Query {
         ChannelKey,
         oneshot::Sender<Result<Option<Cached>, BrokerError>>,
     ),
+    UserConns(
+        AppIdx,
+        String,
+        oneshot::Sender<Result<Vec<UserConn>, BrokerError>>,
+    ),
 }
 
 /// The Redis [`Broker`].
@@ -424,7 +429,10 @@ impl Broker for RedisBroker {
             .filter(|w| self.mirror.users.is_online(req.app, w))
             .cloned()
             .collect();
-        let came_online = self.mirror.users.sign_in(req.app, &req.user);
+        let came_online = self
+            .mirror
+            .users
+            .sign_in(req.app, &req.user, req.conn.socket_id);
         self.mirror
             .signed_in(req.app, &req.user, req.conn.socket_id, true);
         let local = Answer::SignedIn {
@@ -443,7 +451,10 @@ impl Broker for RedisBroker {
     }
 
     fn sign_out(&self, worker: usize, req: SignOut) -> Option<Answer> {
-        let local = self.mirror.users.sign_out(req.app, &req.user);
+        let local = self
+            .mirror
+            .users
+            .sign_out(req.app, &req.user, req.socket_id);
         self.mirror
             .signed_in(req.app, &req.user, req.socket_id, false);
         let answer = Answer::SignedOut(req.clone(), local);
@@ -491,4 +502,9 @@ impl Broker for RedisBroker {
     }
 
     fn sweep(&self) {}
+
+    fn user_connections(&self, app: AppIdx, user: &str) -> Pending<Vec<UserConn>> {
+        let user = user.to_string();
+        self.query(|tx| Query::UserConns(app, user, tx))
+    }
 }

@@ -15,6 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::hub::broker::UserConn;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -1007,6 +1008,35 @@ impl Node {
                     let res = members(&mut conn, &k.members, &k.order)
                         .await
                         .map_err(unavailable);
+                    let _ = tx.send(res);
+                    None
+                }));
+            }
+            Query::UserConns(app, user, tx) => {
+                let Some(app_id) = self.app_id(app) else {
+                    let _ = tx.send(Ok(Vec::new()));
+                    return;
+                };
+                let key = self.keys.user(&app_id, &user);
+                in_flight.push_back(Box::pin(async move {
+                    let res: RedisResult<Vec<String>> = redis::cmd("SMEMBERS")
+                        .arg(&key)
+                        .query_async(&mut conn)
+                        .await;
+                    let res = res.map_err(unavailable).map(|entries| {
+                        let mut conns: Vec<UserConn> = entries
+                            .iter()
+                            .filter_map(|e| {
+                                let (node, socket) = e.split_once('\n')?;
+                                Some(UserConn {
+                                    socket_id: socket.to_string(),
+                                    node: Some(node.to_string()),
+                                })
+                            })
+                            .collect();
+                        conns.sort_by(|a, b| a.socket_id.cmp(&b.socket_id));
+                        conns
+                    });
                     let _ = tx.send(res);
                     None
                 }));
