@@ -4,20 +4,32 @@
 //! `fanout_one_frame` publishes unmeasured frames; `fanout_one_frame_measured` the same
 //! with the publish latency recorded as the server does (one clock read per write, one
 //! histogram record per subscriber), so the cost of recording is the difference.
+//! `fanout_one_frame_console_closed` adds what a worker does for the live console after
+//! each delivery (`count_delivered`) with no console open — the fan-out as the server runs
+//! it — and `fanout_one_frame_console_open` the same while a console watches the app.
 
 use std::rc::Rc;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ringcast::app::{ChannelKey, ChannelRef};
+use std::sync::Arc;
+
+use ringcast::app::console::count_delivered;
+use ringcast::app::{App, Apps, ChannelKey, ChannelRef, LiveApps};
 use ringcast::clock::now_ns;
 use ringcast::hub::{Conn, LocalChannels};
 use ringcast::metrics::LatencyRecorder;
 use ringcast::protocol::{messages, SocketId};
 
 fn fanout(c: &mut Criterion) {
-    run(c, "fanout_one_frame", false);
-    run(c, "fanout_one_frame_measured", true);
+    let apps: LiveApps = Arc::new(arc_swap::ArcSwap::from_pointee(
+        Apps::new(vec![App::new("1", "k", "s")]).unwrap(),
+    ));
+    run(c, "fanout_one_frame", Mode::Plain, &apps);
+    run(c, "fanout_one_frame_measured", Mode::Measured, &apps);
+    run(c, "fanout_one_frame_console_closed", Mode::Console, &apps);
+    let _watch = apps.load().get(0).console.watch();
+    run(c, "fanout_one_frame_console_open", Mode::Console, &apps);
     let recorder = LatencyRecorder::default();
     c.bench_function("latency_clock_read", |b| b.iter(now_ns));
     c.bench_function("latency_record", |b| {
@@ -25,7 +37,15 @@ fn fanout(c: &mut Criterion) {
     });
 }
 
-fn run(c: &mut Criterion, group: &str, measured: bool) {
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Plain,
+    Measured,
+    Console,
+}
+
+fn run(c: &mut Criterion, group: &str, mode: Mode, apps: &LiveApps) {
+    let measured = mode == Mode::Measured;
     let recorder = LatencyRecorder::default();
     let mut g = c.benchmark_group(group);
     for n in [1usize, 100, 1_000, 10_000] {
@@ -61,6 +81,9 @@ fn run(c: &mut Criterion, group: &str, measured: bool) {
                     None,
                     if measured { now_ns() } else { 0 },
                 );
+                if mode == Mode::Console {
+                    count_delivered(apps, 0, d.queued);
+                }
                 for conn in &conns {
                     let mut now = 0;
                     conn.take_batch(&mut batch, |stamp| {

@@ -39,6 +39,9 @@
 //!   channel is decided in [`pusher::subscribe`]*; client events in [`pusher::client_event`];
 //!   sign-in and watchlists in [`pusher::user`]; occupancy and counts in
 //!   [`pusher::occupancy`]; pings and timeouts in [`pusher::liveness`].
+//! * [`console`] — the live console on the metrics listener: live counts, channels,
+//!   presence members, a user's connections, an event log recorded only while watched,
+//!   webhook deliveries, and a publish form that goes through the node's own HTTP API.
 //! * [`webhooks`] — a dedicated sender thread that debounces, signs, batches and retries
 //!   webhook requests, so no worker ever waits on an app's backend.
 //! * [`tls`] — certificates (reloaded on SIGHUP) and rustls driven over the IO seam.

@@ -28,6 +28,15 @@ pub fn watching() -> bool {
     WATCHERS.load(Ordering::Relaxed) != 0
 }
 
+/// Counts `n` deliveries to `app`'s subscribers for its console's rates, if a console
+/// watches: what every fan-out does after queueing a frame (one relaxed load otherwise).
+#[inline]
+pub fn count_delivered(apps: &super::LiveApps, app: super::AppIdx, n: u64) {
+    if watching() {
+        apps.load().get(app).console.count_out(n);
+    }
+}
+
 /// One happening, as the console's event log shows it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Entry {

@@ -88,10 +88,13 @@ impl Worker {
     pub fn close_conn(&self, conn: &Rc<Conn>) {
         if let Some(app) = conn.app {
             self.note(app, || {
-                let code = conn.close_code().map_or("none".into(), |c| c.to_string());
+                let detail = match conn.close_code() {
+                    Some(code) => format!("code {code}"),
+                    None => "lost: no close frame".into(),
+                };
                 Entry::new("connection_closed")
                     .socket(conn.socket_id)
-                    .detail(&format!("code {code}"))
+                    .detail(&detail)
             });
             self.run_rule(conn, |state, _, out| on_close(state, out));
             self.app(app)

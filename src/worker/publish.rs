@@ -201,9 +201,7 @@ impl Worker {
     ) {
         let d = self.channels.deliver(channel, frame, except, published_at);
         WorkerStats::add(&self.stats.frames_delivered, d.queued);
-        if crate::app::console::watching() {
-            self.app(channel.app).console.count_out(d.queued);
-        }
+        crate::app::console::count_delivered(&self.shared.apps, channel.app, d.queued);
         if d.overflowed > 0 {
             WorkerStats::add(&self.stats.slow_consumer_disconnects, d.overflowed);
             tracing::debug!(

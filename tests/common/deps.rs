@@ -88,6 +88,9 @@ pub fn python(modules: &[&str], packages: &[&str]) -> Option<Option<PathBuf>> {
     Some(Some(dir))
 }
 
+/// The packages of `tests/clients/package.json`.
+const PACKAGES: &[&str] = &["pusher-js", "playwright-core"];
+
 /// A `node_modules` holding the packages of `tests/clients/package.json`, installed with
 /// npm into `target/test-deps/node` unless `tests/clients/node_modules` already has them.
 /// Returns the directory to put in NODE_PATH.
@@ -98,14 +101,15 @@ pub fn node_modules() -> Option<PathBuf> {
     let clients = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests")
         .join("clients");
+    let complete = |m: &Path| PACKAGES.iter().all(|p| m.join(p).exists());
     let local = clients.join("node_modules");
-    if local.join("pusher-js").exists() {
+    if complete(&local) {
         return Some(local);
     }
     let dir = deps_dir().join("node");
     let _lock = Lock::take(&deps_dir().join("node.lock"));
     let modules = dir.join("node_modules");
-    if !modules.join("pusher-js").exists() {
+    if !complete(&modules) {
         std::fs::create_dir_all(&dir).unwrap();
         for f in ["package.json", "package-lock.json"] {
             if clients.join(f).exists() {
@@ -118,11 +122,27 @@ pub fn node_modules() -> Option<PathBuf> {
             .status()
             .map(|s| s.success())
             .unwrap_or(false);
-        if !ok || !modules.join("pusher-js").exists() {
+        if !ok || !complete(&modules) {
             unavailable("npm could not install tests/clients/package.json")?;
         }
     }
     Some(modules)
+}
+
+/// Debian's Chromium, for the console's browser tests (`CHROMIUM` overrides the path;
+/// `.ci/run` installs the `chromium` package).
+pub fn chromium() -> Option<PathBuf> {
+    let path = std::env::var_os("CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    if path.is_file() {
+        return Some(path);
+    }
+    unavailable(&format!(
+        "Chromium at {} (apt-get install chromium) for the console's browser tests",
+        path.display()
+    ))?;
+    None
 }
 
 /// Prometheus's `promtool` (Debian package `prometheus`; `.ci/run` installs it).

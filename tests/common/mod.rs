@@ -9,6 +9,7 @@ pub mod deps;
 pub mod hooks;
 pub mod raw;
 pub mod redis;
+pub mod sdk;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

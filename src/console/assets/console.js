@@ -256,6 +256,7 @@ function resetCounts() {
   for (const id of ['connections', 'channels', 'messages-in', 'messages-out', ...KINDS]) {
     $('count-' + id).textContent = '–';
   }
+  $('counts-status').textContent = '';
 }
 
 function showStats(s) {
@@ -270,6 +271,8 @@ function showStats(s) {
   $('count-channels').textContent = total;
   $('count-messages-in').textContent = rate(s.messages_in_per_second);
   $('count-messages-out').textContent = rate(s.messages_out_per_second);
+  // Set when the server could not count everything (e.g. the cluster's broker is unreachable).
+  $('counts-status').textContent = s.error ? 'counts incomplete: ' + s.error : '';
 }
 
 function rate(x) {
