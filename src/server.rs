@@ -194,7 +194,8 @@ pub fn run(config: Config, apps: Apps) -> anyhow::Result<()> {
     let signals = spawn_signal_thread(events_tx.clone())?;
     tracing::info!(addr = %local, workers, backend = %choice.backend, "listening");
     let metrics_addr = metrics_listener.local_addr()?;
-    let console = crate::console::Console::new(shared.clone(), local);
+    let console =
+        crate::console::Console::new(shared.clone(), local, tls.as_ref().map(Tls::pinned_client));
     crate::metrics::listener::start(
         metrics_listener,
         shared.telemetry.clone(),

@@ -23,7 +23,37 @@ on_both_backends!(
     plain_text_and_bad_tls_fail_alone,
     silent_clients_are_cut_at_the_handshake_timeout,
     sighup_reloads_the_certificate_for_new_connections,
+    the_console_publishes_to_a_tls_listener,
 );
+
+/// The console's publish form reaches a TLS-only API (trusting exactly the certificate the
+/// server serves, also after a reload) and a wss:// subscriber gets the event.
+async fn the_console_publishes_to_a_tls_listener(backend: &'static str) {
+    let dir = temp_dir();
+    let cert = write_cert(&dir, 1, "localhost");
+    let server = start(backend, &cert, &[]);
+    let mut c = connect_wss(&server, &client_config(&[&cert.der])).await;
+    c.subscribe("orders").await;
+    let publish = || async {
+        let resp = reqwest::Client::new()
+            .post(server.metrics_url("/console/api/apps/app-id/events"))
+            .json(&json!({"channel": "orders", "name": "created", "data": "1"}))
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    };
+    assert_eq!(publish().await, (200, "{}".to_string()));
+    assert_eq!(c.recv().await["event"], "created");
+
+    // A new certificate at the same paths, then SIGHUP: the console follows it.
+    let renewed = write_cert(&dir, 2, "localhost");
+    assert_ne!(renewed.der, cert.der);
+    server.signal(libc::SIGHUP);
+    server.wait_for_log("certificate reloaded").await;
+    assert_eq!(publish().await, (200, "{}".to_string()));
+    assert_eq!(c.recv().await["event"], "created");
+}
 
 fn start(backend: &'static str, cert: &Cert, extra: &[&str]) -> Server {
     let mut args = vec![

@@ -56,13 +56,20 @@ pub struct Console {
     access: auth::Access,
     /// Where this node's HTTP API listens, as the console reaches it.
     api: SocketAddr,
+    /// With TLS on that listener: a client trusting only the certificate it serves.
+    api_tls: Option<Arc<rustls::ClientConfig>>,
     streams: Arc<AtomicUsize>,
 }
 
 impl Console {
     /// The console of this node, or `None` when it is turned off (`--no-console`).
-    /// `api` is the address the WebSocket/HTTP listener is bound to.
-    pub fn new(shared: Arc<Shared>, api: SocketAddr) -> Option<Arc<Self>> {
+    /// `api` is the address the WebSocket/HTTP listener is bound to, `api_tls` a client
+    /// for it when it serves TLS.
+    pub fn new(
+        shared: Arc<Shared>,
+        api: SocketAddr,
+        api_tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Option<Arc<Self>> {
         let config = &shared.config;
         if config.no_console {
             return None;
@@ -75,6 +82,7 @@ impl Console {
         }
         Some(Arc::new(Self {
             api: publish::reachable(api),
+            api_tls,
             shared,
             access,
             streams: Arc::default(),

@@ -3,6 +3,7 @@
 //! limits, rate, webhooks, other nodes) and gets the same answer.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,6 +21,18 @@ use crate::protocol::signature;
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest answer read back.
 const MAX_ANSWER: usize = 64 * 1024;
+
+/// An HTTP/1.1 client connection over `io`, driven in a task of its own.
+async fn handshake<T>(io: T) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
 
 /// The address to reach a listener bound to `bound` from this host: a wildcard address
 /// becomes the loopback one.
@@ -39,13 +52,6 @@ pub(super) async fn publish(
     app: AppIdx,
     form: Value,
 ) -> Result<Response<Body>, Failure> {
-    if console.shared.config.tls.is_some() {
-        return Err(Failure::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "this node's HTTP API serves only TLS, which the console's publish form does not \
-             speak yet: publish with a server SDK",
-        ));
-    }
     let field = |name: &str| form[name].as_str().map(str::to_string);
     let channel = field("channel")
         .filter(|c| !c.is_empty())
@@ -89,7 +95,8 @@ pub(super) async fn publish(
             .replace("%2F", "/")
     );
     let addr = console.api;
-    let (status, answer) = tokio::time::timeout(TIMEOUT, send(addr, &uri, body))
+    let tls = console.api_tls.clone();
+    let (status, answer) = tokio::time::timeout(TIMEOUT, send(addr, tls, &uri, body))
         .await
         .unwrap_or_else(|_| Err(format!("no answer within {TIMEOUT:?}")))
         .map_err(|e| {
@@ -101,15 +108,27 @@ pub(super) async fn publish(
     Ok(reply(status, "application/json", answer))
 }
 
-async fn send(addr: SocketAddr, uri: &str, body: Bytes) -> Result<(StatusCode, Bytes), String> {
+async fn send(
+    addr: SocketAddr,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    uri: &str,
+    body: Bytes,
+) -> Result<(StatusCode, Bytes), String> {
     let stream = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| e.to_string())?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
+    let mut sender = match tls {
+        None => handshake(stream).await?,
+        Some(config) => {
+            // The name is not checked: the certificate is pinned.
+            let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+            let stream = tokio_rustls::TlsConnector::from(config)
+                .connect(name, stream)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?;
+            handshake(stream).await?
+        }
+    };
     let req = Request::post(uri)
         .header(HOST, addr.to_string())
         .header(CONTENT_TYPE, "application/json")

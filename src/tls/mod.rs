@@ -7,6 +7,7 @@
 //! certificate in use.
 
 mod conn;
+mod pin;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
