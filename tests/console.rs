@@ -21,6 +21,7 @@ on_both_backends!(
     with_a_token_every_call_needs_it,
     off_loopback_the_console_needs_a_token,
     without_a_token_only_loopback_hosts_and_same_origin_requests_are_served,
+    a_stream_resumes_after_what_the_page_has,
 );
 
 /// One Server-Sent Events stream of the console, read as it arrives.
@@ -585,4 +586,61 @@ async fn without_a_token_only_loopback_hosts_and_same_origin_requests_are_served
         .0,
         403
     );
+    // A browser saying the request comes from another site, or another port of this one.
+    for site in ["cross-site", "same-site"] {
+        let (status, _) =
+            status_with(&server, "/console/api/apps", &[("sec-fetch-site", site)]).await;
+        assert_eq!(status, 403, "{site}");
+    }
+    let (status, _) = status_with(
+        &server,
+        "/console/api/apps",
+        &[("sec-fetch-site", "same-origin")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    // Through a local reverse proxy anyone looks local: refused without a token.
+    for header in ["x-forwarded-for", "forwarded", "x-real-ip", "via"] {
+        let (status, body) =
+            status_with(&server, "/console/api/apps", &[(header, "1.2.3.4")]).await;
+        assert_eq!(status, 403, "{header}: {body}");
+        assert!(body["error"].as_str().unwrap().contains("proxy"), "{body}");
+    }
+}
+
+/// A browser resuming with an entry number this log never reached (the server restarted)
+/// is told to start over, then gets the log from its start; `?after=` resumes a stream
+/// after an entry it has.
+async fn a_stream_resumes_after_what_the_page_has(backend: &'static str) {
+    let server = Server::start(backend, &[]);
+    let mut first = Stream::open(&server, APP_ID).await;
+    publish(&server, &["a"], "one", "1").await;
+    let one = first.log("api_message", Some("a")).await;
+    publish(&server, &["a"], "two", "2").await;
+    first.log("api_message", Some("a")).await;
+
+    let url = server.metrics_url("/console/api/apps/app-id/stream");
+    let resp = reqwest::Client::new()
+        .get(&url)
+        .header("last-event-id", "99999")
+        .send()
+        .await
+        .unwrap();
+    let mut restarted = Stream {
+        resp,
+        buf: String::new(),
+        events: Vec::new(),
+    };
+    restarted.next_matching(|e, _| e == "reset").await;
+    restarted.log("log_started", None).await;
+
+    let after = one["seq"].as_u64().unwrap();
+    let resp = reqwest::get(format!("{url}?after={after}")).await.unwrap();
+    let mut resumed = Stream {
+        resp,
+        buf: String::new(),
+        events: Vec::new(),
+    };
+    let next = resumed.log("api_message", Some("a")).await;
+    assert_eq!(next["event"], "two", "resumes after entry {after}");
 }

@@ -219,44 +219,52 @@ async fn publish<R: Runtime>(
 ) -> Result<(), ApiError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let deliveries = deliveries(worker, app, events);
+    // Made now and recorded by the task: a publisher that hangs up does not lose them.
+    let notes = console_notes(events);
     let publisher = worker.clone();
     R::spawn(async move {
-        let _ = tx.send(publisher.publish(deliveries).await);
+        let res = publisher.publish(deliveries).await;
+        if res.is_ok() {
+            if let Some((n, entries)) = notes {
+                publisher.count_in(app, n);
+                for entry in entries {
+                    publisher.note(app, || entry);
+                }
+            }
+        }
+        let _ = tx.send(res);
     });
-    let res = match rx.await {
+    match rx.await {
         Ok(res) => res.map_err(ApiError::from),
         // Only when the worker itself is going away.
         Err(_) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "server is shutting down",
         )),
-    };
-    if res.is_ok() {
-        note_published(worker, app, events);
     }
-    res
 }
 
-/// Logs published events for the app's console, and counts them, if a console watches.
-fn note_published(worker: &Worker, app: AppIdx, events: &[Event]) {
+/// The console's log entries for published events, and how many messages they count,
+/// if a console watches (nothing is made otherwise).
+fn console_notes(events: &[Event]) -> Option<(u64, Vec<Entry>)> {
     if !crate::app::console::watching() {
-        return;
+        return None;
     }
-    worker.count_in(app, events.iter().map(|e| e.channels.len() as u64).sum());
+    let count = events.iter().map(|e| e.channels.len() as u64).sum();
+    let mut entries = Vec::new();
     for e in events {
         for c in &e.channels {
-            worker.note(app, || {
-                let mut entry = Entry::new("api_message")
-                    .channel(&std::sync::Arc::from(c.as_str()))
-                    .event(&e.name)
-                    .detail(&e.data);
-                if let Some(s) = e.except {
-                    entry = entry.socket(s);
-                }
-                entry
-            });
+            let mut entry = Entry::new("api_message")
+                .channel(&std::sync::Arc::from(c.as_str()))
+                .event(&e.name)
+                .detail(&e.data);
+            if let Some(s) = e.except {
+                entry = entry.socket(s);
+            }
+            entries.push(entry);
         }
     }
+    Some((count, entries))
 }
 
 /// `POST /apps/{id}/events`.

@@ -108,6 +108,31 @@ pub fn cut(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
+/// A webhook URL as the console shows it: a password and the query (which may carry a
+/// token) masked.
+pub fn masked_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{user}:…@{host}")
+        }
+        None => authority.to_string(),
+    };
+    let path = match path.split_once('?') {
+        Some((p, _)) => format!("{p}?…"),
+        None => path.to_string(),
+    };
+    match scheme {
+        "" => format!("{authority}{path}"),
+        s => format!("{s}://{authority}{path}"),
+    }
+}
+
 /// How a webhook delivery stands.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -179,8 +204,15 @@ impl AppConsole {
 
     /// Starts watching: the log records until the returned guard is dropped.
     pub fn watch(self: &Arc<Self>) -> Watch {
-        self.watchers.fetch_add(1, Ordering::Relaxed);
+        let before = self.watchers.fetch_add(1, Ordering::Relaxed);
         WATCHERS.fetch_add(1, Ordering::Relaxed);
+        if before == 0 {
+            // Marks where recording resumed: what happened before it was not recorded.
+            self.record(Entry::new("log_started").detail(
+                "a console opened: the log records from here (nothing is recorded while no \
+                 console watches)",
+            ));
+        }
         Watch(self.clone())
     }
 
@@ -258,7 +290,7 @@ impl AppConsole {
         let d = Delivery {
             id,
             at: crate::clock::unix_ms(),
-            url: url.to_string(),
+            url: masked_url(url),
             events,
             state: DeliveryState::Sending,
             http_status: None,
@@ -351,12 +383,13 @@ mod tests {
         assert!(watching() && c.watched());
         c.record(Entry::new("api_message").detail("x"));
         c.count_out(5);
-        assert_eq!(c.since(0).0[0].seq, 1);
+        let kinds: Vec<_> = c.since(0).0.iter().map(|e| (e.seq, e.kind)).collect();
+        assert_eq!(kinds, [(1, "log_started"), (2, "api_message")]);
         assert_eq!(c.messages(), (0, 5));
         drop(w);
         assert!(!c.watched());
         c.record(Entry::new("api_message"));
-        assert_eq!(c.last_seq(), 1);
+        assert_eq!(c.last_seq(), 2);
     }
 
     #[test]
@@ -366,12 +399,22 @@ mod tests {
         for _ in 0..LOG_CAPACITY + 10 {
             c.record(Entry::new("client_event"));
         }
+        // One more: the log_started mark.
         let (entries, missed) = c.since(0);
         assert_eq!(entries.len(), LOG_CAPACITY);
-        assert_eq!(missed, 10);
-        assert_eq!(entries[0].seq, 11);
-        let (entries, missed) = c.since(LOG_CAPACITY as u64 + 5);
+        assert_eq!(missed, 11);
+        assert_eq!(entries[0].seq, 12);
+        let (entries, missed) = c.since(LOG_CAPACITY as u64 + 6);
         assert_eq!((entries.len(), missed), (5, 0));
+    }
+
+    #[test]
+    fn webhook_urls_are_shown_without_secrets() {
+        assert_eq!(masked_url("http://h:80/hooks"), "http://h:80/hooks");
+        assert_eq!(
+            masked_url("http://ann:pw@h/hooks?token=x"),
+            "http://ann:…@h/hooks?…"
+        );
     }
 
     #[test]

@@ -72,6 +72,11 @@ impl Access {
         same_origin(req)?;
         match self {
             Access::Disabled(why) => Err(Failure::new(StatusCode::FORBIDDEN, why.clone())),
+            Access::Loopback if proxied(req) => Err(Failure::new(
+                StatusCode::FORBIDDEN,
+                "this request came through a proxy: a console reached through one needs \
+                 --console-token",
+            )),
             Access::Loopback => match loopback_host(req) {
                 true => Ok(()),
                 false => Err(Failure::new(
@@ -185,8 +190,32 @@ fn loopback_host(req: &Request<Incoming>) -> bool {
         || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-/// Refuses a request whose `Origin` is not the console's own (`Host`).
+/// Whether a proxy forwarded the request (a local reverse proxy makes any client look like
+/// a loopback one).
+fn proxied(req: &Request<Incoming>) -> bool {
+    const FORWARDING: &[&str] = &[
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-real-ip",
+        "via",
+    ];
+    FORWARDING.iter().any(|h| req.headers().contains_key(*h))
+}
+
+/// Refuses a request a browser says comes from another site or another origin of this site
+/// (`Sec-Fetch-Site`; another port of 127.0.0.1 is the same site), or whose `Origin` is not
+/// the console's own (`Host`).
 fn same_origin(req: &Request<Incoming>) -> Result<(), Failure> {
+    if let Some(site) = req.headers().get("sec-fetch-site") {
+        if site != "same-origin" && site != "none" {
+            return Err(Failure::new(
+                StatusCode::FORBIDDEN,
+                "requests from other sites or origins are refused",
+            ));
+        }
+    }
     let Some(origin) = req.headers().get(ORIGIN) else {
         return Ok(());
     };

@@ -59,6 +59,7 @@ pub struct Console {
     /// With TLS on that listener: a client trusting only the certificate it serves.
     api_tls: Option<Arc<rustls::ClientConfig>>,
     streams: Arc<AtomicUsize>,
+    kinds: Arc<stream::ChannelKinds>,
 }
 
 impl Console {
@@ -86,6 +87,7 @@ impl Console {
             shared,
             access,
             streams: Arc::default(),
+            kinds: Arc::default(),
         }))
     }
 
@@ -331,12 +333,23 @@ impl Console {
         {
             long.set();
         }
-        let last_event_id = req
+        // EventSource's own reconnects name the last entry they got; a page reopening a
+        // stream says `?after=`.
+        let after = req
             .headers()
             .get("last-event-id")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        Ok(stream::open(self.shared.clone(), app, last_event_id, slot))
+            .map(str::to_string)
+            .or_else(|| query_param(req, "after"))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        Ok(stream::open(
+            self.shared.clone(),
+            self.kinds.clone(),
+            app,
+            after,
+            slot,
+        ))
     }
 }
 

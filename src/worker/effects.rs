@@ -130,8 +130,7 @@ impl Worker {
                     },
                     _,
                 ) => {
-                    self.note(app, || client_event_entry(&channel, &frame, except));
-                    self.count_in(app, 1);
+                    self.note_client_event(app, &channel, &frame, except);
                     self.publish_now(vec![Delivery {
                         channel: ChannelKey { app, name: channel },
                         frame,
@@ -468,24 +467,39 @@ impl Worker {
     }
 }
 
-/// The console's entry for an event a connection published (a client event; other events
-/// the rules publish, such as subscription counts, are logged as what they are).
-fn client_event_entry(channel: &Arc<str>, frame: &bytes::Bytes, except: Option<SocketId>) -> Entry {
-    let payload = crate::ws::codec::payload_of(frame);
-    let v: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
-    let event = v["event"].as_str().unwrap_or("");
-    let kind = if event.starts_with("client-") {
-        "client_event"
-    } else {
-        "internal_event"
-    };
-    let data = match &v["data"] {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    let mut e = Entry::new(kind).channel(channel).event(event).detail(&data);
-    if let Some(s) = except {
-        e = e.socket(s);
+impl Worker {
+    /// Logs and counts a client event a connection published, if a console watches its
+    /// app (the rules also publish `pusher_internal:subscription_count`, which is not one).
+    fn note_client_event(
+        &self,
+        app: AppIdx,
+        channel: &Arc<str>,
+        frame: &bytes::Bytes,
+        except: Option<SocketId>,
+    ) {
+        const CLIENT_EVENT: &[u8] = br#"{"event":"client-"#;
+        if !crate::app::console::watching() {
+            return;
+        }
+        let payload = crate::ws::codec::payload_of(frame);
+        if !payload.starts_with(CLIENT_EVENT) {
+            return;
+        }
+        self.count_in(app, 1);
+        self.note(app, || {
+            let v: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
+            let data = match &v["data"] {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            let mut e = Entry::new("client_event")
+                .channel(channel)
+                .event(v["event"].as_str().unwrap_or(""))
+                .detail(&data);
+            if let Some(s) = except {
+                e = e.socket(s);
+            }
+            e
+        });
     }
-    e
 }

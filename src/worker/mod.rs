@@ -157,9 +157,10 @@ impl Worker {
     #[inline]
     pub fn note(&self, app: AppIdx, entry: impl FnOnce() -> crate::app::console::Entry) {
         if crate::app::console::watching() {
-            let app = self.app(app);
-            if app.console.watched() {
-                app.console.record(entry());
+            let apps = self.shared.apps.load();
+            let console = &apps.get(app).console;
+            if console.watched() {
+                console.record(entry());
             }
         }
     }
@@ -169,7 +170,7 @@ impl Worker {
     #[inline]
     pub fn count_in(&self, app: AppIdx, n: u64) {
         if crate::app::console::watching() {
-            self.app(app).console.count_in(n);
+            self.shared.apps.load().get(app).console.count_in(n);
         }
     }
 

@@ -16,6 +16,7 @@ const state = {
   pending: [],           // log entries received while paused, oldest first
   pendingCount: 0,       // how many arrived while paused (pending keeps at most LOG_MAX_ROWS)
   membersOf: null,       // presence channel whose members are shown
+  lastSeq: 0,            // the newest log entry shown, so a reopened stream resumes after it
   busy: new Set(),       // refreshes in flight, so a slow server does not pile them up
   booting: null,         // the boot() in progress
 };
@@ -180,6 +181,7 @@ function stopApp() {
 function selectApp(appId) {
   stopApp();
   state.appId = appId;
+  state.lastSeq = 0;
   history.replaceState(null, '', '#app=' + encodeURIComponent(appId));
   clearLog();
   resetCounts();
@@ -211,7 +213,9 @@ function setStreamState(name, text) {
 
 function openStream() {
   const appId = state.appId;
-  const source = new EventSource(API + appPath('/stream'));
+  // A reopened stream resumes after what is shown (EventSource's own reconnects send
+  // Last-Event-ID, which the server honours the same way).
+  const source = new EventSource(API + appPath('/stream') + `?after=${state.lastSeq}`);
   state.stream = source;
   setStreamState('connecting', 'connecting');
   source.onopen = () => setStreamState('live', 'live');
@@ -227,6 +231,11 @@ function openStream() {
   source.addEventListener('stats', (e) => parsed(e, showStats));
   source.addEventListener('log', (e) => parsed(e, receiveLog));
   source.addEventListener('gap', (e) => parsed(e, (g) => receiveLog({ gap: g.missed, at: Date.now() })));
+  // The server restarted (its log numbering began again): what is shown is from before.
+  source.addEventListener('reset', () => {
+    clearLog();
+    state.lastSeq = 0;
+  });
 }
 
 async function recheckStream(appId) {
@@ -442,7 +451,8 @@ async function publish(event) {
         data: $('publish-data').value,
       }),
     });
-    if (lostSession(res)) return;
+    // The API's own 401/403 (a disabled app, say) is shown, not taken for a lost session.
+    if (res.body && res.body.login && lostSession(res)) return;
     const output = $('publish-result');
     output.textContent = res.status === 0 ? errorText(res) : `${res.status} ${res.text}`;
     output.dataset.ok = String(res.status >= 200 && res.status < 300);
@@ -465,6 +475,10 @@ function category(type) {
 }
 
 function receiveLog(entry) {
+  if (entry.seq !== undefined) {
+    if (entry.seq <= state.lastSeq) return; // already shown
+    state.lastSeq = entry.seq;
+  }
   if (entry.type && entry.type.startsWith('webhook_')) refreshWebhooks();
   if (!state.paused) return insertLogRows([entry]);
   state.pending.push(entry);

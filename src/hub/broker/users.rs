@@ -5,10 +5,13 @@ use super::sharded::Sharded;
 use crate::app::{AppIdx, ChannelKey, ChannelRef};
 use crate::protocol::SocketId;
 
-/// The connections of each signed-in user, keyed by (app, user id).
+type HashSet<T> = hashbrown::HashSet<T, foldhash::fast::RandomState>;
+
+/// The connections of each signed-in user, keyed by (app, user id): a set, so an app that
+/// signs thousands of connections in as one user pays no scan per sign-out.
 #[derive(Default)]
 pub struct UserRegistry {
-    map: Sharded<Vec<SocketId>>,
+    map: Sharded<HashSet<SocketId>>,
 }
 
 impl UserRegistry {
@@ -18,11 +21,11 @@ impl UserRegistry {
         let mut shard = self.map.lock(r);
         match shard.get_mut(&r) {
             Some(conns) => {
-                conns.push(socket);
+                conns.insert(socket);
                 false
             }
             None => {
-                shard.insert(ChannelKey::new(app, user), vec![socket]);
+                shard.insert(ChannelKey::new(app, user), HashSet::from_iter([socket]));
                 true
             }
         }
@@ -35,10 +38,9 @@ impl UserRegistry {
         let Some(conns) = shard.get_mut(&r) else {
             return false;
         };
-        let Some(i) = conns.iter().position(|s| *s == socket) else {
+        if !conns.remove(&socket) {
             return false;
-        };
-        conns.swap_remove(i);
+        }
         if conns.is_empty() {
             shard.remove(&r);
             return true;
@@ -49,7 +51,14 @@ impl UserRegistry {
     /// The user's signed-in connections.
     pub fn connections(&self, app: AppIdx, user: &str) -> Vec<SocketId> {
         let r = ChannelRef { app, name: user };
-        self.map.lock(r).get(&r).cloned().unwrap_or_default()
+        let mut conns: Vec<SocketId> = self
+            .map
+            .lock(r)
+            .get(&r)
+            .map(|c| c.iter().copied().collect())
+            .unwrap_or_default();
+        conns.sort_by_key(|s| s.seq);
+        conns
     }
 
     /// Whether the user is signed in on any connection.
