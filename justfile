@@ -102,6 +102,11 @@ loadtest-cluster ROUNDS="3" DURATION="15s": loadtest-build
 loadtest-storm ROUNDS="3": loadtest-build
     loadtest/scripts/subscribe-storm.sh {{ROUNDS}}
 
+# ringcast (io_uring, epoll) against installed peers (Sockudo, Soketi), alternating:
+# loadtest/peers/README.md
+loadtest-peers ROUNDS="2": loadtest-build
+    OUT=runs/peers loadtest/peers/compare.sh {{ROUNDS}}
+
 # Compare runs: just loadtest-compare runs/a runs/b
 loadtest-compare +RUNS:
     cargo run --release -p ringcast-loadtest -- compare {{RUNS}} --out runs
