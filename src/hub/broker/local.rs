@@ -341,9 +341,10 @@ mod tests {
     #[test]
     fn a_user_is_online_from_its_first_sign_in_to_its_last_sign_out() {
         let b = broker(Arc::default());
-        let sign_in = |user: &str, watch: &[&str]| {
+        // One connection signs in once (the rules see to it): a second one of ann is conn 2.
+        let sign_in = |c: u64, user: &str, watch: &[&str]| {
             let req = SignIn {
-                conn: conn(1),
+                conn: conn(c),
                 app: 0,
                 user: Arc::from(user),
                 watchlist: watch.iter().map(|w| Arc::from(*w)).collect(),
@@ -357,16 +358,26 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         };
-        assert_eq!(sign_in("ann", &["bob"]), (true, vec![]));
+        assert_eq!(sign_in(1, "ann", &["bob"]), (true, vec![]));
         assert_eq!(
-            sign_in("bob", &["ann", "cy"]),
+            sign_in(3, "bob", &["ann", "cy"]),
             (true, vec![Arc::from("ann")])
         );
-        assert_eq!(sign_in("ann", &[]), (false, vec![]));
-        let sign_out = |user: &str| match b.sign_out(
+        assert_eq!(sign_in(2, "ann", &[]), (false, vec![]));
+        let names = |u: &str| -> Vec<String> {
+            match b.user_connections(0, u).now() {
+                Ok(Ok(c)) => c.into_iter().map(|c| c.socket_id).collect(),
+                _ => panic!("answered at once"),
+            }
+        };
+        assert_eq!(
+            names("ann"),
+            [conn(1).socket_id.to_string(), conn(2).socket_id.to_string()]
+        );
+        let sign_out = |c: u64, user: &str| match b.sign_out(
             0,
             SignOut {
-                socket_id: conn(1).socket_id,
+                socket_id: conn(c).socket_id,
                 app: 0,
                 user: Arc::from(user),
             },
@@ -374,8 +385,10 @@ mod tests {
             Some(Answer::SignedOut(_, offline)) => offline,
             other => panic!("{other:?}"),
         };
-        assert!(!sign_out("ann"));
-        assert!(sign_out("ann"));
+        assert!(!sign_out(1, "ann"));
+        assert_eq!(names("ann"), [conn(2).socket_id.to_string()]);
+        assert!(sign_out(2, "ann"));
+        assert!(names("ann").is_empty());
     }
 
     #[test]
