@@ -11,12 +11,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::redis::{node, Redis};
-use common::sdk::{sdk_app_args, Backend, Deps, Js, APP_ID, APP_KEY, APP_SECRET};
+use common::sdk::{sdk_app_args, Backend, Deps, Js, Proc, APP_ID, APP_KEY, APP_SECRET};
 use common::{Server, WAIT};
 use serde_json::{json, Value};
 
@@ -126,32 +125,13 @@ async fn python_sdk_events_reach_pusher_js(backend: &'static str, topology: Topo
     let host = server.addr.ip().to_string();
     let port = server.addr.port().to_string();
 
-    let mut listener = KillOnDrop(
-        Command::new("node")
-            .arg(clients.join("listen.cjs"))
-            .args([host.as_str(), port.as_str(), APP_KEY, "6", "sdk-a", "sdk-b"])
-            .env("NODE_PATH", node_path)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start node"),
-    );
-    let (tx, rx) = std::sync::mpsc::channel::<Value>();
-    let stdout = listener.0.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let v: Value = serde_json::from_str(&line)
-                .unwrap_or_else(|_| json!({"type": "noise", "line": line}));
-            if tx.send(v).is_err() {
-                break;
-            }
-        }
-    });
-    let next = || {
-        rx.recv_timeout(WAIT)
-            .expect("pusher-js printed nothing in time")
-    };
+    let mut cmd = Command::new("node");
+    cmd.arg(clients.join("listen.cjs"))
+        .args([host.as_str(), port.as_str(), APP_KEY, "6", "sdk-a", "sdk-b"])
+        .env("NODE_PATH", node_path);
+    let mut listener = Proc::spawn("pusher-js (listen.cjs)".into(), cmd);
+    // Every line, in the order printed.
+    let mut next = || listener.take("a line", |_| true);
 
     let mut socket_id = None;
     let mut subscribed = 0;
@@ -231,29 +211,8 @@ async fn python_sdk_events_reach_pusher_js(backend: &'static str, topology: Topo
         ]
     );
     // Closing its stdin disconnects pusher-js.
-    drop(listener.0.stdin.take());
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        if let Some(status) = listener.0.try_wait().unwrap() {
-            assert!(status.success());
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "pusher-js did not exit"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Kills the child process if the test ends early.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    listener.close_stdin();
+    assert!(listener.wait_exit().success());
 }
 
 /// pusher-js authorizes private channels through the backend's endpoint (the Python SDK's
