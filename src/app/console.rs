@@ -323,6 +323,10 @@ impl AppConsole {
                 return;
             };
             f(d);
+            // The record is kept regardless; the log line is for a console watching.
+            if !self.watched() {
+                return;
+            }
             d.clone()
         };
         let kind = match updated.state {
@@ -347,7 +351,6 @@ impl AppConsole {
             ));
         }
         self.record(Entry::new(kind).detail(&detail));
-        self.changed.notify_waiters();
     }
 
     /// The recent webhook deliveries, newest first.

@@ -97,14 +97,21 @@ impl Access {
 
     /// `POST /console/api/login` with `{"token": "…"}`: sets the session cookie.
     pub(super) async fn login(&self, req: Request<Incoming>) -> Result<Response<Body>, Failure> {
+        let secret = match self {
+            Access::Token(secret) => {
+                same_origin(&req)?;
+                Some(secret)
+            }
+            // Nothing to log in to: allowed exactly when the console is.
+            _ => self.check(&req).map(|()| None)?,
+        };
         if req.method() != Method::POST {
             return Err(Failure::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "log in with POST",
             ));
         }
-        same_origin(&req)?;
-        let Access::Token(secret) = self else {
+        let Some(secret) = secret else {
             return Ok(json_reply(
                 StatusCode::OK,
                 &serde_json::json!({ "ok": true }),

@@ -106,11 +106,10 @@ impl Console {
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path().to_string();
         let res = match path.strip_prefix("/console/api") {
+            // Logging in is what a request without the token may do.
+            Some("/login") => self.access.login(req).await,
             Some(rest) => match self.access.check(&req) {
                 Ok(()) => self.api(rest, req).await,
-                Err(refusal) if rest == "/login" && refusal.status == StatusCode::UNAUTHORIZED => {
-                    self.access.login(req).await
-                }
                 Err(refusal) => Err(refusal),
             },
             None => self.asset(&path, &req),
@@ -160,7 +159,6 @@ impl Console {
         let segments: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
         match (&method, segments.as_slice()) {
             (&Method::GET, ["session"]) => Ok(self.session()),
-            (&Method::POST, ["login"]) => self.access.login(req).await,
             (&Method::POST, ["logout"]) => Ok(self.access.logout()),
             (&Method::GET, ["apps"]) => Ok(self.apps()),
             (&Method::GET, ["apps", id, "channels"]) => {
@@ -193,7 +191,7 @@ impl Console {
                 let body = read_json_body(req).await?;
                 publish::publish(self, app, body).await
             }
-            (_, ["session" | "apps" | "login" | "logout", ..]) => Err(Failure::new(
+            (_, ["session" | "apps" | "logout", ..]) => Err(Failure::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 format!("{method} is not allowed here"),
             )),

@@ -88,12 +88,8 @@ pub(super) async fn publish(
     let query = form_urlencoded::Serializer::new(String::new())
         .extend_pairs(params.iter())
         .finish();
-    let uri = format!(
-        "{}?{query}",
-        form_urlencoded::byte_serialize(path.as_bytes())
-            .collect::<String>()
-            .replace("%2F", "/")
-    );
+    // The path as signed, as the server SDKs send it.
+    let uri = format!("{path}?{query}");
     let addr = console.api;
     let tls = console.api_tls.clone();
     let (status, answer) = tokio::time::timeout(TIMEOUT, send(addr, tls, &uri, body))

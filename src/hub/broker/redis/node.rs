@@ -15,7 +15,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::hub::broker::UserConn;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -27,7 +26,7 @@ use super::lease::{self, Beat, Reaped, Reaper};
 use super::wire::{self, Origin, UserKind, UserMessage};
 use super::{scripts, BrokerStatus, Command, Mirror, Query, RedisSettings};
 use crate::app::{AppIdx, ChannelKey, LiveApps};
-use crate::hub::broker::{Answer, BrokerError, Cached, ChannelInfo, Replay, UserMsg};
+use crate::hub::broker::{Answer, BrokerError, Cached, ChannelInfo, Replay, UserConn, UserMsg};
 use crate::hub::{Delivery, Router};
 use crate::protocol::messages;
 use crate::protocol::webhook::{Event, Kind};
