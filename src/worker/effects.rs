@@ -458,16 +458,10 @@ impl Worker {
             if let Some(channel) = v["channel"].as_str() {
                 e = e.channel(&Arc::from(channel));
             }
-            let data = match &v["data"] {
-                serde_json::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            e.detail(&data)
+            e.detail(&data_text(&v))
         });
     }
-}
 
-impl Worker {
     /// Logs and counts a client event a connection published, if a console watches its
     /// app (the rules also publish `pusher_internal:subscription_count`, which is not one).
     fn note_client_event(
@@ -488,10 +482,7 @@ impl Worker {
         self.count_in(app, 1);
         self.note(app, || {
             let v: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
-            let data = match &v["data"] {
-                serde_json::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
+            let data = data_text(&v);
             let mut e = Entry::new("client_event")
                 .channel(channel)
                 .event(v["event"].as_str().unwrap_or(""))
@@ -501,5 +492,13 @@ impl Worker {
             }
             e
         });
+    }
+}
+
+/// A frame's `data` as the console shows it: a string as it is, anything else as JSON text.
+fn data_text(frame: &serde_json::Value) -> String {
+    match &frame["data"] {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
     }
 }
