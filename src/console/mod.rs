@@ -33,7 +33,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
 use crate::app::{AppIdx, ChannelRef};
-use crate::metrics::listener::{full, Body, Routes};
+use crate::metrics::listener::{reply, Body, Routes};
 use crate::protocol::channel::{self, ChannelKind};
 use crate::worker::Shared;
 
@@ -399,14 +399,6 @@ impl Failure {
 
 fn unavailable(e: crate::hub::BrokerError) -> Failure {
     Failure::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
-}
-
-fn reply(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Body> {
-    let mut r = Response::new(full(body));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    r
 }
 
 fn json_reply(status: StatusCode, v: &serde_json::Value) -> Response<Body> {

@@ -155,14 +155,14 @@ async fn serve(listener: TcpListener, telemetry: Arc<Telemetry>, routes: Option<
 
 fn respond<B>(telemetry: &Arc<Telemetry>, req: &Request<B>) -> Response<Body> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(
+        return reply(
             StatusCode::METHOD_NOT_ALLOWED,
             "application/json",
-            r#"{"error":"method not allowed"}"#.into(),
+            r#"{"error":"method not allowed"}"#,
         );
     }
     match req.uri().path() {
-        "/metrics" => text(
+        "/metrics" => reply(
             StatusCode::OK,
             prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
             super::exposition::render(telemetry),
@@ -175,13 +175,13 @@ fn respond<B>(telemetry: &Arc<Telemetry>, req: &Request<B>) -> Response<Body> {
             } else {
                 publish
             };
-            text(
+            reply(
                 StatusCode::OK,
                 "text/plain; charset=utf-8",
                 super::latency::hgrm(&h),
             )
         }
-        "/" => text(
+        "/" => reply(
             StatusCode::OK,
             "application/json",
             serde_json::json!({
@@ -195,18 +195,22 @@ fn respond<B>(telemetry: &Arc<Telemetry>, req: &Request<B>) -> Response<Body> {
         path @ ("/healthz" | "/readyz") => {
             let draining = telemetry.draining.is_cancelled();
             let (status, body) = super::health::reply(telemetry, path == "/readyz", draining);
-            text(status, "application/json", body)
+            reply(status, "application/json", body)
         }
-        _ => text(
+        _ => reply(
             StatusCode::NOT_FOUND,
             "application/json",
-            r#"{"error":"not found: try /metrics, /metrics/latency.hgrm, /healthz, /readyz, /console"}"#
-                .into(),
+            r#"{"error":"not found: try /metrics, /metrics/latency.hgrm, /healthz, /readyz, /console"}"#,
         ),
     }
 }
 
-fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+/// A whole response with its status and content type (also for the routes handed in).
+pub fn reply(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut()
